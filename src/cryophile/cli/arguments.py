@@ -1,0 +1,108 @@
+"""Argument types and option groups shared by several commands.
+
+Each type function raises UsageError naming the bad value; the parser turns
+that into a one-line message and exit code 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import uuid
+from pathlib import Path
+
+from ulid import ULID
+
+from cryophile.backup_id import (
+    BackupId,
+    normalize_prefix,
+    parse_timestamp,
+    parse_ulid,
+    parse_vault,
+    ulid_for_timestamp,
+)
+from cryophile.errors import UsageError
+
+KIB = 1024
+# S3 requires multipart parts of at least 5 MiB; a smaller fragment could not
+# be uploaded in parts, and tiny objects in Glacier cost more than they store.
+MIN_FRAGMENT_SIZE = 5 * KIB**2
+MAX_FRAGMENT_SIZE = 5 * KIB**4  # S3's largest object
+DEFAULT_FRAGMENT_SIZE = 256 * KIB**2
+
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(i?B)?", re.IGNORECASE)
+_UNITS = {"": 1, "K": KIB, "M": KIB**2, "G": KIB**3, "T": KIB**4}
+
+
+def parse_size(text: str) -> int:
+    """Parse a size with an optional binary unit: ``67108864``, ``64M``, ``64MiB``, ``1G``."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"invalid size {text!r}: expected a number with an optional unit "
+                         "K, M, G or T (binary: 1M = 1048576 bytes)")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def fragment_size(text: str) -> int:
+    """A fragment size within S3's limits."""
+    size = parse_size(text)
+    if size < MIN_FRAGMENT_SIZE:
+        raise UsageError(f"invalid fragment size {text!r}: at least 5M (S3's smallest "
+                         "multipart part) is needed")
+    if size > MAX_FRAGMENT_SIZE:
+        raise UsageError(f"invalid fragment size {text!r}: at most 5T (S3's largest object)")
+    return size
+
+
+def non_negative_seconds(text: str) -> float:
+    """A duration in seconds (≥ 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"invalid number of seconds {text!r}") from None
+    if not value >= 0:
+        raise UsageError(f"invalid number of seconds {text!r}: must be 0 or more")
+    return value
+
+
+def file_descriptor(text: str) -> int:
+    """A file descriptor number (≥ 0)."""
+    if not text.isdigit():
+        raise UsageError(f"invalid file descriptor {text!r}: expected a number such as 4")
+    return int(text)
+
+
+def add_backup_id_options(parser: argparse.ArgumentParser, *, ulid_required: bool) -> None:
+    """``-v/--vault``, ``-p/--prefix`` and ``-u/--ulid`` | ``-t/--timestamp``."""
+    parser.add_argument("-v", "--vault", required=True, metavar="UUID",
+                        help="vault id (a UUID); a vault not in the configuration is a local "
+                             "directory vault")
+    parser.add_argument("-p", "--prefix", default="", metavar="PREFIX",
+                        help="path-like name of the backup series, e.g. hosts/db1")
+    when = parser.add_mutually_exclusive_group(required=ulid_required)
+    when.add_argument("-u", "--ulid", metavar="ULID", help="the backup's ULID")
+    when.add_argument("-t", "--timestamp", metavar="TIME",
+                      help="RFC 3339 time (e.g. 2026-11-26T03:00:00Z); the same time always "
+                           "names the same backup")
+
+
+def backup_id_from(args: argparse.Namespace, *, new: bool) -> BackupId:
+    """Build the BackupId the options name; a new one from the clock when ``new``."""
+    vault: uuid.UUID = parse_vault(args.vault)
+    prefix = normalize_prefix(args.prefix)
+    ulid: ULID
+    if args.ulid is not None:
+        ulid = parse_ulid(args.ulid)
+    elif args.timestamp is not None:
+        ulid = ulid_for_timestamp(parse_timestamp(args.timestamp))
+    elif new:
+        ulid = ULID()
+    else:
+        raise UsageError("name the backup with -u/--ulid or -t/--timestamp")
+    return BackupId(vault, prefix, ulid)
+
+
+def add_keyring_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``-k/--keyring FILE``, repeatable."""
+    parser.add_argument("-k", "--keyring", action="append", type=Path, required=True,
+                        metavar="FILE", help=help_text)

@@ -1,0 +1,123 @@
+"""``cryophile``: the command line. Parses, sets up logging, runs one command, maps errors.
+
+Every exception a command raises ends here and becomes one line on stderr and
+the exit code its class carries (see :mod:`cryophile.errors`); a traceback is
+shown only with ``-dd``. stdout carries data only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn, TextIO
+
+from cryophile import __version__
+from cryophile.cli import backup as backup_command
+from cryophile.cli import restore as restore_command
+from cryophile.cli.logs import level_from, setup_logging
+from cryophile.errors import CryophileError, ExitCode, UsageError
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = (backup_command, restore_command)
+
+
+@dataclass
+class Environment:
+    """What a command may touch outside its arguments; tests substitute their own."""
+
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    stdin_fd: int = 0
+    stdout_fd: int = 1
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are UsageErrors (exit 64), not exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # Subcommand copies use SUPPRESS defaults so an option given before the
+    # subcommand is not reset by the subcommand's own (absent) default.
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("global options")
+    group.add_argument("-S", "--spool", type=Path, default=default(None), metavar="DIR",
+                       help="spool directory (default: $CRYOPHILE_SPOOL, else "
+                            "/var/spool/cryophile as root, else ~/.local/state/cryophile/spool)")
+    group.add_argument("-c", "--config", type=Path, default=default(None), metavar="FILE",
+                       help="configuration file (default: ~/.config/cryophile/cryophile.toml, "
+                            "else /etc/cryophile/cryophile.toml)")
+    group.add_argument("-d", "--debug", action="count", default=default(0),
+                       help="more log output on stderr (-d info, -dd debug)")
+    group.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                       help="log errors only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, every command included (also used for docs and completion)."""
+    parser = _Parser(
+        prog="cryophile",
+        description="Off-site backup of streams: compress, encrypt to OpenPGP keys, split into "
+                    "fragments in a spool, freeze to S3/Glacier, thaw and restore.",
+        epilog="Exit codes: 0 ok, 64 usage, 65 bad data, 66 no input, 69 service unavailable, "
+               "73 already exists, 74 I/O error, 75 try later, 77 no usable key, 78 config.")
+    parser.add_argument("--version", action="version", version=f"cryophile {__version__}")
+    _add_global_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_Parser)
+    for module in COMMANDS:
+        sub = module.register(commands)
+        _add_global_options(sub, suppress=True)
+    return parser
+
+
+def run(argv: Sequence[str], environment: Environment | None = None) -> int:
+    """Run one command line; return its exit code (never raises for user errors)."""
+    environment = environment or Environment()
+    try:
+        args = build_parser().parse_args(list(argv))
+        setup_logging(level_from(args.debug, args.quiet, environment.env), environment.env,
+                      json_lines=getattr(args, "json_logs", False), stream=environment.stderr)
+        command: Callable[[argparse.Namespace, Environment], int] = args.run
+        return command(args, environment)
+    except CryophileError as error:
+        print(f"cryophile: error: {error}", file=environment.stderr)
+        return int(error.exit_code)
+    except KeyboardInterrupt:
+        print("cryophile: interrupted", file=environment.stderr)
+        return 130
+    except SystemExit as exit_request:  # --help and --version
+        return exit_request.code if isinstance(exit_request.code, int) else 0
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every job's clean-up runs.
+    raise KeyboardInterrupt
+
+
+def main() -> NoReturn:
+    """Console entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
+    # Let writes to a closed pipe raise BrokenPipeError instead of killing us.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        code = run(sys.argv[1:])
+    except Exception as error:
+        logger.debug("internal error", exc_info=True)
+        print(f"cryophile: internal error: {type(error).__name__}: {error} "
+              "(please report this; run with -dd for a traceback)", file=sys.stderr)
+        code = int(ExitCode.SOFTWARE)
+    sys.stdout.flush()
+    sys.exit(code)

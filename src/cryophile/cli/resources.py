@@ -1,0 +1,32 @@
+"""Opening what commands work on: the configuration and the spool.
+
+Commands receive these opened and checked, instead of each finding and
+validating them on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+
+from cryophile.config import Config, load_config
+from cryophile.spool import Spool, default_spool_root
+
+
+def open_config(args: argparse.Namespace) -> Config:
+    """The configuration named by ``-c``, else found in the standard places."""
+    return load_config(args.config)
+
+
+def open_spool(args: argparse.Namespace, env: Mapping[str, str], config: Config) -> Spool:
+    """The spool named by ``-S``, else ``CRYOPHILE_SPOOL``, the config, or the default.
+
+    A spool named explicitly (``-S`` or ``CRYOPHILE_SPOOL``) must exist; the
+    default location is created on first use.
+    """
+    if args.spool is not None:
+        return Spool.open(args.spool, create_root=False)
+    configured = str(config.spool) if config.spool is not None else None
+    root = default_spool_root(env, configured)
+    explicit = bool(env.get("CRYOPHILE_SPOOL")) or configured is not None
+    return Spool.open(root, create_root=not explicit)

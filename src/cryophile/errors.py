@@ -1,0 +1,123 @@
+"""One exception tree for cryophile, each class carrying its exit code.
+
+Exit codes follow sysexits(3); the table lives here and only here, and
+``cli.main`` maps every exception to its code in one place:
+
+====  ==================  ==========================================================
+code  class               meaning
+====  ==================  ==========================================================
+  1   CryophileError      failure without a more precise class
+ 64   UsageError          bad command line: option value, missing option
+ 65   DataError           bad data: corrupt/missing fragment, bad manifest, MDC failure
+ 66   NoInputError        input not found: backup not in the queue, input file missing
+ 69   ServiceError        a service (vault, child process) unavailable or refusing
+ 70   (internal error)    a bug: an exception that is not a CryophileError
+ 73   AlreadyExistsError  output exists: backup id taken, ``-o`` file exists
+ 74   StorageIOError      local I/O error: spool unwritable, disk full, read error
+ 75   TryLaterError       transient: not thawed yet, timeout waiting; try again later
+ 77   KeyAccessError      no usable key: no matching secret key, wrong passphrase
+ 78   ConfigError         broken configuration file or keyring
+====  ==================  ==========================================================
+
+Transient versus permanent is part of the type: ``transient`` is True only for
+errors that a retry may cure without anybody changing anything.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes (sysexits style)."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 64
+    DATAERR = 65
+    NOINPUT = 66
+    UNAVAILABLE = 69
+    SOFTWARE = 70
+    CANTCREAT = 73
+    IOERR = 74
+    TEMPFAIL = 75
+    NOPERM = 77
+    CONFIG = 78
+
+
+class CryophileError(Exception):
+    """Base of every error cryophile reports to a user.
+
+    The message is one line meant for a system administrator: it names the bad
+    value or the thing that failed.
+    """
+
+    exit_code: ExitCode = ExitCode.FAILURE
+    transient: bool = False
+
+
+class UsageError(CryophileError):
+    """A command-line value is invalid (bad UUID, prefix, size, ...)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class DataError(CryophileError):
+    """Stored data is wrong: a fragment or manifest is damaged, missing or forged."""
+
+    exit_code = ExitCode.DATAERR
+
+
+class NoInputError(CryophileError):
+    """Something to read does not exist (input file, backup in a queue)."""
+
+    exit_code = ExitCode.NOINPUT
+
+
+class ServiceError(CryophileError):
+    """A service we depend on refused or is unavailable (vault, worker process)."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class AlreadyExistsError(CryophileError):
+    """Something to create already exists (backup id, output file, object)."""
+
+    exit_code = ExitCode.CANTCREAT
+
+
+class StorageIOError(CryophileError):
+    """Local I/O failed: spool missing or unwritable, disk full, read error."""
+
+    exit_code = ExitCode.IOERR
+
+
+class TryLaterError(CryophileError):
+    """Not ready yet (fragments not thawed, wait timed out); retry later."""
+
+    exit_code = ExitCode.TEMPFAIL
+    transient = True
+
+
+class KeyAccessError(CryophileError):
+    """No usable key: no matching secret key, wrong or missing passphrase."""
+
+    exit_code = ExitCode.NOPERM
+
+
+class ConfigError(CryophileError):
+    """Broken configuration: config file, keyring file with no usable key."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class VaultUnavailableError(ServiceError):
+    """The vault did not answer or failed on its side (connection refused or reset,
+    timeout, HTTP 5xx, throttling) even after the client's own retries.
+
+    Transient: the same request may succeed later without anybody changing
+    anything, so the freeze and thaw daemons back off and retry instead of
+    giving up on the backup.
+    """
+
+    transient = True

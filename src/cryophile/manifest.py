@@ -1,0 +1,182 @@
+"""The manifest, ``chunk.0``: what a complete backup consists of.
+
+Written last, its presence means "this backup is complete". It is small UTF-8
+JSON, not encrypted, so ``list``, ``freeze``, ``thaw`` and ``verify`` work
+without any secret. It never holds the plaintext's size or content.
+
+Schema (version 1)::
+
+    {
+      "format": "cryophile-manifest", "version": 1,
+      "vault": "<uuid>", "prefix": "<prefix or empty>", "ulid": "<ULID>",
+      "created": "<RFC 3339 UTC>",
+      "compression": "none" | "lz4" | "zstd",
+      "encryption": "openpgp",
+      "engine": "<engine that wrote it>",
+      "recipients": ["<subkey fingerprint>", ...],
+      "fragment_size": <int>,
+      "fragments": [{"index": 1, "size": <int>, "sha256": "<hex>"}, ...]
+    }
+
+:func:`parse` is strict: a manifest is data from storage we do not trust, so
+every field is type- and range-checked and a bad one is a DataError naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryophile.backup_id import BackupId, normalize_prefix, parse_ulid, parse_vault
+from cryophile.errors import DataError, UsageError
+
+FORMAT = "cryophile-manifest"
+VERSION = 1
+COMPRESSIONS = ("none", "lz4", "zstd")
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+# S3's object size limit; fragments are objects.
+MAX_FRAGMENT_SIZE = 5 * 1024**4
+MAX_FRAGMENTS = 10**9
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{16,64}")
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One fragment: its 1-based index, ciphertext size and SHA-256 (hex)."""
+
+    index: int
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed, validated manifest."""
+
+    backup_id: BackupId
+    created: datetime
+    compression: str
+    engine: str
+    recipients: tuple[str, ...]
+    fragment_size: int
+    fragments: tuple[Fragment, ...]
+
+    @property
+    def stored_bytes(self) -> int:
+        """Total ciphertext size: what the backup occupies in the vault."""
+        return sum(fragment.size for fragment in self.fragments)
+
+    def to_json(self) -> bytes:
+        """Serialise to the canonical UTF-8 JSON form (stable key order)."""
+        document: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "vault": str(self.backup_id.vault),
+            "prefix": self.backup_id.prefix,
+            "ulid": str(self.backup_id.ulid),
+            "created": self.created.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "compression": self.compression,
+            "encryption": "openpgp",
+            "engine": self.engine,
+            "recipients": list(self.recipients),
+            "fragment_size": self.fragment_size,
+            "fragments": [
+                {"index": f.index, "size": f.size, "sha256": f.sha256} for f in self.fragments
+            ],
+        }
+        return (json.dumps(document, indent=1) + "\n").encode()
+
+
+def parse(data: bytes, expected: BackupId | None = None) -> Manifest:
+    """Parse and validate manifest bytes; raise DataError naming what is wrong.
+
+    With ``expected``, the manifest must describe that backup: a manifest
+    copied from another backup is refused.
+    """
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise DataError(f"manifest is {len(data)} bytes, larger than any real one")
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise DataError(f"manifest is not valid UTF-8 JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise DataError("manifest is not a JSON object")
+    if document.get("format") != FORMAT:
+        raise DataError(f"not a cryophile manifest (format {document.get('format')!r})")
+    version = _field(document, "version", int)
+    if version != VERSION:
+        raise DataError(f"manifest version {version} is not supported (this cryophile reads "
+                        f"version {VERSION}); upgrade cryophile")
+    try:
+        backup_id = BackupId(
+            parse_vault(_field(document, "vault", str)),
+            normalize_prefix(_field(document, "prefix", str)),
+            parse_ulid(_field(document, "ulid", str)),
+        )
+    except UsageError as error:
+        raise DataError(f"manifest has a bad backup id: {error}") from None
+    if expected is not None and backup_id != expected:
+        raise DataError(f"manifest describes backup {backup_id}, not {expected}")
+    try:
+        created = datetime.fromisoformat(_field(document, "created", str))
+    except ValueError:
+        raise DataError("manifest field 'created' is not a time: "
+                        f"{document['created']!r}") from None
+    if created.tzinfo is None:
+        raise DataError("manifest field 'created' has no UTC offset")
+    compression = _field(document, "compression", str)
+    if compression not in COMPRESSIONS:
+        raise DataError(f"manifest names unknown compression {compression!r}")
+    if document.get("encryption") != "openpgp":
+        raise DataError(f"manifest names unknown encryption {document.get('encryption')!r}")
+    engine = _field(document, "engine", str)
+    recipients = _field(document, "recipients", list)
+    for recipient in recipients:
+        if not isinstance(recipient, str) or not _FINGERPRINT.fullmatch(recipient):
+            raise DataError(f"manifest has a bad recipient fingerprint {recipient!r}")
+    fragment_size = _field(document, "fragment_size", int)
+    if not 0 < fragment_size <= MAX_FRAGMENT_SIZE:
+        raise DataError(f"manifest field 'fragment_size' out of range: {fragment_size}")
+    fragments = tuple(_parse_fragments(_field(document, "fragments", list), fragment_size))
+    return Manifest(backup_id, created, compression, engine, tuple(recipients), fragment_size,
+                    fragments)
+
+
+def _parse_fragments(entries: list[Any], fragment_size: int) -> list[Fragment]:
+    if not entries:
+        raise DataError("manifest lists no fragments")
+    if len(entries) > MAX_FRAGMENTS:
+        raise DataError(f"manifest lists {len(entries)} fragments, more than possible")
+    fragments: list[Fragment] = []
+    for position, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            raise DataError(f"manifest fragment entry {position} is not an object")
+        index = _field(entry, "index", int, f"fragment {position}")
+        if index != position:
+            raise DataError(f"manifest fragment entry {position} has index {index}; "
+                            "indices must run 1, 2, 3, … without gaps")
+        size = _field(entry, "size", int, f"fragment {index}")
+        last = position == len(entries)
+        if not (0 < size <= fragment_size if last else size == fragment_size):
+            raise DataError(f"manifest fragment {index} has size {size}; every fragment but "
+                            f"the last has the fragment size {fragment_size}")
+        digest = _field(entry, "sha256", str, f"fragment {index}")
+        if not _SHA256.fullmatch(digest):
+            raise DataError(f"manifest fragment {index} has a bad sha256 {digest!r}")
+        fragments.append(Fragment(index, size, digest))
+    return fragments
+
+
+def _field(document: dict[str, Any], name: str, kind: type, where: str = "manifest") -> Any:
+    if name not in document:
+        raise DataError(f"{where}: field {name!r} is missing")
+    value = document[name]
+    # bool is a subclass of int; a manifest saying "size": true is damaged.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DataError(f"{where}: field {name!r} should be {kind.__name__}, "
+                        f"not {type(value).__name__}")
+    return value

@@ -1,0 +1,86 @@
+"""Where a secret key's passphrase comes from, in order:
+
+1. ``--pass-fd N``: the first line read from file descriptor N;
+2. the program named by ``CRYOPHILE_ASKPASS`` (called with a prompt, like
+   ssh-askpass; its first line of output);
+3. the controlling terminal (``/dev/tty``), without echo.
+
+Never from argv or the environment: both are visible to other users. Asked
+only when a key turns out to be protected.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+from collections.abc import Callable, Mapping
+
+from cryophile.errors import KeyAccessError, UsageError
+from cryophile.pipeline.keys import SecretKey
+
+MAX_PASSPHRASE_BYTES = 64 * 1024
+
+
+def read_first_line(fd: int) -> str:
+    """Read up to the first newline (or EOF) from ``fd``; strip the line ending."""
+    data = bytearray()
+    try:
+        while len(data) < MAX_PASSPHRASE_BYTES:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data.extend(chunk)
+            if b"\n" in chunk:
+                break
+    except OSError as error:
+        raise UsageError(f"cannot read the passphrase from --pass-fd {fd}: "
+                         f"{error.strerror}") from None
+    line = bytes(data).split(b"\n", 1)[0].removesuffix(b"\r")
+    return line.decode("utf-8", errors="surrogateescape")
+
+
+def passphrase_source(pass_fd: int | None, env: Mapping[str, str]) -> Callable[[SecretKey], str]:
+    """A callable that returns the passphrase for a key, from the first source that applies."""
+    cache: list[str] = []
+
+    def ask(key: SecretKey) -> str:
+        if cache:
+            return cache[0]
+        prompt = f"Passphrase for OpenPGP key {key.fingerprint}: "
+        if pass_fd is not None:
+            answer = read_first_line(pass_fd)
+        elif env.get("CRYOPHILE_ASKPASS"):
+            answer = _askpass(env["CRYOPHILE_ASKPASS"], prompt)
+        else:
+            answer = _terminal(prompt, key)
+        cache.append(answer)
+        return answer
+
+    return ask
+
+
+def _askpass(program: str, prompt: str) -> str:
+    try:
+        result = subprocess.run([program, prompt], capture_output=True, check=False, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise KeyAccessError(f"CRYOPHILE_ASKPASS program {program!r} failed: {error}") from None
+    if result.returncode != 0:
+        raise KeyAccessError(f"CRYOPHILE_ASKPASS program {program!r} exited with status "
+                             f"{result.returncode}: no passphrase")
+    return result.stdout.split(b"\n", 1)[0].removesuffix(b"\r").decode(
+        "utf-8", errors="surrogateescape")
+
+
+def _terminal(prompt: str, key: SecretKey) -> str:
+    try:
+        with open("/dev/tty", "rb"):
+            pass
+    except OSError:
+        raise KeyAccessError(
+            f"secret key {key.fingerprint} is passphrase-protected and there is no terminal to "
+            "ask on: use --pass-fd N or CRYOPHILE_ASKPASS") from None
+    try:
+        return getpass.getpass(prompt)
+    except (EOFError, KeyboardInterrupt):
+        raise KeyAccessError("no passphrase entered") from None

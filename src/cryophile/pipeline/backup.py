@@ -1,0 +1,135 @@
+"""The backup job: input → compress → encrypt → split → hash → fragments in the spool.
+
+Stages run concurrently, joined by bounded queues of ≥ 1 MiB items::
+
+    [thread read+compress] → [worker process: encrypt] → [thread split+hash] → [this thread: write]
+
+The input is opened only after the backup id is claimed, so a FIFO is never
+drained into a backup that cannot be written. The manifest is published last;
+on any failure the fragments already handed to the freeze queue are removed
+again, so the spool is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryophile.backup_id import BackupId, fragment_name
+from cryophile.errors import StorageIOError
+from cryophile.manifest import Fragment, Manifest
+from cryophile.pipeline.compress import Codec
+from cryophile.pipeline.fragments import FragmentWriter, hash_pieces, split
+from cryophile.pipeline.keys import Recipients
+from cryophile.pipeline.openpgp import Engine
+from cryophile.pipeline.stages import read_blocks, threaded
+from cryophile.spool import LOCK_NAME, Queue, Spool, remove_tree_of_backup, write_file_durably
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackupPlan:
+    """Everything a backup needs, checked before the input is opened."""
+
+    backup_id: BackupId
+    codec: Codec
+    fragment_size: int
+    recipients: Recipients
+    engine: Engine
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """What a finished backup reports."""
+
+    manifest: Manifest
+    input_bytes: int
+    seconds: float
+
+
+class _Counter:
+    """Counts the bytes that pass through a stage (read by the progress reporter)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def count(self, blocks: Iterable[bytearray]) -> Iterator[bytearray]:
+        for block in blocks:
+            self.total += len(block)
+            yield block
+
+
+def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int]) -> BackupResult:
+    """Write one backup into the spool; return its manifest.
+
+    ``open_input`` returns a readable file descriptor; it is called only once
+    the backup id has been claimed. Raises AlreadyExistsError when the id is
+    taken, StorageIOError on input or spool I/O errors, and whatever the
+    engine raises; in every failure case nothing of this backup stays in the
+    spool.
+    """
+    started = time.monotonic()
+    backup_id = plan.backup_id
+    lock = spool.create_backup(backup_id)
+    work_dir = spool.backup_dir(Queue.BACKUP, backup_id)
+    freeze_dir = spool.backup_dir(Queue.FREEZE, backup_id)
+    writer = FragmentWriter(work_dir, freeze_dir, plan.fragment_size)
+    completed = False
+    try:
+        input_fd = open_input()
+        counter = _Counter()
+        digests: dict[int, str] = {}
+        try:
+            compressed = threaded(plan.codec.compress(counter.count(_reading(input_fd))),
+                                  name="compress")
+            ciphertext = plan.engine.encrypt(compressed, plan.recipients)
+            pieces = threaded(hash_pieces(split(ciphertext, plan.fragment_size), digests),
+                              name="split-hash")
+            writer.write(pieces)
+        finally:
+            os.close(input_fd)
+        fragments = tuple(Fragment(index, writer.sizes[index], digests[index])
+                          for index in sorted(writer.sizes))
+        manifest = Manifest(
+            backup_id=backup_id,
+            created=datetime.now(UTC),
+            compression=plan.codec.name,
+            engine=plan.engine.name,
+            recipients=plan.recipients.subkeys,
+            fragment_size=plan.fragment_size,
+            fragments=fragments,
+        )
+        try:
+            write_file_durably(work_dir / f"{fragment_name(0)}.part",
+                               freeze_dir / fragment_name(0), manifest.to_json())
+        except OSError as error:
+            raise StorageIOError(f"cannot write the manifest: {error.strerror}") from None
+        completed = True
+    finally:
+        writer.abort()
+        if not completed:
+            for path in writer.published:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            remove_tree_of_backup(freeze_dir, spool.queue_dir(Queue.FREEZE))
+        lock.release()
+        with contextlib.suppress(FileNotFoundError):
+            (work_dir / LOCK_NAME).unlink()
+        remove_tree_of_backup(work_dir, spool.queue_dir(Queue.BACKUP))
+    seconds = time.monotonic() - started
+    logger.info("backup %s complete: %d bytes in, %d bytes stored in %d fragment(s), %.1f s",
+                backup_id, counter.total, manifest.stored_bytes, len(fragments), seconds)
+    return BackupResult(manifest, counter.total, seconds)
+
+
+def _reading(fd: int) -> Iterator[bytearray]:
+    try:
+        yield from read_blocks(fd)
+    except OSError as error:
+        raise StorageIOError(f"cannot read the input: {error.strerror}") from None

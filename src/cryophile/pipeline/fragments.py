@@ -1,0 +1,213 @@
+"""Splitting the ciphertext into fragments, and joining them back.
+
+Backup side, three stages: :func:`split` cuts the message into pieces tagged
+with their fragment index (a pure function), :func:`hash_pieces` computes each
+fragment's SHA-256, and :class:`FragmentWriter` writes the pieces to
+``backup/ID/chunk.N.part`` and hands each complete fragment to
+``freeze/ID/chunk.N`` (fsync, hard link, unlink). A fragment opens only when a
+byte for it arrives, so there is never an empty trailing fragment.
+
+Restore side: :func:`read_fragments` waits for each fragment in order in the
+restore queue, checks its size and SHA-256 against the manifest *before* any
+of its bytes are used, then yields its contents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryophile.backup_id import fragment_name
+from cryophile.errors import DataError, StorageIOError
+from cryophile.manifest import Fragment, Manifest
+from cryophile.pipeline.stages import BLOCK_SIZE
+from cryophile.spool import FILE_MODE, describe_os_error, publish
+
+logger = logging.getLogger(__name__)
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A slice of the message that belongs to fragment ``index``.
+
+    ``last`` marks the final piece of its fragment.
+    """
+
+    index: int
+    data: Buffer
+    last: bool
+
+
+def split(blocks: Iterable[Buffer], fragment_size: int) -> Iterator[Piece]:
+    """Cut a stream into pieces of consecutive fragments of ``fragment_size`` bytes.
+
+    Every fragment but the last is exactly ``fragment_size`` bytes; the last
+    holds the rest and is never empty. An empty stream gives no piece.
+    """
+    if fragment_size <= 0:
+        raise ValueError("fragment size must be positive")
+    index = 1
+    filled = 0
+    pending: Piece | None = None
+    for block in blocks:
+        view = memoryview(block)
+        while view:
+            if pending is not None:
+                yield pending
+                pending = None
+            take = min(len(view), fragment_size - filled)
+            piece_data, view = view[:take], view[take:]
+            filled += take
+            if filled == fragment_size:
+                yield Piece(index, piece_data, last=True)
+                index += 1
+                filled = 0
+            else:
+                # Whether this piece ends its fragment is known only when the
+                # next byte arrives or the stream ends.
+                pending = Piece(index, piece_data, last=False)
+    if pending is not None:
+        yield Piece(pending.index, pending.data, last=True)
+
+
+def hash_pieces(pieces: Iterable[Piece], digests: dict[int, str]) -> Iterator[Piece]:
+    """Pass pieces through, recording each complete fragment's SHA-256 in ``digests``."""
+    hasher = hashlib.sha256()
+    for piece in pieces:
+        hasher.update(piece.data)
+        if piece.last:
+            digests[piece.index] = hasher.hexdigest()
+            hasher = hashlib.sha256()
+        yield piece
+
+
+class FragmentWriter:
+    """Writes pieces into ``work_dir`` as ``chunk.N.part`` and publishes them to ``queue_dir``.
+
+    Space for each fragment is reserved up front when possible, so a full disk
+    fails early; the file is cut to its real size before it is published.
+    """
+
+    def __init__(self, work_dir: Path, queue_dir: Path, fragment_size: int) -> None:
+        self.work_dir = work_dir
+        self.queue_dir = queue_dir
+        self.fragment_size = fragment_size
+        self.sizes: dict[int, int] = {}
+        self.published: list[Path] = []
+        self._fd: int | None = None
+        self._index = 0
+        self._written = 0
+
+    def write(self, pieces: Iterable[Piece]) -> None:
+        """Write every piece; publish each fragment as soon as its last piece is written."""
+        try:
+            for piece in pieces:
+                if self._fd is None:
+                    self._open(piece.index)
+                assert self._fd is not None
+                view = memoryview(piece.data)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                self._written += len(piece.data)
+                if piece.last:
+                    self._publish()
+        except OSError as error:
+            raise StorageIOError(f"cannot write fragment {self._index} to the spool: "
+                                 f"{describe_os_error(error)}") from None
+
+    def _part(self, index: int) -> Path:
+        return self.work_dir / f"{fragment_name(index)}.part"
+
+    def _open(self, index: int) -> None:
+        self._index = index
+        self._written = 0
+        self._fd = os.open(self._part(index),
+                           os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.posix_fallocate(self._fd, 0, self.fragment_size)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            # EOPNOTSUPP and friends: the file system cannot reserve; write anyway.
+
+    def _publish(self) -> None:
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, self._written)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        final = self.queue_dir / fragment_name(self._index)
+        publish(self._part(self._index), final)
+        self.sizes[self._index] = self._written
+        self.published.append(final)
+        logger.debug("fragment %d published: %d bytes", self._index, self._written)
+
+    def abort(self) -> None:
+        """Close and remove an unfinished ``.part`` file (published fragments stay)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._part(self._index))
+
+
+WaitFor = Callable[[Path], None]
+
+
+def read_fragments(directory: Path, manifest: Manifest, wait_for: WaitFor,
+                   block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
+    """Yield the message, fragment by fragment, each verified before it is used.
+
+    ``wait_for(path)`` returns once ``path`` exists (or raises, e.g. on a
+    timeout). Each fragment is opened once, hashed whole, and only then read
+    again from the same descriptor and yielded, so what was verified is what
+    is used. Raises DataError naming the fragment when its size or SHA-256
+    differs from the manifest.
+    """
+    for fragment in manifest.fragments:
+        path = directory / fragment_name(fragment.index)
+        wait_for(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as error:
+            raise StorageIOError(f"cannot open fragment {path}: {error.strerror}") from None
+        try:
+            _verify(fd, path, fragment, len(manifest.fragments))
+            os.lseek(fd, 0, os.SEEK_SET)
+            remaining = fragment.size
+            while remaining:
+                block = os.read(fd, min(block_size, remaining))
+                if not block:
+                    raise DataError(f"fragment {path} shrank while it was read")
+                remaining -= len(block)
+                yield block
+        finally:
+            os.close(fd)
+
+
+def _verify(fd: int, path: Path, fragment: Fragment, count: int) -> None:
+    size = os.fstat(fd).st_size
+    if size != fragment.size:
+        what = "truncated" if size < fragment.size else "too long"
+        raise DataError(f"fragment {fragment.index} of {count} ({path}) is {what}: "
+                        f"{size} bytes, the manifest says {fragment.size}")
+    hasher = hashlib.sha256()
+    buffer = bytearray(BLOCK_SIZE)
+    view = memoryview(buffer)
+    while count_read := os.readv(fd, [view]):
+        hasher.update(view[:count_read])
+    if hasher.hexdigest() != fragment.sha256:
+        raise DataError(f"fragment {fragment.index} of {count} ({path}) is damaged or not "
+                        "part of this backup: its SHA-256 does not match the manifest")
+

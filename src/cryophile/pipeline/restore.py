@@ -1,0 +1,172 @@
+"""The restore job: restore queue → verify → concatenate → decrypt → decompress → output.
+
+Stages::
+
+    [thread: wait, verify, read fragments] → [worker process: decrypt] → [this thread:
+    decompress, write]
+
+The manifest is read first; the secret key is chosen from its recipients and
+unlocked (wrong passphrase detected) before any output is written. Each
+fragment's size and SHA-256 are checked before its bytes reach the decryptor.
+Fragments may arrive in any order while this runs; they are consumed in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryophile.backup_id import BackupId, fragment_name
+from cryophile.daemons.watch import DirectoryWatcher, wait_for_file
+from cryophile.errors import (
+    CryophileError,
+    DataError,
+    KeyAccessError,
+    NoInputError,
+    StorageIOError,
+)
+from cryophile.manifest import Manifest, parse
+from cryophile.pipeline.compress import Buffer, Codec, codec_for, detecting
+from cryophile.pipeline.fragments import read_fragments
+from cryophile.pipeline.keys import SecretKey, select_secret_keys, unlock
+from cryophile.pipeline.openpgp import Engine
+from cryophile.pipeline.stages import threaded, write_all
+from cryophile.spool import Queue, Spool
+
+logger = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What to restore and how."""
+
+    backup_id: BackupId
+    secret_keys: list[SecretKey]
+    ask_passphrase: Callable[[SecretKey], str]
+    engine: Engine
+    compression: str | None = None
+    wait: bool = False
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What a finished restore reports."""
+
+    manifest: Manifest
+    output_bytes: int
+    seconds: float
+
+
+class _Waiter:
+    """Waits for files in one restore directory, or refuses to when nothing will come."""
+
+    def __init__(self, directory: Path, plan: RestorePlan) -> None:
+        self.directory = directory
+        self.wait = plan.wait
+        self.deadline = None if plan.timeout is None else time.monotonic() + plan.timeout
+        self.watcher = DirectoryWatcher(directory)
+
+    def __call__(self, path: Path) -> None:
+        if not self.wait:
+            if not path.exists():
+                raise DataError(f"{path.name} of backup is missing from {self.directory}"
+                                " (use --wait to wait for it to arrive)")
+            return
+        wait_for_file(self.watcher, path, deadline=self.deadline,
+                      on_wait=lambda p: logger.info("waiting for %s to arrive in %s",
+                                                    p.name, self.directory))
+
+
+def read_manifest(directory: Path, backup_id: BackupId,
+                  wait_for: Callable[[Path], None]) -> Manifest:
+    """Wait for and parse ``chunk.0`` of ``backup_id`` in ``directory``."""
+    path = directory / fragment_name(0)
+    wait_for(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise StorageIOError(f"cannot read manifest {path}: {error.strerror}") from None
+    return parse(data, expected=backup_id)
+
+
+def run_restore(spool: Spool, plan: RestorePlan, output_fd: int) -> RestoreResult:
+    """Restore ``plan.backup_id`` from the restore queue into ``output_fd``.
+
+    Raises NoInputError when the backup is not in the restore queue,
+    KeyAccessError before any output when no key or passphrase fits,
+    DataError when a fragment is missing (and ``wait`` is off), damaged or
+    fails decryption; TryLaterError when ``timeout`` passes while waiting.
+    """
+    started = time.monotonic()
+    directory = spool.backup_dir(Queue.RESTORE, plan.backup_id)
+    if not directory.is_dir():
+        raise NoInputError(f"backup {plan.backup_id} is not in the restore queue "
+                           f"({directory} does not exist)")
+    waiter = _Waiter(directory, plan)
+    with waiter.watcher:
+        manifest = read_manifest(directory, plan.backup_id, waiter)
+        _warn_about_strays(directory, manifest)
+        key, passphrase = _unlock_any(plan, manifest)
+        codec = _codec(plan.compression, manifest)
+        ciphertext = threaded(read_fragments(directory, manifest, waiter), name="fragments")
+        plaintext: Iterator[Buffer] = plan.engine.decrypt(ciphertext, key, passphrase)
+        if codec is None:
+            codec, plaintext = detecting(plaintext)
+            logger.info("compression detected from the data: %s", codec.name)
+        written = 0
+        try:
+            for block in codec.decompress(plaintext):
+                write_all(output_fd, block)
+                written += len(block)
+        except BrokenPipeError:
+            raise StorageIOError("the output was closed before the restore finished") from None
+        except OSError as error:
+            raise StorageIOError(f"cannot write the output: {error.strerror}") from None
+        except CryophileError as error:
+            # Plaintext may already be out: say so, whatever went wrong.
+            raise type(error)(f"{error}; the output is incomplete ({written} bytes were "
+                              "written)") from error
+    seconds = time.monotonic() - started
+    logger.info("restore of %s complete: %d bytes out, %.1f s", plan.backup_id, written, seconds)
+    return RestoreResult(manifest, written, seconds)
+
+
+def _unlock_any(plan: RestorePlan, manifest: Manifest) -> tuple[SecretKey, str | None]:
+    candidates = select_secret_keys(plan.secret_keys, manifest.recipients)
+    failure: KeyAccessError | None = None
+    for key in candidates:
+        try:
+            return key, unlock(key, plan.ask_passphrase)
+        except KeyAccessError as error:
+            failure = error
+    assert failure is not None
+    raise failure
+
+
+def _codec(override: str | None, manifest: Manifest) -> Codec | None:
+    """The codec to decompress with; None means "detect from the magic bytes"."""
+    if override == AUTO:
+        return None
+    if override is not None:
+        if override != manifest.compression:
+            logger.warning("decompressing as %s although the manifest says %s", override,
+                           manifest.compression)
+        return codec_for(override)
+    return codec_for(manifest.compression)
+
+
+def _warn_about_strays(directory: Path, manifest: Manifest) -> None:
+    known = {fragment_name(fragment.index) for fragment in manifest.fragments}
+    known.add(fragment_name(0))
+    for name in sorted(os.listdir(directory)):
+        if name.startswith("chunk.") and name not in known and not name.endswith(".part"):
+            logger.warning("ignoring %s in %s: the manifest lists %d fragment(s)", name,
+                           directory, len(manifest.fragments))
+

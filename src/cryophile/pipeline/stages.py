@@ -1,0 +1,138 @@
+"""Plumbing of the byte pipeline: block readers and threads joined by bounded queues.
+
+Every stage of backup and restore (read, compress, encrypt, split, hash, write)
+is an iterator of byte blocks. :func:`threaded` runs one in its own thread and
+hands its items to the next through a bounded queue, so stages overlap on both
+cores (zstandard, lz4, hashlib and OpenSSL release the GIL) while memory stays
+bounded by queue depth × block size. Items are ≥ 1 MiB: smaller items make the
+queue hand-off cost more than the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+BLOCK_SIZE = 1024 * 1024
+QUEUE_DEPTH = 4
+
+T = TypeVar("T")
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def threaded(source: Iterable[T], *, name: str, depth: int = QUEUE_DEPTH) -> Iterator[T]:
+    """Iterate ``source`` in a new thread; yield its items here, in order.
+
+    An exception in the thread is re-raised here. When the consumer stops
+    early (an exception, or closing this generator), the thread is told to
+    stop and is joined, so no stage keeps running behind a failed pipeline.
+    """
+    handoff: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def run() -> None:
+        try:
+            for item in source:
+                if not offer(item):
+                    break
+        except BaseException as error:
+            offer(_Failure(error))
+            return
+        finally:
+            close = getattr(source, "close", None)
+            if stop.is_set() and close is not None:
+                close()
+        offer(_END)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _END:
+                break
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
+
+
+def enlarge_pipe(fd: int) -> None:
+    """Ask for a 1 MiB pipe buffer when ``fd`` is a pipe (else do nothing).
+
+    A default pipe hands over at most 64 KiB per read; a larger buffer lets
+    whole blocks through in fewer system calls.
+    """
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, BLOCK_SIZE)
+
+
+def read_blocks(fd: int, block_size: int = BLOCK_SIZE) -> Iterator[bytearray]:
+    """Read ``fd`` to its end in whole blocks (the last one may be short).
+
+    Pipes deliver at most a pipe buffer per read; blocks are filled across
+    reads so that later stages always get large items.
+    """
+    while True:
+        block = bytearray(block_size)
+        view = memoryview(block)
+        filled = 0
+        while filled < block_size:
+            count = os.readv(fd, [view[filled:]])
+            if count == 0:
+                break
+            filled += count
+        view.release()
+        if filled == 0:
+            return
+        if filled < block_size:
+            del block[filled:]
+            yield block
+            return
+        yield block
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write every byte of ``data`` to ``fd`` (handles short writes)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def rebatch(blocks: Iterable[bytes], minimum: int = BLOCK_SIZE) -> Iterator[bytes]:
+    """Join small pieces (compressor output) into items of at least ``minimum`` bytes."""
+    pending: list[bytes] = []
+    size = 0
+    for block in blocks:
+        if not block:
+            continue
+        pending.append(block)
+        size += len(block)
+        if size >= minimum:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
