@@ -88,6 +88,15 @@ def _split_certs(path: Path, data: bytes) -> list[pysequoia.Cert]:
     return certs
 
 
+def _secrets(cert: pysequoia.Cert) -> pysequoia.Tsk | None:
+    """The secret keys of ``cert``, or None when it holds only public keys."""
+    with warnings.catch_warnings():
+        # Cert.secrets/has_secret_keys are deprecated in favour of Tsk.from_*,
+        # which cannot split a keyring that holds several keys.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return cert.secrets if cert.has_secret_keys else None
+
+
 def _key_packets(data: bytes) -> dict[str, tuple[str, bool]]:
     """Key id → (fingerprint, storage-encryption flag) for every key packet in ``data``."""
     keys: dict[str, tuple[str, bool]] = {}
@@ -136,7 +145,7 @@ def load_recipients(paths: Iterable[Path]) -> Recipients:
     subkeys: list[str] = []
     for path in paths:
         for cert in _split_certs(path, _read_keyring(path)):
-            if cert.has_secret_keys:
+            if _secrets(cert) is not None:
                 logger.warning("keyring %s holds the secret key of %s: the backup host only "
                                "needs the certificate (public key)", path, cert.fingerprint)
             try:
@@ -176,13 +185,7 @@ def load_secret_keys(paths: Iterable[Path]) -> list[SecretKey]:
     for path in paths:
         found = 0
         for cert in _split_certs(path, _read_keyring(path)):
-            if not cert.has_secret_keys:
-                continue
-            with warnings.catch_warnings():
-                # Cert.secrets is deprecated in favour of Tsk.from_*, which
-                # cannot split a keyring holding several keys.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                tsk = cert.secrets
+            tsk = _secrets(cert)
             if tsk is None:
                 continue
             key_bytes = bytes(tsk)

@@ -1,0 +1,398 @@
+"""The configuration file: TOML in, frozen dataclasses out.
+
+Where this sits: the CLI calls :func:`load_config` once with the ``--config``
+value (or None) and hands the result down; :meth:`Config.vault` tells the
+vault layer how to reach one vault, and a vault id with no entry falls back to
+the embedded directory vault (decided by the caller, not here).
+
+Lookup order: the explicit path (which must exist), else
+``$XDG_CONFIG_HOME/cryophile/cryophile.toml`` (``~/.config/...`` when
+``XDG_CONFIG_HOME`` is unset), else ``/etc/cryophile/cryophile.toml``, else
+built-in defaults with no vaults. The first file that exists is the only one
+read; a file that exists but cannot be read or parsed is an error, never
+skipped, so a typo never silently sends backups somewhere else.
+
+The schema::
+
+    spool = "/var/spool/cryophile"          # optional
+
+    [[vault]]
+    id = "0b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"   # required, a UUID
+    provider = "s3"                          # required: "s3" or "dir"
+    bucket = "my-backups"                    # s3: required
+    endpoint_url = "https://..."             # s3: optional (R2, GCS, SeaweedFS, MinIO)
+    region = "eu-central-1"                  # s3: optional
+    profile = "backup"                       # s3: optional AWS profile name
+    storage_class = "GLACIER"                # default GLACIER
+    restore_tier = "Bulk"                    # Bulk | Standard | Expedited, default Bulk
+    restore_days = 7                         # ≥ 1, default 7
+    compression = "zstd"                     # optional: none | lz4 | zstd
+    object_lock_mode = "GOVERNANCE"          # s3, optional: GOVERNANCE | COMPLIANCE
+    object_lock_days = 30                    # s3, required with object_lock_mode
+    max_bandwidth = "50M"                    # s3, optional: bytes/s, int or K/M/G/T
+    path = "/srv/vault"                      # dir: required
+
+Unknown keys are errors. Credentials are never read from this file: they come
+from the standard AWS chain (environment, ``profile``, instance roles).
+
+Every error is a :class:`~cryophile.errors.ConfigError` whose message names
+the file, the line when it can be found, the ``[[vault]]`` entry and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+from urllib.parse import urlsplit
+
+from cryophile.errors import ConfigError
+from cryophile.vault.base import RESTORE_TIERS, STORAGE_CLASSES
+
+Provider = Literal["s3", "dir"]
+
+#: Where the configuration is looked for when no path is given, in order.
+SYSTEM_CONFIG = Path("/etc/cryophile/cryophile.toml")
+
+COMPRESSIONS = ("none", "lz4", "zstd")
+OBJECT_LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+
+_TOP_LEVEL_KEYS = frozenset({"spool", "vault"})
+_COMMON_KEYS = frozenset(
+    {"id", "provider", "storage_class", "restore_tier", "restore_days", "compression"}
+)
+_S3_KEYS = frozenset(
+    {
+        "bucket",
+        "endpoint_url",
+        "region",
+        "profile",
+        "object_lock_mode",
+        "object_lock_days",
+        "max_bandwidth",
+    }
+)
+_DIR_KEYS = frozenset({"path"})
+_VAULT_KEYS = _COMMON_KEYS | _S3_KEYS | _DIR_KEYS
+
+_UUID_FORM = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+_SIZE_FORM = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:iB)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_VAULT_HEADER = re.compile(r"\s*\[\[\s*vault\s*\]\]\s*(#.*)?$")
+_ANY_HEADER = re.compile(r"\s*\[")
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    """One ``[[vault]]`` entry, validated and normalised.
+
+    Keys that do not apply to the provider are None (the loader refuses them
+    in the file). ``max_bandwidth`` is in bytes per second.
+    """
+
+    id: uuid.UUID
+    provider: Provider
+    bucket: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    storage_class: str = "GLACIER"
+    restore_tier: str = "Bulk"
+    restore_days: int = 7
+    compression: str | None = None
+    object_lock_mode: str | None = None
+    object_lock_days: int | None = None
+    max_bandwidth: int | None = None
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration. ``source`` is the file it came from, or None
+    for the built-in defaults; ``spool`` is None unless the file sets it."""
+
+    source: Path | None = None
+    spool: Path | None = None
+    vaults: tuple[VaultConfig, ...] = ()
+
+    def vault(self, vault_id: uuid.UUID) -> VaultConfig | None:
+        """The entry for ``vault_id``, or None (then the embedded directory
+        vault applies)."""
+        for entry in self.vaults:
+            if entry.id == vault_id:
+                return entry
+        return None
+
+
+def default_search_paths() -> tuple[Path, ...]:
+    """The files :func:`load_config` tries when no path is given, in order."""
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    # The XDG spec says a relative value is invalid and must be ignored.
+    user_dir = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".config"
+    return (user_dir / "cryophile" / "cryophile.toml", SYSTEM_CONFIG)
+
+
+def load_config(path: Path | None = None, *, search: Sequence[Path] | None = None) -> Config:
+    """Load the configuration.
+
+    With ``path``, read exactly that file; it must exist. Without, read the
+    first of ``search`` (default :func:`default_search_paths`) that exists, or
+    return the built-in defaults when none does. Raises ConfigError for a
+    missing explicit file and for any file that cannot be read, parsed or
+    validated.
+    """
+    if path is not None:
+        if not path.exists():
+            raise ConfigError(f"{path}: configuration file does not exist")
+        return _load_file(path)
+    for candidate in default_search_paths() if search is None else search:
+        # exists() is False for a dangling symlink too; a file we may not stat
+        # raises PermissionError, which _load_file reports.
+        if candidate.exists() or candidate.is_symlink():
+            return _load_file(candidate)
+    return Config()
+
+
+def parse_config(text: str, source: Path) -> Config:
+    """Parse and validate TOML ``text`` as if read from ``source`` (which is
+    used in messages and to resolve relative paths)."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends in "(at line L, column C)".
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    return _Validator(source, text).config(document)
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte count: an int, or a string with an optional binary unit
+    (``"50M"`` = 50 MiB, ``"1.5G"``, ``"64KiB"``). Raises ValueError."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    elif isinstance(text, str):
+        match = _SIZE_FORM.fullmatch(text)
+        if match is None:
+            raise ValueError(f"invalid size {text!r}: expected e.g. 1048576, '512K', '50M', '1G'")
+        number, unit = match.groups()
+        value = int(float(number) * _SIZE_UNITS[unit.upper()])
+    else:
+        raise ValueError(f"expected a size, not {text!r}")  # noqa: TRY004 (config value)
+    if value < 1:
+        raise ValueError(f"size must be at least 1 byte, not {text!r}")
+    return value
+
+
+def _load_file(path: Path) -> Config:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration file: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not valid UTF-8") from None
+    return parse_config(text, path)
+
+
+class _Validator:
+    """Turns the parsed document into a Config, naming file, line, entry and
+    key in every complaint."""
+
+    def __init__(self, source: Path, text: str) -> None:
+        self.source = source
+        self.lines = text.splitlines()
+
+    def config(self, document: dict[str, Any]) -> Config:
+        unknown = sorted(set(document) - _TOP_LEVEL_KEYS)
+        if unknown:
+            self._fail(
+                None, unknown[0], f"unknown key {unknown[0]!r} (expected 'spool', [[vault]])"
+            )
+        spool = None
+        if "spool" in document:
+            spool = self._path(None, "spool", document["spool"])
+        tables = document.get("vault", [])
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            self._fail(None, "vault", "'vault' must be [[vault]] tables")
+        vaults: list[VaultConfig] = []
+        seen: dict[uuid.UUID, int] = {}
+        for index, table in enumerate(tables):
+            entry = self._vault(index, table)
+            if entry.id in seen:
+                self._fail(
+                    index,
+                    "id",
+                    f"duplicate vault id {entry.id} "
+                    f"(already used by [[vault]] #{seen[entry.id] + 1})",
+                )
+            seen[entry.id] = index
+            vaults.append(entry)
+        return Config(source=self.source, spool=spool, vaults=tuple(vaults))
+
+    def _vault(self, index: int, table: Mapping[str, Any]) -> VaultConfig:
+        for key in table:
+            if key not in _VAULT_KEYS:
+                self._fail(index, key, f"unknown key {key!r}")
+        if "id" not in table:
+            self._fail(index, None, "missing key 'id' (the vault's UUID)")
+        vault_id = self._uuid(index, table["id"])
+        if "provider" not in table:
+            self._fail(index, None, 'missing key \'provider\' ("s3" or "dir")')
+        provider = self._choice(index, "provider", table["provider"], ("s3", "dir"))
+        allowed = _COMMON_KEYS | (_S3_KEYS if provider == "s3" else _DIR_KEYS)
+        for key in table:
+            if key not in allowed:
+                self._fail(index, key, f"key {key!r} does not apply to provider {provider!r}")
+
+        values: dict[str, Any] = {"id": vault_id, "provider": provider}
+        if "storage_class" in table:
+            values["storage_class"] = self._choice(
+                index, "storage_class", table["storage_class"], sorted(STORAGE_CLASSES), upper=True
+            )
+        if "restore_tier" in table:
+            tiers = sorted(t.lower() for t in RESTORE_TIERS)
+            tier = self._choice(index, "restore_tier", table["restore_tier"], tiers)
+            values["restore_tier"] = tier.capitalize()
+        if "restore_days" in table:
+            values["restore_days"] = self._int(index, "restore_days", table["restore_days"])
+        if "compression" in table:
+            values["compression"] = self._choice(
+                index, "compression", table["compression"], COMPRESSIONS
+            )
+
+        if provider == "dir":
+            if "path" not in table:
+                self._fail(index, None, "missing key 'path' (required for provider \"dir\")")
+            values["path"] = self._path(index, "path", table["path"])
+            return VaultConfig(**values)
+
+        if "bucket" not in table:
+            self._fail(index, None, "missing key 'bucket' (required for provider \"s3\")")
+        values["bucket"] = self._bucket(index, table["bucket"])
+        if "endpoint_url" in table:
+            values["endpoint_url"] = self._url(index, table["endpoint_url"])
+        for key in ("region", "profile"):
+            if key in table:
+                values[key] = self._string(index, key, table[key])
+        if ("object_lock_mode" in table) != ("object_lock_days" in table):
+            key = "object_lock_mode" if "object_lock_mode" in table else "object_lock_days"
+            self._fail(index, key, "object_lock_mode and object_lock_days go together")
+        if "object_lock_mode" in table:
+            values["object_lock_mode"] = self._choice(
+                index, "object_lock_mode", table["object_lock_mode"], OBJECT_LOCK_MODES, upper=True
+            )
+            values["object_lock_days"] = self._int(
+                index, "object_lock_days", table["object_lock_days"]
+            )
+        if "max_bandwidth" in table:
+            try:
+                values["max_bandwidth"] = parse_size(table["max_bandwidth"])
+            except ValueError as exc:
+                self._fail(index, "max_bandwidth", str(exc))
+        return VaultConfig(**values)
+
+    # -- value checkers: each returns the normalised value or fails --------
+
+    def _string(self, index: int | None, key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            self._fail(index, key, f"expected a non-empty string, not {value!r}")
+        return value
+
+    def _choice(
+        self,
+        index: int | None,
+        key: str,
+        value: Any,
+        choices: Sequence[str],
+        *,
+        upper: bool = False,
+    ) -> str:
+        text = self._string(index, key, value)
+        normalised = text.upper() if upper else text.lower()
+        if normalised not in choices:
+            self._fail(index, key, f"{text!r} is not one of {', '.join(choices)}")
+        return normalised
+
+    def _int(self, index: int | None, key: str, value: Any) -> int:
+        # TOML booleans arrive as bool, a subclass of int: refuse them.
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self._fail(index, key, f"expected a whole number ≥ 1, not {value!r}")
+        return value
+
+    def _uuid(self, index: int, value: Any) -> uuid.UUID:
+        text = self._string(index, "id", value)
+        if not _UUID_FORM.fullmatch(text):
+            self._fail(
+                index, "id", f"{text!r} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
+            )
+        return uuid.UUID(text)
+
+    def _path(self, index: int | None, key: str, value: Any) -> Path:
+        text = self._string(index, key, value)
+        if "\0" in text:
+            self._fail(index, key, "path contains a NUL character")
+        path = Path(text).expanduser()
+        # A relative path means relative to the file it is written in, not to
+        # wherever a cron job happens to start.
+        return path if path.is_absolute() else self.source.parent / path
+
+    def _bucket(self, index: int, value: Any) -> str:
+        text = self._string(index, "bucket", value)
+        # Only what no S3 server accepts; each provider has stricter rules.
+        if "/" in text or any(c.isspace() for c in text) or not 3 <= len(text) <= 255:
+            self._fail(index, "bucket", f"{text!r} is not a bucket name")
+        return text
+
+    def _url(self, index: int, value: Any) -> str:
+        text = self._string(index, "endpoint_url", value)
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            self._fail(index, "endpoint_url", f"{text!r} is not an http:// or https:// URL")
+        return text
+
+    # -- error reporting ---------------------------------------------------
+
+    def _fail(self, index: int | None, key: str | None, message: str) -> NoReturn:
+        where = str(self.source)
+        line = self._line_of(index, key)
+        if line is not None:
+            where += f": line {line}"
+        if index is not None:
+            where += f": [[vault]] #{index + 1}"
+        if key is not None:
+            where += f": key {key!r}"
+        raise ConfigError(f"{where}: {message}")
+
+    def _line_of(self, index: int | None, key: str | None) -> int | None:
+        """Best-effort line number of ``key`` in the index-th ``[[vault]]``
+        table (or at the top level when index is None). tomllib keeps no
+        positions, so this scans the text; None when it cannot tell (inline
+        tables, dotted keys)."""
+        count = -1
+        in_target = index is None
+        header_line = None
+        for number, line in enumerate(self.lines, start=1):
+            if _VAULT_HEADER.match(line):
+                count += 1
+                in_target = count == index
+                if in_target:
+                    header_line = number
+                continue
+            if _ANY_HEADER.match(line):
+                in_target = False
+                continue
+            if (
+                in_target
+                and key is not None
+                and re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line)
+            ):
+                return number
+        return header_line

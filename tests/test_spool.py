@@ -1,0 +1,68 @@
+"""The spool: queue layout, permissions, exclusive backup ids, locks, atomic publish."""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cryophile.backup_id import BackupId, parse_ulid
+from cryophile.errors import AlreadyExistsError, StorageIOError
+from cryophile.spool import Queue, Spool, default_spool_root, is_being_written, publish
+
+BACKUP = BackupId(uuid.UUID("6f1c2a3b-5d4e-4f60-8a7b-9c0d1e2f3a4b"), "hosts/db1",
+                  parse_ulid("01ARZ3NDEKTSV4RRFFQ69G5FAV"))
+
+
+def test_open_creates_private_queues(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "new" / "spool", create_root=True)
+    for queue in Queue:
+        assert stat.S_IMODE(spool.queue_dir(queue).stat().st_mode) == 0o700
+    with pytest.raises(StorageIOError, match="does not exist"):
+        Spool.open(tmp_path / "absent", create_root=False)
+
+
+def test_backup_id_is_claimed_once_and_locked(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path, create_root=False)
+    lock = spool.create_backup(BACKUP)
+    work = spool.backup_dir(Queue.BACKUP, BACKUP)
+    assert is_being_written(work / ".lock")
+    with pytest.raises(AlreadyExistsError):
+        spool.create_backup(BACKUP)
+    lock.release()
+    assert not is_being_written(work / ".lock")  # a dead writer is recognisable
+    assert list(spool.backups(Queue.BACKUP)) == [BACKUP]
+    assert list(spool.backups(Queue.FREEZE)) == [BACKUP]
+
+
+def test_an_id_in_another_queue_is_taken(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path, create_root=False)
+    spool.backup_dir(Queue.RESTORE, BACKUP).mkdir(parents=True)
+    with pytest.raises(AlreadyExistsError, match="restore queue"):
+        spool.create_backup(BACKUP)
+
+
+def test_publish_never_clobbers(tmp_path: Path) -> None:
+    part, final = tmp_path / "a.part", tmp_path / "a"
+    part.write_bytes(b"new")
+    final.write_bytes(b"old")
+    with pytest.raises(AlreadyExistsError):
+        publish(part, final)
+    assert final.read_bytes() == b"old"
+    assert part.exists()
+    final.unlink()
+    publish(part, final)
+    assert final.read_bytes() == b"new"
+    assert not part.exists()
+
+
+def test_default_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_spool_root({"CRYOPHILE_SPOOL": "/x"}) == Path("/x")
+    assert default_spool_root({}, "/from/config") == Path("/from/config")
+    if os.geteuid() == 0:
+        assert default_spool_root({}) == Path("/var/spool/cryophile")
+    else:
+        assert default_spool_root({"XDG_STATE_HOME": "/s"}) == Path("/s/cryophile/spool")
