@@ -20,6 +20,8 @@ import pytest
 
 import oracles
 
+pytest_plugins = ["s3server"]
+
 REPO = Path(__file__).resolve().parent.parent
 VAULT = "6f1c2a3b-5d4e-4f60-8a7b-9c0d1e2f3a4b"
 
