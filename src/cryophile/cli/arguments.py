@@ -65,6 +65,13 @@ def non_negative_seconds(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """A whole number ≥ 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"invalid number {text!r}: expected a whole number of at least 1")
+    return int(text)
+
+
 def file_descriptor(text: str) -> int:
     """A file descriptor number (≥ 0)."""
     if not text.isdigit():

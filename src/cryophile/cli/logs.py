@@ -1,6 +1,7 @@
 """Logging set-up, done once per process by the CLI. Logs go to stderr only.
 
-Level: ``-q`` (errors only), default warnings, ``-d`` info, ``-dd`` debug;
+Level: ``-q`` (errors only), default warnings (info for the daemons), ``-d``
+info, ``-dd`` debug;
 ``CRYOPHILE_LOG`` (debug, info, warning, error) sets the default.
 Style: ``CRYOPHILE_LOG_STYLE`` = ``auto`` (colour on a terminal unless NO_COLOR
 is set), ``color``, ``plain`` or ``json`` (one JSON object per line).
@@ -57,17 +58,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document, default=str)
 
 
-def level_from(verbose: int, quiet: bool, env: Mapping[str, str]) -> int:
-    """The log level the options and environment ask for."""
+def level_from(verbose: int, quiet: bool, env: Mapping[str, str],
+               default: int = logging.WARNING) -> int:
+    """The log level the options and environment ask for (daemons default to info)."""
     if quiet:
         return logging.ERROR
     if verbose >= 2:
         return logging.DEBUG
     if verbose == 1:
-        return logging.INFO
+        return min(logging.INFO, default)
     name = env.get("CRYOPHILE_LOG", "").strip().lower()
     if not name:
-        return logging.WARNING
+        return default
     if name not in LEVELS:
         raise UsageError(f"invalid CRYOPHILE_LOG {name!r}: use one of {', '.join(LEVELS)}")
     return LEVELS[name]

@@ -20,13 +20,15 @@ from typing import NoReturn, TextIO
 
 from cryophile import __version__
 from cryophile.cli import backup as backup_command
+from cryophile.cli import freeze as freeze_command
 from cryophile.cli import restore as restore_command
+from cryophile.cli import thaw as thaw_command
 from cryophile.cli.logs import level_from, setup_logging
 from cryophile.errors import CryophileError, ExitCode, UsageError
 
 logger = logging.getLogger(__name__)
 
-COMMANDS = (backup_command, restore_command)
+COMMANDS = (backup_command, restore_command, freeze_command, thaw_command)
 
 
 @dataclass
@@ -88,7 +90,9 @@ def run(argv: Sequence[str], environment: Environment | None = None) -> int:
     environment = environment or Environment()
     try:
         args = build_parser().parse_args(list(argv))
-        setup_logging(level_from(args.debug, args.quiet, environment.env), environment.env,
+        level = level_from(args.debug, args.quiet, environment.env,
+                           default=getattr(args, "default_log_level", logging.WARNING))
+        setup_logging(level, environment.env,
                       json_lines=getattr(args, "json_logs", False), stream=environment.stderr)
         command: Callable[[argparse.Namespace, Environment], int] = args.run
         return command(args, environment)

@@ -5,24 +5,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryophile.backup_id import BackupId
 from cryophile.cli.arguments import (
     add_backup_id_options,
     add_keyring_option,
     backup_id_from,
     file_descriptor,
     non_negative_seconds,
+    positive_int,
 )
 from cryophile.cli.resources import open_config, open_spool
+from cryophile.daemons.freeze import Selection
+from cryophile.daemons.thaw import (
+    FIRST_POLL_SECONDS,
+    Preparation,
+    Thawer,
+    file_request,
+    finish_restore,
+    prepare_restore,
+    request_failure,
+)
 from cryophile.errors import AlreadyExistsError, StorageIOError
 from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.compress import NAMES
 from cryophile.pipeline.keys import load_secret_keys
 from cryophile.pipeline.openpgp import ENGINES, engine_for
-from cryophile.pipeline.restore import AUTO, RestorePlan, run_restore
+from cryophile.pipeline.restore import AUTO, RestorePlan, choose_key, run_restore
+from cryophile.spool import Queue, Spool
+from cryophile.vault.base import RESTORE_TIERS
+from cryophile.vault.factory import OpenedVault, open_vault
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
@@ -59,10 +75,27 @@ def register(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("-C", "--compression", choices=(*NAMES, AUTO), default=None,
                         help="decompress as this instead of what the manifest says; 'auto' "
                              "detects it from the data")
+    parser.add_argument("--thaw", action="store_true",
+                        help="do the thaw work in this process (no thaw daemon needed)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would be thawed (fragments, bytes, storage classes, "
+                             "tier, expected wait) and exit")
+    parser.add_argument("--tier", choices=sorted(RESTORE_TIERS), default=None,
+                        help="Glacier retrieval tier (default: the vault's, else Bulk)")
+    parser.add_argument("--days", type=positive_int, default=None, metavar="N",
+                        help="keep restored copies this many days (default: the vault's)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the fragments in the restore queue after a successful "
+                             "restore")
     parser.add_argument("--wait", action="store_true",
-                        help="wait for fragments that are not in the restore queue yet")
+                        help="wait for fragments that are not in the restore queue yet (implied "
+                             "when a thaw request serves this restore)")
     parser.add_argument("--timeout", type=non_negative_seconds, default=None,
-                        metavar="SECONDS", help="with --wait: give up (exit 75) after this long")
+                        metavar="SECONDS", help="give up waiting (exit 75) after this long")
+    parser.add_argument("--poll", type=non_negative_seconds, default=FIRST_POLL_SECONDS,
+                        metavar="SECONDS",
+                        help="with --thaw: first poll interval for restores in progress "
+                             "(doubles up to 15 minutes; default 60)")
     parser.add_argument("--engine", choices=sorted(ENGINES), default="reference",
                         help="OpenPGP engine (default: reference, pysequoia)")
     parser.set_defaults(run=run)
@@ -76,26 +109,71 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         raise AlreadyExistsError(f"output file {str(args.output)!r} already exists; "
                                  "refusing to overwrite it")
     config = open_config(args)
-    secret_keys = load_secret_keys(args.keyring)
+    secret_keys = [] if args.dry_run else load_secret_keys(args.keyring)
     spool = open_spool(args, environment.env, config)
+    opened = open_vault(backup_id.vault, config, spool.root)
+    tier = args.tier or opened.restore_tier
+    days = args.days or opened.restore_days
+    if args.wait and spool.backup_dir(Queue.RESTORE, backup_id).exists():
+        # Someone else delivers the fragments (a copy, a thaw elsewhere): just wait.
+        preparation = Preparation(local=False)
+    else:
+        preparation = prepare_restore(spool, backup_id, opened, tier=tier, days=days)
+    if args.dry_run:
+        message = (preparation.plan.describe() if preparation.plan is not None else
+                   f"backup {backup_id}: already in the restore queue" if preparation.local
+                   else f"backup {backup_id}: a thaw request is already in progress")
+        os.write(environment.stdout_fd, (message + "\n").encode())
+        return 0
+    ask_passphrase = passphrase_source(args.pass_fd, environment.env)
+    if preparation.manifest is not None:
+        # Before paying for a Glacier restore and waiting hours: can we decrypt it?
+        choose_key(preparation.manifest, secret_keys, ask_passphrase)
+        if preparation.plan is not None and not args.quiet:
+            print(f"cryophile: {preparation.plan.describe()}", file=environment.stderr)
+        file_request(spool, backup_id, tier=tier, days=days)
     plan = RestorePlan(
         backup_id=backup_id,
         secret_keys=secret_keys,
-        ask_passphrase=passphrase_source(args.pass_fd, environment.env),
+        ask_passphrase=ask_passphrase,
         engine=engine_for(args.engine),
         compression=args.compression,
-        wait=args.wait,
+        wait=args.wait or not preparation.local,
         timeout=args.timeout,
+        supplier_failure=lambda: request_failure(spool, backup_id),
     )
-    if args.output is None:
-        result = run_restore(spool, plan, environment.stdout_fd)
-    else:
-        with _output_file(args.output) as fd:
-            result = run_restore(spool, plan, fd)
+    with _thawing(args.thaw and not preparation.local, spool, opened, backup_id, args.poll):
+        if args.output is None:
+            result = run_restore(spool, plan, environment.stdout_fd)
+        else:
+            with _output_file(args.output) as fd:
+                result = run_restore(spool, plan, fd)
+    if not args.keep:
+        finish_restore(spool, backup_id)
     if not args.quiet:
         print(f"cryophile: restored {result.manifest.backup_id}: {result.output_bytes} bytes, "
               f"{result.seconds:.1f} s", file=environment.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _thawing(enabled: bool, spool: Spool, opened: OpenedVault, backup_id: BackupId,
+             poll: float) -> Iterator[None]:
+    """With ``enabled``, serve this backup's thaw request in a background thread."""
+    if not enabled:
+        yield
+        return
+    stop = threading.Event()
+    thawer = Thawer(spool, lambda _: opened, first_poll=poll,
+                    selection=Selection(backup_id.vault, backup_id.prefix, backup_id.ulid))
+    worker = threading.Thread(target=thawer.run, args=(stop,), kwargs={"until_done": True},
+                              name="thaw", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
 
 
 @contextlib.contextmanager

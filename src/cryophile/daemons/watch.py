@@ -9,6 +9,7 @@ interval, never a lost fragment.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,15 +63,68 @@ class DirectoryWatcher:
         self._inotify.read(timeout=int(timeout * 1000))
 
 
+class TreeWatcher:
+    """Wakes up early when something lands anywhere below a directory.
+
+    inotify watches one directory, not a tree: :meth:`refresh` (called at each
+    rescan) adds a watch for every directory that exists below the root now.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._inotify: inotify_simple.INotify | None = None
+
+    def __enter__(self) -> TreeWatcher:
+        try:
+            self._inotify = inotify_simple.INotify()
+        except OSError as error:
+            logger.debug("inotify unavailable (%s); polling %s", error, self.root)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+
+    def refresh(self) -> None:
+        """Watch every directory below the root (already watched ones are kept)."""
+        if self._inotify is None:
+            return
+        for directory in [self.root, *(p for p in self.root.rglob("*") if p.is_dir())]:
+            try:
+                self._inotify.add_watch(str(directory), _FLAGS)
+            except OSError:
+                continue  # gone meanwhile, or out of watches: the rescan covers it
+
+    def sleep(self, timeout: float, stop: threading.Event) -> None:
+        """Block until an event, ``stop`` being set, or ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            # Short slices, so a stop request is seen within a second.
+            slice_seconds = min(left, 1.0)
+            if self._inotify is None:
+                time.sleep(slice_seconds)
+            elif self._inotify.read(timeout=int(slice_seconds * 1000)):
+                return
+
+
 def wait_for_file(watcher: DirectoryWatcher, path: Path, *, deadline: float | None,
                   on_wait: Callable[[Path], None] | None = None,
+                  check: Callable[[], None] | None = None,
                   rescan: float = RESCAN_SECONDS) -> None:
     """Return once ``path`` exists; raise TryLaterError when ``deadline`` (monotonic) passes.
 
-    ``on_wait`` is called once, when the file is not there on the first look.
+    ``on_wait`` is called once, when the file is not there on the first look;
+    ``check`` at every look, to raise when whatever should deliver the file
+    has given up.
     """
     announced = False
     while not path.exists():
+        if check is not None:
+            check()
         if not announced:
             announced = True
             if on_wait is not None:

@@ -196,18 +196,32 @@ def read_fragments(directory: Path, manifest: Manifest, wait_for: WaitFor,
             os.close(fd)
 
 
+def sha256_of_fd(fd: int) -> str:
+    """Hex SHA-256 of everything from ``fd``'s position to its end."""
+    hasher = hashlib.sha256()
+    buffer = bytearray(BLOCK_SIZE)
+    view = memoryview(buffer)
+    while count_read := os.readv(fd, [view]):
+        hasher.update(view[:count_read])
+    return hasher.hexdigest()
+
+
+def sha256_of_file(path: Path) -> str:
+    """Hex SHA-256 of a whole file."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return sha256_of_fd(fd)
+    finally:
+        os.close(fd)
+
+
 def _verify(fd: int, path: Path, fragment: Fragment, count: int) -> None:
     size = os.fstat(fd).st_size
     if size != fragment.size:
         what = "truncated" if size < fragment.size else "too long"
         raise DataError(f"fragment {fragment.index} of {count} ({path}) is {what}: "
                         f"{size} bytes, the manifest says {fragment.size}")
-    hasher = hashlib.sha256()
-    buffer = bytearray(BLOCK_SIZE)
-    view = memoryview(buffer)
-    while count_read := os.readv(fd, [view]):
-        hasher.update(view[:count_read])
-    if hasher.hexdigest() != fragment.sha256:
+    if sha256_of_fd(fd) != fragment.sha256:
         raise DataError(f"fragment {fragment.index} of {count} ({path}) is damaged or not "
                         "part of this backup: its SHA-256 does not match the manifest")
 

@@ -35,7 +35,7 @@ from cryophile.pipeline.fragments import read_fragments
 from cryophile.pipeline.keys import SecretKey, select_secret_keys, unlock
 from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.stages import threaded, write_all
-from cryophile.spool import Queue, Spool
+from cryophile.spool import Queue, Spool, make_private_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class RestorePlan:
     compression: str | None = None
     wait: bool = False
     timeout: float | None = None
+    # Returns why the supplier of fragments (a thaw request) gave up, if it did.
+    supplier_failure: Callable[[], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,14 @@ class _Waiter:
         self.wait = plan.wait
         self.deadline = None if plan.timeout is None else time.monotonic() + plan.timeout
         self.watcher = DirectoryWatcher(directory)
+        self.supplier_failure = plan.supplier_failure
+
+    def check(self) -> None:
+        """Raise DataError when the thaw request serving this restore failed."""
+        if self.supplier_failure is not None:
+            failure = self.supplier_failure()
+            if failure is not None:
+                raise DataError(f"the thaw request failed: {failure}")
 
     def __call__(self, path: Path) -> None:
         if not self.wait:
@@ -79,7 +89,7 @@ class _Waiter:
                 raise DataError(f"{path.name} of backup is missing from {self.directory}"
                                 " (use --wait to wait for it to arrive)")
             return
-        wait_for_file(self.watcher, path, deadline=self.deadline,
+        wait_for_file(self.watcher, path, deadline=self.deadline, check=self.check,
                       on_wait=lambda p: logger.info("waiting for %s to arrive in %s",
                                                     p.name, self.directory))
 
@@ -106,14 +116,17 @@ def run_restore(spool: Spool, plan: RestorePlan, output_fd: int) -> RestoreResul
     """
     started = time.monotonic()
     directory = spool.backup_dir(Queue.RESTORE, plan.backup_id)
-    if not directory.is_dir():
+    if plan.wait:
+        # Whoever delivers (thaw) creates it too; the watcher needs it now.
+        make_private_dirs(directory)
+    elif not directory.is_dir():
         raise NoInputError(f"backup {plan.backup_id} is not in the restore queue "
                            f"({directory} does not exist)")
     waiter = _Waiter(directory, plan)
     with waiter.watcher:
         manifest = read_manifest(directory, plan.backup_id, waiter)
         _warn_about_strays(directory, manifest)
-        key, passphrase = _unlock_any(plan, manifest)
+        key, passphrase = choose_key(manifest, plan.secret_keys, plan.ask_passphrase)
         codec = _codec(plan.compression, manifest)
         ciphertext = threaded(read_fragments(directory, manifest, waiter), name="fragments")
         plaintext: Iterator[Buffer] = plan.engine.decrypt(ciphertext, key, passphrase)
@@ -138,12 +151,17 @@ def run_restore(spool: Spool, plan: RestorePlan, output_fd: int) -> RestoreResul
     return RestoreResult(manifest, written, seconds)
 
 
-def _unlock_any(plan: RestorePlan, manifest: Manifest) -> tuple[SecretKey, str | None]:
-    candidates = select_secret_keys(plan.secret_keys, manifest.recipients)
+def choose_key(manifest: Manifest, secret_keys: list[SecretKey],
+               ask_passphrase: Callable[[SecretKey], str]) -> tuple[SecretKey, str | None]:
+    """The secret key (and its passphrase) that decrypts the backup ``manifest`` describes.
+
+    Raises KeyAccessError when no key is a recipient or no passphrase fits.
+    """
+    candidates = select_secret_keys(secret_keys, manifest.recipients)
     failure: KeyAccessError | None = None
     for key in candidates:
         try:
-            return key, unlock(key, plan.ask_passphrase)
+            return key, unlock(key, ask_passphrase)
         except KeyAccessError as error:
             failure = error
     assert failure is not None

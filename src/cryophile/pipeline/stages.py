@@ -20,6 +20,7 @@ from typing import TypeVar
 
 BLOCK_SIZE = 1024 * 1024
 QUEUE_DEPTH = 4
+STOP_GRACE_SECONDS = 5.0
 
 T = TypeVar("T")
 
@@ -36,7 +37,8 @@ def threaded(source: Iterable[T], *, name: str, depth: int = QUEUE_DEPTH) -> Ite
 
     An exception in the thread is re-raised here. When the consumer stops
     early (an exception, or closing this generator), the thread is told to
-    stop and is joined, so no stage keeps running behind a failed pipeline.
+    stop and joined for a grace period, so no stage keeps running behind a
+    failed pipeline.
     """
     handoff: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -66,17 +68,22 @@ def threaded(source: Iterable[T], *, name: str, depth: int = QUEUE_DEPTH) -> Ite
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
+    finished = False
     try:
         while True:
             item = handoff.get()
             if item is _END:
+                finished = True
                 break
             if isinstance(item, _Failure):
                 raise item.error
             yield item  # type: ignore[misc]
     finally:
         stop.set()
-        thread.join()
+        # A stage stopped early may be blocked in a read that nothing will
+        # answer (an idle input pipe); it is a daemon thread, so after a
+        # grace period it is left behind rather than hanging the caller.
+        thread.join(timeout=None if finished else STOP_GRACE_SECONDS)
 
 
 def enlarge_pipe(fd: int) -> None:

@@ -1,0 +1,105 @@
+"""``cryophile freeze``: upload the freeze queue to the vaults (daemon, or ``--once``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import TYPE_CHECKING, Any
+
+from cryophile.backup_id import (
+    normalize_prefix,
+    parse_timestamp,
+    parse_ulid,
+    parse_vault,
+    ulid_for_timestamp,
+)
+from cryophile.cli.arguments import non_negative_seconds, positive_int
+from cryophile.cli.daemon import serve_until_signalled
+from cryophile.cli.resources import open_config, open_spool
+from cryophile.daemons.freeze import DEFAULT_PARALLEL, RESCAN_SECONDS, Freezer, Selection
+from cryophile.errors import ExitCode, UsageError
+from cryophile.vault.factory import open_vault
+
+if TYPE_CHECKING:
+    from cryophile.cli.main import Environment
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Upload complete fragments from SPOOL/freeze/ to their vault, several at a time,
+each with its SHA-256 for the vault to verify; delete a local fragment only when
+the vault confirms its size and checksum; upload the manifest last (in STANDARD)
+and remove the backup from the queue. As a daemon it rescans the queue
+periodically and wakes early when fragments land (inotify); SIGTERM stops it
+after the uploads in flight. A vault without a config entry is the embedded
+local directory vault (SPOOL-vaults/UUID beside the spool).
+"""
+
+EXAMPLES = """\
+examples:
+  cryophile freeze                         # daemon (see contrib/systemd/cryophile-freeze.service)
+  cryophile freeze --once                  # upload what is queued now, then exit (cron)
+  cryophile freeze --once -v VAULT -p hosts/db1 -u 01JDX…   # one backup only
+exit status with --once: 0 all uploaded (or still being written), 75 a transient
+vault failure (retry later), 69 the vault refused, 65 queued data is damaged.
+"""
+
+
+def register(commands: Any) -> argparse.ArgumentParser:
+    """Add the ``freeze`` parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "freeze", help="upload queued fragments to the vault", description=DESCRIPTION,
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--once", action="store_true",
+                        help="one pass over the queue, then exit")
+    parser.add_argument("-v", "--vault", metavar="UUID", help="only this vault")
+    parser.add_argument("-p", "--prefix", metavar="PREFIX", help="only this prefix (with -v)")
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("-u", "--ulid", metavar="ULID", help="only this backup (with -v)")
+    when.add_argument("-t", "--timestamp", metavar="TIME", help="only the backup of this time")
+    parser.add_argument("-j", "--parallel", type=positive_int, default=DEFAULT_PARALLEL,
+                        metavar="N", help=f"uploads in parallel (default {DEFAULT_PARALLEL})")
+    parser.add_argument("--rescan", type=non_negative_seconds, default=RESCAN_SECONDS,
+                        metavar="SECONDS", help="daemon: rescan period (default 60)")
+    parser.add_argument("--json", dest="json_logs", action="store_true",
+                        help="log one JSON object per line (for machines)")
+    parser.set_defaults(run=run, default_log_level=logging.INFO)
+    return parser
+
+
+def selection_from(args: argparse.Namespace) -> Selection:
+    """The backups ``-v/-p/-u/-t`` select."""
+    if args.vault is None:
+        if args.prefix is not None or args.ulid is not None or args.timestamp is not None:
+            raise UsageError("-p, -u and -t select within a vault: give -v VAULT too")
+        return Selection()
+    ulid = None
+    if args.ulid is not None:
+        ulid = parse_ulid(args.ulid)
+    elif args.timestamp is not None:
+        ulid = ulid_for_timestamp(parse_timestamp(args.timestamp))
+    prefix = normalize_prefix(args.prefix) if args.prefix is not None else None
+    if ulid is not None and prefix is None:
+        prefix = ""
+    return Selection(parse_vault(args.vault), prefix, ulid)
+
+
+def run(args: argparse.Namespace, environment: Environment) -> int:
+    """One pass (``--once``) or the daemon loop."""
+    selection = selection_from(args)
+    config = open_config(args)
+    spool = open_spool(args, environment.env, config)
+    freezer = Freezer(spool, lambda vault_id: open_vault(vault_id, config, spool.root),
+                      parallel=args.parallel, selection=selection)
+    if args.once:
+        report = freezer.run_pass()
+        logger.info("freeze pass: %d object(s), %d bytes uploaded; %d backup(s) completed, "
+                    "%d still being written, %d failed", report.uploaded,
+                    report.uploaded_bytes, len(report.completed), len(report.waiting),
+                    len(report.failed))
+        if not report.failed:
+            return 0
+        permanent = [error for error in report.failed.values() if not error.transient]
+        return int(permanent[0].exit_code if permanent else ExitCode.TEMPFAIL)
+    serve_until_signalled("freeze", lambda stop: freezer.run(stop, rescan=args.rescan))
+    return 0

@@ -1,0 +1,261 @@
+"""The freeze daemon: upload complete fragments from ``SPOOL/freeze/`` to their vault.
+
+For each backup in the freeze queue:
+
+1. every fragment file present is uploaded (several in parallel) with its
+   SHA-256, which the vault verifies; the local file is deleted only after
+   ``stat`` confirms the stored size and checksum;
+2. once the manifest ``chunk.0`` exists and every fragment it lists is
+   confirmed in the vault, the manifest is uploaded (always in STANDARD, so
+   listing never needs a restore), confirmed and deleted, and the backup's
+   queue directory removed.
+
+A backup without a manifest whose writer still runs (its lock is held) has
+its finished fragments uploaded but is never completed; one whose writer died
+is left alone and reported: uploading it would only pay for storage.
+
+Idempotent: killed at any instant and run again, it re-uploads what it had
+not confirmed (a no-op for an identical object) and never deletes a local
+file that the vault does not hold. The directory tree is the source of truth;
+inotify only wakes the loop early.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ulid import ULID
+
+from cryophile.backup_id import BackupId, fragment_name
+from cryophile.daemons.watch import TreeWatcher
+from cryophile.errors import CryophileError, DataError, ServiceError, StorageIOError
+from cryophile.manifest import Manifest, parse
+from cryophile.pipeline.fragments import sha256_of_file
+from cryophile.spool import LOCK_NAME, Queue, Spool, fsync_dir, is_being_written
+from cryophile.spool import remove_tree_of_backup as remove_empty_dirs
+from cryophile.vault.factory import MANIFEST_STORAGE_CLASS, OpenedVault
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PARALLEL = 4
+RESCAN_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which backups to work on: all, one vault, one prefix in it, or one backup."""
+
+    vault: uuid.UUID | None = None
+    prefix: str | None = None
+    ulid: ULID | None = None
+
+    def matches(self, backup_id: BackupId) -> bool:
+        """True when ``backup_id`` is selected."""
+        if self.vault is not None and backup_id.vault != self.vault:
+            return False
+        if self.prefix is not None and backup_id.prefix != self.prefix:
+            return False
+        return self.ulid is None or backup_id.ulid == self.ulid
+
+
+@dataclass
+class PassReport:
+    """What one pass over the queue did."""
+
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    completed: list[BackupId] = field(default_factory=list)
+    waiting: list[BackupId] = field(default_factory=list)
+    abandoned: list[BackupId] = field(default_factory=list)
+    failed: dict[BackupId, CryophileError] = field(default_factory=dict)
+
+
+class Freezer:
+    """Uploads the freeze queue. Thread-safe uploads; one pass at a time."""
+
+    def __init__(self, spool: Spool, open_vault: Callable[[uuid.UUID], OpenedVault], *,
+                 parallel: int = DEFAULT_PARALLEL, selection: Selection | None = None) -> None:
+        self.spool = spool
+        self.open_vault = open_vault
+        self.parallel = parallel
+        self.selection = selection or Selection()
+        self._vaults: dict[uuid.UUID, OpenedVault] = {}
+
+    def _vault(self, vault_id: uuid.UUID) -> OpenedVault:
+        if vault_id not in self._vaults:
+            self._vaults[vault_id] = self.open_vault(vault_id)
+        return self._vaults[vault_id]
+
+    def run_pass(self) -> PassReport:
+        """Upload everything that can be uploaded now; never raises for one backup's failure."""
+        report = PassReport()
+        with ThreadPoolExecutor(max_workers=self.parallel,
+                                thread_name_prefix="freeze-upload") as pool:
+            for backup_id in sorted(self.spool.backups(Queue.FREEZE)):
+                if not self.selection.matches(backup_id):
+                    continue
+                try:
+                    self._freeze(backup_id, pool, report)
+                except CryophileError as error:
+                    report.failed[backup_id] = error
+                    logger.error("backup %s: %s", backup_id, error,
+                                 extra={"backup": str(backup_id), "event": "error",
+                                        "transient": error.transient})
+                except OSError as error:
+                    # Removed under our feet (a finished restore, an operator):
+                    # one backup's local trouble must not stop the others.
+                    report.failed[backup_id] = StorageIOError(
+                        f"{error.filename}: {error.strerror}")
+                    logger.error("backup %s: %s", backup_id, report.failed[backup_id],
+                                 extra={"backup": str(backup_id), "event": "error"})
+        return report
+
+    def run(self, stop: threading.Event, rescan: float = RESCAN_SECONDS) -> None:
+        """Pass after pass until ``stop`` is set; wake early when files land in the queue."""
+        with TreeWatcher(self.spool.queue_dir(Queue.FREEZE)) as watcher:
+            failures = 0
+            while not stop.is_set():
+                watcher.refresh()
+                report = self.run_pass()
+                transient = any(error.transient for error in report.failed.values())
+                failures = failures + 1 if transient else 0
+                # Back off after transient failures (the vault is down), up to the rescan period.
+                delay = min(rescan, 2.0 ** failures) if failures else rescan
+                watcher.sleep(delay, stop)
+
+    # -- one backup ----------------------------------------------------------
+
+    def _freeze(self, backup_id: BackupId, pool: ThreadPoolExecutor, report: PassReport) -> None:
+        directory = self.spool.backup_dir(Queue.FREEZE, backup_id)
+        opened = self._vault(backup_id.vault)
+        manifest_path = directory / fragment_name(0)
+        manifest = self._read_manifest(manifest_path, backup_id)
+        present = _fragments_in(directory)
+        if manifest is None:
+            writer_lock = self.spool.backup_dir(Queue.BACKUP, backup_id) / LOCK_NAME
+            if not is_being_written(writer_lock):
+                # Read the manifest again: the writer may have finished since.
+                manifest = self._read_manifest(manifest_path, backup_id)
+            if manifest is None:
+                if is_being_written(writer_lock):
+                    self._upload_all(backup_id, opened, present, None, pool, report)
+                    report.waiting.append(backup_id)
+                else:
+                    logger.warning("backup %s is incomplete (no manifest) and its writer is "
+                                   "gone; not uploading it", backup_id,
+                                   extra={"backup": str(backup_id), "event": "abandoned"})
+                    report.abandoned.append(backup_id)
+                return
+        expected = {fragment.index: fragment.sha256 for fragment in manifest.fragments}
+        strays = sorted(set(present) - set(expected))
+        if strays:
+            raise DataError(f"fragment(s) {', '.join(map(str, strays))} in {directory} are not "
+                            "in the manifest; leaving the backup queued")
+        self._upload_all(backup_id, opened, present, expected, pool, report)
+        for fragment in manifest.fragments:
+            if fragment.index not in present:
+                self._confirm(opened, backup_id.object_key(fragment.index), fragment.size,
+                              fragment.sha256)
+        manifest_sha = sha256_of_file(manifest_path)
+        key = backup_id.object_key(0)
+        report.uploaded_bytes += self._upload_one(opened, key, manifest_path, manifest_sha,
+                                                  MANIFEST_STORAGE_CLASS, backup_id)
+        report.uploaded += 1
+        remove_empty_dirs(directory, self.spool.queue_dir(Queue.FREEZE))
+        report.completed.append(backup_id)
+        logger.info("backup %s frozen: %d fragment(s), %d bytes in %s", backup_id,
+                    len(manifest.fragments), manifest.stored_bytes, opened.vault,
+                    extra={"backup": str(backup_id), "event": "frozen",
+                           "fragments": len(manifest.fragments),
+                           "bytes": manifest.stored_bytes})
+
+    def _read_manifest(self, path: Path, backup_id: BackupId) -> Manifest | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return parse(data, expected=backup_id)
+
+    def _upload_all(self, backup_id: BackupId, opened: OpenedVault, present: dict[int, Path],
+                    expected: dict[int, str] | None, pool: ThreadPoolExecutor,
+                    report: PassReport) -> None:
+        futures: list[Future[int]] = []
+        for index in sorted(present):
+            sha256 = expected[index] if expected is not None else None
+            futures.append(pool.submit(self._upload_fragment, opened, backup_id, index,
+                                       present[index], sha256))
+        errors = list(_exceptions(futures))
+        for future in futures:
+            if future.exception() is None:
+                report.uploaded += 1
+                report.uploaded_bytes += future.result()
+        if errors:
+            # Permanent errors first: they need a person; transient ones only time.
+            errors.sort(key=lambda error: error.transient)
+            raise errors[0]
+
+    def _upload_fragment(self, opened: OpenedVault, backup_id: BackupId, index: int, path: Path,
+                         sha256: str | None) -> int:
+        if sha256 is None:
+            sha256 = sha256_of_file(path)
+        return self._upload_one(opened, backup_id.object_key(index), path, sha256,
+                                opened.storage_class, backup_id)
+
+    def _upload_one(self, opened: OpenedVault, key: str, path: Path, sha256: str,
+                    storage_class: str, backup_id: BackupId) -> int:
+        """Upload, confirm, delete the local copy; return the size uploaded."""
+        size = path.stat().st_size
+        started = time.monotonic()
+        opened.vault.put(key, path, sha256=sha256, storage_class=storage_class)
+        self._confirm(opened, key, size, sha256)
+        seconds = max(time.monotonic() - started, 1e-6)
+        # Only now, with the vault's word for size and checksum, may the local copy go.
+        path.unlink()
+        fsync_dir(path.parent)
+        logger.info("uploaded %s (%d bytes, %.1f MB/s, %s)", key, size, size / seconds / 1e6,
+                    storage_class, extra={"backup": str(backup_id), "event": "uploaded",
+                                          "key": key, "bytes": size,
+                                          "seconds": round(seconds, 3)})
+        return size
+
+    def _confirm(self, opened: OpenedVault, key: str, size: int, sha256: str) -> None:
+        info = opened.vault.stat(key)
+        if info is None:
+            raise ServiceError(f"{key} is not in vault {opened.vault_id} although it was "
+                               "uploaded or its local copy is gone")
+        if info.size != size or info.sha256 != sha256:
+            raise DataError(f"{key} in vault {opened.vault_id} does not match: stored "
+                            f"{info.size} bytes with SHA-256 {info.sha256}, expected {size} "
+                            f"bytes with {sha256}")
+
+
+def _exceptions(futures: Iterable[Future[int]]) -> Iterable[CryophileError]:
+    for future in futures:
+        error = future.exception()
+        if error is None:
+            continue
+        if isinstance(error, CryophileError):
+            yield error
+        elif isinstance(error, OSError):
+            yield StorageIOError(f"local I/O error: {error}")
+        else:
+            raise error
+
+
+def _fragments_in(directory: Path) -> dict[int, Path]:
+    fragments: dict[int, Path] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for path in directory.iterdir():
+            name, _, number = path.name.partition(".")
+            if name == "chunk" and number.isdigit() and int(number) > 0:
+                fragments[int(number)] = path
+    return fragments
+
