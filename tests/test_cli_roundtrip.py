@@ -86,7 +86,7 @@ def test_several_recipients_each_can_restore(cli: Cli, gpg_key: oracles.KeyPair,
     cli.stage_for_restore(ulid)
     for key in (gpg_key, sqop_key):
         result = cli.run(["restore", "-v", VAULT, "-p", "hosts/db1", "-u", ulid, "-k",
-                          key.secret])
+                          key.secret, "--keep"])
         assert result.returncode == 0, result.stderr
         assert result.stdout == tar_stream
 
@@ -141,7 +141,7 @@ def test_restore_to_file(cli: Cli, gpg_key: oracles.KeyPair, tar_stream: bytes,
     cli.stage_for_restore(ulid)
     target = tmp_path / "restored.tar"
     args: list[str | os.PathLike[str]] = ["restore", "-v", VAULT, "-p", "hosts/db1", "-u", ulid,
-                                          "-k", gpg_key.secret, "-o", target]
+                                          "-k", gpg_key.secret, "-o", target, "--keep"]
     result = cli.run(args)
     assert result.returncode == 0, result.stderr
     assert result.stdout == b""
@@ -160,7 +160,7 @@ def test_passphrase_from_fd_askpass_and_wrong(cli: Cli, gpg_key_protected: oracl
     ulid = cli.backup(key, tar_stream)
     cli.stage_for_restore(ulid)
     base: list[str | os.PathLike[str]] = ["restore", "-v", VAULT, "-p", "hosts/db1", "-u", ulid,
-                                          "-k", key.secret]
+                                          "-k", key.secret, "--keep"]
 
     read_end, write_end = os.pipe()
     os.write(write_end, key.passphrase.encode() + b"\n")
