@@ -194,6 +194,8 @@ class S3Vault:
             region_name=config.region,
             config=client_config,
         )
+        # botocore retries quietly; an operator wants to see a flaky link.
+        self._client.meta.events.register_first("needs-retry.s3", self._log_failed_attempt)
         # Learned from the server, once: flags only ever flip one way, so the
         # races between threads setting them are harmless.
         self._bucket_seen = False
@@ -208,6 +210,23 @@ class S3Vault:
     def __repr__(self) -> str:
         where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
         return f"S3Vault(s3://{self.bucket}{where})"
+
+    def _log_failed_attempt(self, response: Any = None, attempts: int = 0,
+                            caught_exception: Exception | None = None,
+                            operation: Any = None, **_: Any) -> None:
+        """Log an attempt that failed in a way botocore may retry; decide nothing."""
+        name = getattr(operation, "name", "request")
+        if caught_exception is not None:
+            reason = f"{type(caught_exception).__name__}: {caught_exception}"
+        else:
+            status = response[0].status_code if response else 0
+            if status < 500 and status != 429:
+                return
+            code = (response[1].get("Error", {}) or {}).get("Code", "") if response else ""
+            reason = f"HTTP {status} {code}".strip()
+        logger.warning("s3://%s %s attempt %d failed (%s); retrying with back-off if "
+                       "attempts remain", self.bucket, name, attempts, reason,
+                       extra={"event": "retry", "operation": name, "attempt": attempts})
 
     # -- the Vault contract (see cryophile.vault.base.Vault) -----------------
 
@@ -260,11 +279,18 @@ class S3Vault:
         """See :meth:`cryophile.vault.base.Vault.request_restore`."""
         check_key(key)
         check_restore_args(days, tier)
+        restore_request: dict[str, Any] = {"Days": days,
+                                           "GlacierJobParameters": {"Tier": tier}}
+        info = self.stat(key)
+        if info is not None and info.storage_class == "INTELLIGENT_TIERING":
+            # Intelligent-Tiering archive tiers move the object back to a
+            # frequent tier: AWS refuses a Days value for them.
+            del restore_request["Days"]
         try:
             request: dict[str, Any] = {
                 "Bucket": self.bucket,
                 "Key": key,
-                "RestoreRequest": {"Days": days, "GlacierJobParameters": {"Tier": tier}},
+                "RestoreRequest": restore_request,
             }
             response = self._client.restore_object(**request)
         except botocore.exceptions.ClientError as exc:
