@@ -17,12 +17,14 @@ from cryophile.cli.arguments import (
     backup_id_from,
     fragment_size,
 )
+from cryophile.cli.progress import add_progress_option, progress_line
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.errors import NoInputError, StorageIOError, UsageError
 from cryophile.pipeline.backup import BackupPlan, BackupResult, run_backup
 from cryophile.pipeline.compress import NAMES, codec_for
 from cryophile.pipeline.keys import load_recipients
 from cryophile.pipeline.openpgp import ENGINES, engine_for
+from cryophile.pipeline.stages import Counters
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
@@ -63,6 +65,7 @@ def register(commands: Any) -> argparse.ArgumentParser:
                         help="OpenPGP engine (default: reference, pysequoia)")
     parser.add_argument("--json", action="store_true",
                         help="print the result as one JSON object on stdout")
+    add_progress_option(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -78,7 +81,11 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     recipients = load_recipients(args.keyring)
     spool = open_spool(args, environment.env, config)
     plan = BackupPlan(backup_id, codec, args.size, recipients, engine_for(args.engine))
-    result = run_backup(spool, plan, lambda: _open_input(input_path, environment))
+    counters = Counters()
+    with progress_line(counters, environment.stderr, args.progress and not args.quiet,
+                       kind="backup"):
+        result = run_backup(spool, plan, lambda: _open_input(input_path, environment),
+                            counters)
     if args.json or not args.quiet:
         _report(result, args.json, environment)
     return 0

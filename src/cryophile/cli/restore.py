@@ -19,6 +19,7 @@ from cryophile.cli.arguments import (
     non_negative_seconds,
     positive_int,
 )
+from cryophile.cli.progress import add_progress_option, progress_line
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.daemons.freeze import Selection
 from cryophile.daemons.thaw import (
@@ -36,6 +37,7 @@ from cryophile.pipeline.compress import NAMES
 from cryophile.pipeline.keys import load_secret_keys
 from cryophile.pipeline.openpgp import ENGINES, engine_for
 from cryophile.pipeline.restore import AUTO, RestorePlan, choose_key, run_restore
+from cryophile.pipeline.stages import Counters
 from cryophile.spool import Queue, Spool
 from cryophile.vault.base import RESTORE_TIERS
 from cryophile.vault.factory import OpenedVault, open_vault
@@ -98,6 +100,7 @@ def register(commands: Any) -> argparse.ArgumentParser:
                              "(doubles up to 15 minutes; default 60)")
     parser.add_argument("--engine", choices=sorted(ENGINES), default="reference",
                         help="OpenPGP engine (default: reference, pysequoia)")
+    add_progress_option(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -142,12 +145,15 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         timeout=args.timeout,
         supplier_failure=lambda: request_failure(spool, backup_id),
     )
-    with _thawing(args.thaw and not preparation.local, spool, opened, backup_id, args.poll):
+    counters = Counters()
+    show = args.progress and not args.quiet
+    with _thawing(args.thaw and not preparation.local, spool, opened, backup_id, args.poll), \
+            progress_line(counters, environment.stderr, show, kind="restore"):
         if args.output is None:
-            result = run_restore(spool, plan, environment.stdout_fd)
+            result = run_restore(spool, plan, environment.stdout_fd, counters)
         else:
             with _output_file(args.output) as fd:
-                result = run_restore(spool, plan, fd)
+                result = run_restore(spool, plan, fd, counters)
     if not args.keep:
         finish_restore(spool, backup_id)
     if not args.quiet:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,7 +27,7 @@ from cryophile.pipeline.compress import Codec
 from cryophile.pipeline.fragments import FragmentWriter, hash_pieces, split
 from cryophile.pipeline.keys import Recipients
 from cryophile.pipeline.openpgp import Engine
-from cryophile.pipeline.stages import read_blocks, threaded
+from cryophile.pipeline.stages import Counters, counting, read_blocks, threaded
 from cryophile.spool import LOCK_NAME, Queue, Spool, remove_tree_of_backup, write_file_durably
 
 logger = logging.getLogger(__name__)
@@ -53,19 +53,8 @@ class BackupResult:
     seconds: float
 
 
-class _Counter:
-    """Counts the bytes that pass through a stage (read by the progress reporter)."""
-
-    def __init__(self) -> None:
-        self.total = 0
-
-    def count(self, blocks: Iterable[bytearray]) -> Iterator[bytearray]:
-        for block in blocks:
-            self.total += len(block)
-            yield block
-
-
-def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int]) -> BackupResult:
+def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
+               counters: Counters | None = None) -> BackupResult:
     """Write one backup into the spool; return its manifest.
 
     ``open_input`` returns a readable file descriptor; it is called only once
@@ -79,14 +68,14 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int]) ->
     lock = spool.create_backup(backup_id)
     work_dir = spool.backup_dir(Queue.BACKUP, backup_id)
     freeze_dir = spool.backup_dir(Queue.FREEZE, backup_id)
-    writer = FragmentWriter(work_dir, freeze_dir, plan.fragment_size)
+    counters = counters if counters is not None else Counters()
+    writer = FragmentWriter(work_dir, freeze_dir, plan.fragment_size, counters)
     completed = False
     try:
         input_fd = open_input()
-        counter = _Counter()
         digests: dict[int, str] = {}
         try:
-            compressed = threaded(plan.codec.compress(counter.count(_reading(input_fd))),
+            compressed = threaded(plan.codec.compress(counting(_reading(input_fd), counters)),
                                   name="compress")
             ciphertext = plan.engine.encrypt(compressed, plan.recipients)
             pieces = threaded(hash_pieces(split(ciphertext, plan.fragment_size), digests),
@@ -124,8 +113,8 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int]) ->
         remove_tree_of_backup(work_dir, spool.queue_dir(Queue.BACKUP))
     seconds = time.monotonic() - started
     logger.info("backup %s complete: %d bytes in, %d bytes stored in %d fragment(s), %.1f s",
-                backup_id, counter.total, manifest.stored_bytes, len(fragments), seconds)
-    return BackupResult(manifest, counter.total, seconds)
+                backup_id, counters.bytes_in, manifest.stored_bytes, len(fragments), seconds)
+    return BackupResult(manifest, counters.bytes_in, seconds)
 
 
 def _reading(fd: int) -> Iterator[bytearray]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from cryophile.backup_id import fragment_name
 from cryophile.errors import DataError, StorageIOError
 from cryophile.manifest import Fragment, Manifest
-from cryophile.pipeline.stages import BLOCK_SIZE
+from cryophile.pipeline.stages import BLOCK_SIZE, Counters
 from cryophile.spool import FILE_MODE, describe_os_error, publish
 
 logger = logging.getLogger(__name__)
@@ -96,10 +96,12 @@ class FragmentWriter:
     fails early; the file is cut to its real size before it is published.
     """
 
-    def __init__(self, work_dir: Path, queue_dir: Path, fragment_size: int) -> None:
+    def __init__(self, work_dir: Path, queue_dir: Path, fragment_size: int,
+                 counters: Counters | None = None) -> None:
         self.work_dir = work_dir
         self.queue_dir = queue_dir
         self.fragment_size = fragment_size
+        self.counters = counters if counters is not None else Counters()
         self.sizes: dict[int, int] = {}
         self.published: list[Path] = []
         self._fd: int | None = None
@@ -118,6 +120,7 @@ class FragmentWriter:
                     written = os.write(self._fd, view)
                     view = view[written:]
                 self._written += len(piece.data)
+                self.counters.bytes_out += len(piece.data)
                 if piece.last:
                     self._publish()
         except OSError as error:
@@ -151,6 +154,7 @@ class FragmentWriter:
         publish(self._part(self._index), final)
         self.sizes[self._index] = self._written
         self.published.append(final)
+        self.counters.fragments += 1
         logger.debug("fragment %d published: %d bytes", self._index, self._written)
 
     def abort(self) -> None:
@@ -166,7 +170,8 @@ WaitFor = Callable[[Path], None]
 
 
 def read_fragments(directory: Path, manifest: Manifest, wait_for: WaitFor,
-                   block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
+                   block_size: int = BLOCK_SIZE,
+                   counters: Counters | None = None) -> Iterator[bytes]:
     """Yield the message, fragment by fragment, each verified before it is used.
 
     ``wait_for(path)`` returns once ``path`` exists (or raises, e.g. on a
@@ -191,9 +196,13 @@ def read_fragments(directory: Path, manifest: Manifest, wait_for: WaitFor,
                 if not block:
                     raise DataError(f"fragment {path} shrank while it was read")
                 remaining -= len(block)
+                if counters is not None:
+                    counters.bytes_in += len(block)
                 yield block
         finally:
             os.close(fd)
+        if counters is not None:
+            counters.fragments += 1
 
 
 def sha256_of_fd(fd: int) -> str:

@@ -34,7 +34,7 @@ from cryophile.pipeline.compress import Buffer, Codec, codec_for, detecting
 from cryophile.pipeline.fragments import read_fragments
 from cryophile.pipeline.keys import SecretKey, select_secret_keys, unlock
 from cryophile.pipeline.openpgp import Engine
-from cryophile.pipeline.stages import threaded, write_all
+from cryophile.pipeline.stages import Counters, threaded, write_all
 from cryophile.spool import Queue, Spool, make_private_dirs
 
 logger = logging.getLogger(__name__)
@@ -69,8 +69,9 @@ class RestoreResult:
 class _Waiter:
     """Waits for files in one restore directory, or refuses to when nothing will come."""
 
-    def __init__(self, directory: Path, plan: RestorePlan) -> None:
+    def __init__(self, directory: Path, plan: RestorePlan, counters: Counters) -> None:
         self.directory = directory
+        self.counters = counters
         self.wait = plan.wait
         self.deadline = None if plan.timeout is None else time.monotonic() + plan.timeout
         self.watcher = DirectoryWatcher(directory)
@@ -89,9 +90,13 @@ class _Waiter:
                 raise DataError(f"{path.name} of backup is missing from {self.directory}"
                                 " (use --wait to wait for it to arrive)")
             return
-        wait_for_file(self.watcher, path, deadline=self.deadline, check=self.check,
-                      on_wait=lambda p: logger.info("waiting for %s to arrive in %s",
-                                                    p.name, self.directory))
+        self.counters.waiting_for = path.name
+        try:
+            wait_for_file(self.watcher, path, deadline=self.deadline, check=self.check,
+                          on_wait=lambda p: logger.info("waiting for %s to arrive in %s",
+                                                        p.name, self.directory))
+        finally:
+            self.counters.waiting_for = None
 
 
 def read_manifest(directory: Path, backup_id: BackupId,
@@ -106,7 +111,8 @@ def read_manifest(directory: Path, backup_id: BackupId,
     return parse(data, expected=backup_id)
 
 
-def run_restore(spool: Spool, plan: RestorePlan, output_fd: int) -> RestoreResult:
+def run_restore(spool: Spool, plan: RestorePlan, output_fd: int,
+                counters: Counters | None = None) -> RestoreResult:
     """Restore ``plan.backup_id`` from the restore queue into ``output_fd``.
 
     Raises NoInputError when the backup is not in the restore queue,
@@ -122,13 +128,16 @@ def run_restore(spool: Spool, plan: RestorePlan, output_fd: int) -> RestoreResul
     elif not directory.is_dir():
         raise NoInputError(f"backup {plan.backup_id} is not in the restore queue "
                            f"({directory} does not exist)")
-    waiter = _Waiter(directory, plan)
+    counters = counters if counters is not None else Counters()
+    waiter = _Waiter(directory, plan, counters)
     with waiter.watcher:
         manifest = read_manifest(directory, plan.backup_id, waiter)
+        counters.fragments_total = len(manifest.fragments)
         _warn_about_strays(directory, manifest)
         key, passphrase = choose_key(manifest, plan.secret_keys, plan.ask_passphrase)
         codec = _codec(plan.compression, manifest)
-        ciphertext = threaded(read_fragments(directory, manifest, waiter), name="fragments")
+        ciphertext = threaded(read_fragments(directory, manifest, waiter, counters=counters),
+                              name="fragments")
         plaintext: Iterator[Buffer] = plan.engine.decrypt(ciphertext, key, passphrase)
         if codec is None:
             codec, plaintext = detecting(plaintext)
@@ -138,6 +147,7 @@ def run_restore(spool: Spool, plan: RestorePlan, output_fd: int) -> RestoreResul
             for block in codec.decompress(plaintext):
                 write_all(output_fd, block)
                 written += len(block)
+                counters.bytes_out = written
         except BrokenPipeError:
             raise StorageIOError("the output was closed before the restore finished") from None
         except OSError as error:

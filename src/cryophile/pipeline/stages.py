@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 BLOCK_SIZE = 1024 * 1024
@@ -25,6 +26,30 @@ STOP_GRACE_SECONDS = 5.0
 T = TypeVar("T")
 
 _END = object()
+
+
+@dataclass
+class Counters:
+    """How far a job has come, for a progress display; each field has one writer thread.
+
+    ``bytes_in``: input (backup) or ciphertext (restore) consumed; ``bytes_out``:
+    ciphertext stored (backup) or plaintext written (restore); ``fragments``
+    done of ``fragments_total`` (0: not known yet); ``waiting_for``: the file a
+    restore is waiting for, if any.
+    """
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    fragments: int = 0
+    fragments_total: int = 0
+    waiting_for: str | None = None
+
+
+def counting(blocks: Iterable[bytearray], counters: Counters) -> Iterator[bytearray]:
+    """Pass blocks through, adding their sizes to ``counters.bytes_in``."""
+    for block in blocks:
+        counters.bytes_in += len(block)
+        yield block
 
 
 class _Failure:
