@@ -25,12 +25,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from cryophile.backup_id import BackupId, normalize_prefix, parse_ulid, parse_vault
+from cryophile.durable import DIR_MODE, FILE_MODE, fsync_dir, make_dirs
 from cryophile.errors import AlreadyExistsError, StorageIOError, UsageError
 
 logger = logging.getLogger(__name__)
 
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 LOCK_NAME = ".lock"
 
 
@@ -60,27 +59,6 @@ def default_spool_root(env: Mapping[str, str], configured: str | None = None) ->
     return Path(state) / "cryophile" / "spool"
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (creations, links, unlinks) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_private_dirs(path: Path) -> None:
-    """``mkdir -p`` with mode 0700 for every directory created."""
-    missing: list[Path] = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # a concurrent creator is fine
-            directory.mkdir(mode=DIR_MODE)
-
-
 class Spool:
     """An opened spool directory. Construct with :meth:`open`."""
 
@@ -99,7 +77,7 @@ class Spool:
             if not create_root:
                 raise StorageIOError(f"spool directory {str(root)!r} does not exist")
             try:
-                make_private_dirs(root)
+                make_dirs(root)
             except OSError as error:
                 raise StorageIOError(f"cannot create spool directory {str(root)!r}: "
                                      f"{error.strerror}") from None
@@ -142,7 +120,7 @@ class Spool:
         if taken is not None:
             raise AlreadyExistsError(f"backup {backup_id} already exists (in the {taken} queue)")
         work = self.backup_dir(Queue.BACKUP, backup_id)
-        make_private_dirs(work.parent)
+        make_dirs(work.parent)
         try:
             work.mkdir(mode=DIR_MODE)
         except FileExistsError:
@@ -157,7 +135,7 @@ class Spool:
                 work.rmdir()
                 raise AlreadyExistsError(
                     f"backup {backup_id} already exists (in the {queue} queue)")
-        make_private_dirs(self.backup_dir(Queue.FREEZE, backup_id))
+        make_dirs(self.backup_dir(Queue.FREEZE, backup_id))
         return lock
 
     def backups(self, queue: Queue) -> Iterator[BackupId]:
@@ -245,14 +223,3 @@ def describe_os_error(error: OSError) -> str:
     if error.errno == errno.EFBIG:
         return f"{error.strerror} (file size limit reached)"
     return error.strerror or str(error)
-
-
-def remove_tree_of_backup(directory: Path, stop_at: Path) -> None:
-    """Remove an emptied backup directory and its now-empty parents up to ``stop_at``."""
-    current = directory
-    while current != stop_at and stop_at in current.parents:
-        try:
-            current.rmdir()
-        except OSError:
-            return
-        current = current.parent

@@ -21,6 +21,7 @@ from cryophile.backup_id import (
     parse_vault,
     ulid_for_timestamp,
 )
+from cryophile.daemons.freeze import Selection
 from cryophile.errors import UsageError
 
 KIB = 1024
@@ -113,3 +114,29 @@ def add_keyring_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     """``-k/--keyring FILE``, repeatable."""
     parser.add_argument("-k", "--keyring", action="append", type=Path, required=True,
                         metavar="FILE", help=help_text)
+
+
+def add_selection_options(parser: argparse.ArgumentParser) -> None:
+    """``-v``/``-p``/``-u``|``-t`` as filters: a vault, a prefix in it, one backup."""
+    parser.add_argument("-v", "--vault", metavar="UUID", help="only this vault")
+    parser.add_argument("-p", "--prefix", metavar="PREFIX", help="only this prefix (with -v)")
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("-u", "--ulid", metavar="ULID", help="only this backup (with -v)")
+    when.add_argument("-t", "--timestamp", metavar="TIME", help="only the backup of this time")
+
+
+def selection_from(args: argparse.Namespace) -> Selection:
+    """The backups ``-v/-p/-u/-t`` select."""
+    if args.vault is None:
+        if args.prefix is not None or args.ulid is not None or args.timestamp is not None:
+            raise UsageError("-p, -u and -t select within a vault: give -v VAULT too")
+        return Selection()
+    ulid = None
+    if args.ulid is not None:
+        ulid = parse_ulid(args.ulid)
+    elif args.timestamp is not None:
+        ulid = ulid_for_timestamp(parse_timestamp(args.timestamp))
+    prefix = normalize_prefix(args.prefix) if args.prefix is not None else None
+    if ulid is not None and prefix is None:
+        prefix = ""
+    return Selection(parse_vault(args.vault), prefix, ulid)

@@ -6,18 +6,16 @@ import argparse
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cryophile.backup_id import (
-    normalize_prefix,
-    parse_timestamp,
-    parse_ulid,
-    parse_vault,
-    ulid_for_timestamp,
+from cryophile.cli.arguments import (
+    add_selection_options,
+    non_negative_seconds,
+    positive_int,
+    selection_from,
 )
-from cryophile.cli.arguments import non_negative_seconds, positive_int
 from cryophile.cli.daemon import serve_until_signalled
 from cryophile.cli.resources import open_config, open_spool
-from cryophile.daemons.freeze import DEFAULT_PARALLEL, RESCAN_SECONDS, Freezer, Selection
-from cryophile.errors import ExitCode, UsageError
+from cryophile.daemons.freeze import DEFAULT_PARALLEL, RESCAN_SECONDS, Freezer
+from cryophile.errors import ExitCode
 from cryophile.vault.factory import open_vault
 
 if TYPE_CHECKING:
@@ -52,11 +50,7 @@ def register(commands: Any) -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--once", action="store_true",
                         help="one pass over the queue, then exit")
-    parser.add_argument("-v", "--vault", metavar="UUID", help="only this vault")
-    parser.add_argument("-p", "--prefix", metavar="PREFIX", help="only this prefix (with -v)")
-    when = parser.add_mutually_exclusive_group()
-    when.add_argument("-u", "--ulid", metavar="ULID", help="only this backup (with -v)")
-    when.add_argument("-t", "--timestamp", metavar="TIME", help="only the backup of this time")
+    add_selection_options(parser)
     parser.add_argument("-j", "--parallel", type=positive_int, default=DEFAULT_PARALLEL,
                         metavar="N", help=f"uploads in parallel (default {DEFAULT_PARALLEL})")
     parser.add_argument("--rescan", type=non_negative_seconds, default=RESCAN_SECONDS,
@@ -65,23 +59,6 @@ def register(commands: Any) -> argparse.ArgumentParser:
                         help="log one JSON object per line (for machines)")
     parser.set_defaults(run=run, default_log_level=logging.INFO)
     return parser
-
-
-def selection_from(args: argparse.Namespace) -> Selection:
-    """The backups ``-v/-p/-u/-t`` select."""
-    if args.vault is None:
-        if args.prefix is not None or args.ulid is not None or args.timestamp is not None:
-            raise UsageError("-p, -u and -t select within a vault: give -v VAULT too")
-        return Selection()
-    ulid = None
-    if args.ulid is not None:
-        ulid = parse_ulid(args.ulid)
-    elif args.timestamp is not None:
-        ulid = ulid_for_timestamp(parse_timestamp(args.timestamp))
-    prefix = normalize_prefix(args.prefix) if args.prefix is not None else None
-    if ulid is not None and prefix is None:
-        prefix = ""
-    return Selection(parse_vault(args.vault), prefix, ulid)
 
 
 def run(args: argparse.Namespace, environment: Environment) -> int:

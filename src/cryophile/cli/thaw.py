@@ -6,9 +6,8 @@ import argparse
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cryophile.cli.arguments import non_negative_seconds
+from cryophile.cli.arguments import add_selection_options, non_negative_seconds, selection_from
 from cryophile.cli.daemon import serve_until_signalled
-from cryophile.cli.freeze import selection_from
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.daemons.thaw import FIRST_POLL_SECONDS, MAX_POLL_SECONDS, Thawer, ThawPlan
 from cryophile.errors import ExitCode
@@ -46,11 +45,7 @@ def register(commands: Any) -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--once", action="store_true",
                         help="one pass over the requests, then exit")
-    parser.add_argument("-v", "--vault", metavar="UUID", help="only this vault")
-    parser.add_argument("-p", "--prefix", metavar="PREFIX", help="only this prefix (with -v)")
-    when = parser.add_mutually_exclusive_group()
-    when.add_argument("-u", "--ulid", metavar="ULID", help="only this backup (with -v)")
-    when.add_argument("-t", "--timestamp", metavar="TIME", help="only the backup of this time")
+    add_selection_options(parser)
     parser.add_argument("--poll", type=non_negative_seconds, default=FIRST_POLL_SECONDS,
                         metavar="SECONDS", help="first poll interval for restores in progress; "
                                                 "doubles up to 15 minutes (default 60)")

@@ -36,11 +36,11 @@ from ulid import ULID
 
 from cryophile.backup_id import BackupId, fragment_name
 from cryophile.daemons.watch import TreeWatcher
+from cryophile.durable import fsync_dir, remove_empty_dirs
 from cryophile.errors import CryophileError, DataError, ServiceError, StorageIOError
 from cryophile.manifest import Manifest, parse
 from cryophile.pipeline.fragments import sha256_of_file
-from cryophile.spool import LOCK_NAME, Queue, Spool, fsync_dir, is_being_written
-from cryophile.spool import remove_tree_of_backup as remove_empty_dirs
+from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written
 from cryophile.vault.factory import MANIFEST_STORAGE_CLASS, OpenedVault
 
 logger = logging.getLogger(__name__)

@@ -43,6 +43,7 @@ from typing import Any
 from cryophile.backup_id import BackupId, fragment_name
 from cryophile.daemons.freeze import Selection
 from cryophile.daemons.watch import TreeWatcher
+from cryophile.durable import DIR_MODE, FILE_MODE, make_dirs, remove_empty_dirs, replace_file
 from cryophile.errors import (
     CryophileError,
     DataError,
@@ -53,17 +54,7 @@ from cryophile.errors import (
 )
 from cryophile.manifest import Manifest, parse
 from cryophile.pipeline.fragments import sha256_of_file
-from cryophile.spool import (
-    DIR_MODE,
-    FILE_MODE,
-    LOCK_NAME,
-    Queue,
-    Spool,
-    make_private_dirs,
-    publish,
-    remove_tree_of_backup,
-    write_file_durably,
-)
+from cryophile.spool import LOCK_NAME, Queue, Spool, publish, write_file_durably
 from cryophile.vault.base import COLD_STORAGE_CLASSES, ObjectInfo, RestoreState
 from cryophile.vault.factory import OpenedVault
 
@@ -199,7 +190,7 @@ def file_request(spool: Spool, backup_id: BackupId, *, tier: str, days: int) -> 
     directory = request_dir(spool, backup_id)
     if directory.exists():
         return False
-    make_private_dirs(directory.parent)
+    make_dirs(directory.parent)
     # Built under a name no scanner takes for a request (not a ULID), then
     # renamed into place: a thaw daemon never sees a request without state.
     staging = directory.parent / f".{directory.name}.{os.getpid()}.new"
@@ -239,18 +230,7 @@ def _load(directory: Path) -> dict[str, Any]:
 
 
 def _save(directory: Path, state: dict[str, Any]) -> None:
-    temporary = directory / f".{STATE_NAME}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-    with os.fdopen(fd, "w") as file:
-        json.dump(state, file, indent=1)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, directory / STATE_NAME)
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_file(directory / STATE_NAME, json.dumps(state, indent=1).encode())
 
 
 @contextlib.contextmanager
@@ -358,7 +338,7 @@ class Thawer:
                     _save(directory, state)
         if done:
             shutil.rmtree(directory, ignore_errors=True)
-            remove_tree_of_backup(directory.parent, self.spool.queue_dir(Queue.THAW))
+            remove_empty_dirs(directory.parent, self.spool.queue_dir(Queue.THAW))
             self._next_poll.pop(backup_id, None)
             self._poll_delay.pop(backup_id, None)
             logger.info("thaw of %s complete: every fragment is in the restore queue",
@@ -368,7 +348,7 @@ class Thawer:
         """Move every fragment of one request forward; True when all are downloaded."""
         opened = self._vault(backup_id.vault)
         target = self.spool.backup_dir(Queue.RESTORE, backup_id)
-        make_private_dirs(target)
+        make_dirs(target)
         manifest = self._manifest(opened, backup_id, directory, target)
         tier, days = str(state["tier"]), int(state["days"])
         fragments: dict[str, Any] = state["fragments"]
@@ -558,4 +538,4 @@ def finish_restore(spool: Spool, backup_id: BackupId) -> None:
     for queue in (Queue.RESTORE, Queue.THAW):
         directory = spool.backup_dir(queue, backup_id)
         shutil.rmtree(directory, ignore_errors=True)
-        remove_tree_of_backup(directory.parent, spool.queue_dir(queue))
+        remove_empty_dirs(directory.parent, spool.queue_dir(queue))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryophile.backup_id import BackupId, fragment_name
+from cryophile.durable import remove_empty_dirs
 from cryophile.errors import StorageIOError
 from cryophile.manifest import Fragment, Manifest
 from cryophile.pipeline.compress import Codec
@@ -28,7 +29,7 @@ from cryophile.pipeline.fragments import FragmentWriter, hash_pieces, split
 from cryophile.pipeline.keys import Recipients
 from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.stages import Counters, counting, read_blocks, threaded
-from cryophile.spool import LOCK_NAME, Queue, Spool, remove_tree_of_backup, write_file_durably
+from cryophile.spool import LOCK_NAME, Queue, Spool, write_file_durably
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +107,11 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
             for path in writer.published:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-            remove_tree_of_backup(freeze_dir, spool.queue_dir(Queue.FREEZE))
+            remove_empty_dirs(freeze_dir, spool.queue_dir(Queue.FREEZE))
         lock.release()
         with contextlib.suppress(FileNotFoundError):
             (work_dir / LOCK_NAME).unlink()
-        remove_tree_of_backup(work_dir, spool.queue_dir(Queue.BACKUP))
+        remove_empty_dirs(work_dir, spool.queue_dir(Queue.BACKUP))
     seconds = time.monotonic() - started
     logger.info("backup %s complete: %d bytes in, %d bytes stored in %d fragment(s), %.1f s",
                 backup_id, counters.bytes_in, manifest.stored_bytes, len(fragments), seconds)

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryophile.backup_id import fragment_name
+from cryophile.durable import FILE_MODE
 from cryophile.errors import DataError, StorageIOError
 from cryophile.manifest import Fragment, Manifest
 from cryophile.pipeline.stages import BLOCK_SIZE, Counters
-from cryophile.spool import FILE_MODE, describe_os_error, publish
+from cryophile.spool import describe_os_error, publish
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cryophile.backup_id import BackupId, fragment_name
 from cryophile.daemons.watch import DirectoryWatcher, wait_for_file
+from cryophile.durable import make_dirs
 from cryophile.errors import (
     CryophileError,
     DataError,
@@ -35,7 +36,7 @@ from cryophile.pipeline.fragments import read_fragments
 from cryophile.pipeline.keys import SecretKey, select_secret_keys, unlock
 from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.stages import Counters, threaded, write_all
-from cryophile.spool import Queue, Spool, make_private_dirs
+from cryophile.spool import Queue, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def run_restore(spool: Spool, plan: RestorePlan, output_fd: int,
     directory = spool.backup_dir(Queue.RESTORE, plan.backup_id)
     if plan.wait:
         # Whoever delivers (thaw) creates it too; the watcher needs it now.
-        make_private_dirs(directory)
+        make_dirs(directory)
     elif not directory.is_dir():
         raise NoInputError(f"backup {plan.backup_id} is not in the restore queue "
                            f"({directory} does not exist)")

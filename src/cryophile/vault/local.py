@@ -36,6 +36,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from cryophile.durable import (
+    DIR_MODE,
+    FILE_MODE,
+    fsync_dir,
+    make_dirs,
+    remove_empty_dirs,
+    replace_file,
+)
 from cryophile.errors import (
     AlreadyExistsError,
     DataError,
@@ -58,8 +66,6 @@ logger = logging.getLogger(__name__)
 
 _RESERVED = ".cryophile"
 _BLOCK = 1 << 20
-_DIR_MODE = 0o700
-_FILE_MODE = 0o600
 
 
 class DirectoryVault:
@@ -94,7 +100,7 @@ class DirectoryVault:
             return
 
         tmp_dir = self.root / _RESERVED / "tmp"
-        _makedirs_durable(tmp_dir, self.root)
+        make_dirs(tmp_dir)
         tmp = tmp_dir / f"{secrets.token_hex(8)}.tmp"
         try:
             size, digest = _copy_hashing(source, tmp)
@@ -201,13 +207,13 @@ class DirectoryVault:
         except OSError as exc:
             raise StorageIOError(f"cannot delete {key!r} from vault {self.root}: {exc}") from exc
         else:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         with contextlib.suppress(FileNotFoundError):
             self._meta_path(key).unlink()
         # Empty directories are left by deleted backups; prune them so a vault
         # does not fill up with empty ULID directories.
-        _prune_empty_dirs(path.parent, self.root)
-        _prune_empty_dirs(self._meta_path(key).parent, self.root / _RESERVED / "meta")
+        remove_empty_dirs(path.parent, self.root)
+        remove_empty_dirs(self._meta_path(key).parent, self.root / _RESERVED / "meta")
 
     # -- internals -----------------------------------------------------------
 
@@ -234,7 +240,7 @@ class DirectoryVault:
             raise ServiceError(f"vault directory {self.root} does not exist (not mounted?)")
         if for_writing:
             try:
-                self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+                self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             except OSError as exc:
                 raise StorageIOError(f"cannot create vault directory {self.root}: {exc}") from exc
 
@@ -259,7 +265,7 @@ class DirectoryVault:
         # A concurrent delete may prune the directory we just made; try again.
         for _attempt in range(3):
             try:
-                _makedirs_durable(target.parent, self.root)
+                make_dirs(target.parent)
                 os.link(tmp, target)
             except FileNotFoundError:
                 continue
@@ -277,7 +283,7 @@ class DirectoryVault:
                         f"{self.root}"
                     ) from exc
                 raise StorageIOError(f"cannot store {key!r} in vault {self.root}: {exc}") from exc
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             return
         raise StorageIOError(
             f"cannot store {key!r} in vault {self.root}: its directory keeps vanishing"
@@ -295,20 +301,10 @@ class DirectoryVault:
 
     def _write_meta(self, key: str, size: int, sha256: str, storage_class: str) -> None:
         meta = self._meta_path(key)
-        _makedirs_durable(meta.parent, self.root)
-        tmp = self.root / _RESERVED / "tmp" / f"{secrets.token_hex(8)}.json"
+        make_dirs(meta.parent)
         body = json.dumps({"size": size, "sha256": sha256, "storage_class": storage_class})
-        try:
-            with _open_new(tmp) as handle:
-                handle.write(body.encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            # The sidecar is ours to replace (unlike the object itself).
-            tmp.replace(meta)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        _fsync_dir(meta.parent)
+        # The sidecar is ours to replace (unlike the object itself).
+        replace_file(meta, body.encode("utf-8"))
 
     def _write_meta_if_missing(self, key: str, size: int, sha256: str, storage_class: str) -> None:
         meta = self._read_meta(key)
@@ -317,7 +313,7 @@ class DirectoryVault:
 
 
 def _open_new(path: Path) -> BinaryIO:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     return os.fdopen(fd, "wb")
 
 
@@ -332,7 +328,7 @@ def _copy_hashing(source: Path, dest: Path, *, exclusive: bool = True) -> tuple[
             if exclusive:
                 writer = _open_new(dest)
             else:
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
                 writer = os.fdopen(fd, "wb")
             with writer:
                 while count := reader.readinto(buffer):
@@ -370,42 +366,3 @@ def _stat_regular(path: Path) -> int:
     if not os.path.isfile(path):
         raise FileNotFoundError(errno.ENOENT, "not an object", str(path))
     return st.st_size
-
-
-def _makedirs_durable(directory: Path, root: Path) -> None:
-    """Create ``directory`` and missing parents (up to ``root``), fsyncing each
-    parent so the new entries survive a crash."""
-    missing: list[Path] = []
-    current = directory
-    while not current.is_dir() and current not in (root, current.parent):
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=_DIR_MODE)
-        except FileExistsError:
-            if not path.is_dir():
-                raise NotADirectoryError(
-                    errno.ENOTDIR, "an object is in the way", str(path)
-                ) from None
-            continue
-        _fsync_dir(path.parent)
-
-
-def _prune_empty_dirs(directory: Path, stop: Path) -> None:
-    current = directory
-    while current != stop and stop in current.parents:
-        try:
-            current.rmdir()
-        except OSError:
-            return  # Not empty (or gone): stop pruning.
-        _fsync_dir(current.parent)
-        current = current.parent
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
