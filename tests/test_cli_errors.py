@@ -210,6 +210,17 @@ class TestRestoreRefusesDamage:
         assert code == 65
         assert "fragment 2 of 3" in stderr
 
+    def test_symlink_is_not_followed(self, cli: Cli, gpg_key: oracles.KeyPair,
+                                     staged: tuple[str, Path], tmp_path: Path) -> None:
+        ulid, directory = staged
+        elsewhere = tmp_path / "planted"
+        shutil.copy(directory / "chunk.2", elsewhere)  # even the right bytes
+        (directory / "chunk.2").unlink()
+        (directory / "chunk.2").symlink_to(elsewhere)
+        code, stderr = self.restore(cli, gpg_key, ulid, tmp_path / "out")
+        assert code == 65
+        assert "symbolic link" in stderr
+
     def test_missing(self, cli: Cli, gpg_key: oracles.KeyPair,
                      staged: tuple[str, Path], tmp_path: Path) -> None:
         ulid, directory = staged

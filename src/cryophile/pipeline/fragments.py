@@ -185,8 +185,12 @@ def read_fragments(directory: Path, manifest: Manifest, wait_for: WaitFor,
         path = directory / fragment_name(fragment.index)
         wait_for(path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # A symlink planted in the restore queue is refused, never followed.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise DataError(f"fragment {path} is a symbolic link; refusing to follow "
+                                "it") from None
             raise StorageIOError(f"cannot open fragment {path}: {error.strerror}") from None
         try:
             _verify(fd, path, fragment, len(manifest.fragments))
