@@ -300,10 +300,13 @@ def test_restore_of_unknown_backup(cli: Cli, gpg_key: oracles.KeyPair) -> None:
     assert_one_line(result.stderr)
 
 
-def test_restore_needs_a_backup_id(cli: Cli, gpg_key: oracles.KeyPair) -> None:
+def test_restore_needs_a_backup_id_and_a_key(cli: Cli, gpg_key: oracles.KeyPair) -> None:
     result = cli.run(["restore", "-v", VAULT, "-k", gpg_key.secret])
     assert result.returncode == 64
     assert "-u/--ulid" in result.stderr
+    result = cli.run(["restore", "-v", VAULT, "-u", "01ARZ3NDEKTSV4RRFFQ69G5FAV"])
+    assert result.returncode == 64
+    assert "-k/--keyring" in result.stderr
 
 
 def test_broken_config_file_is_an_error(cli: Cli, gpg_key: oracles.KeyPair,

@@ -110,10 +110,11 @@ def backup_id_from(args: argparse.Namespace, *, new: bool) -> BackupId:
     return BackupId(vault, prefix, ulid)
 
 
-def add_keyring_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+def add_keyring_option(parser: argparse.ArgumentParser, help_text: str, *,
+                       required: bool = True) -> None:
     """``-k/--keyring FILE``, repeatable."""
-    parser.add_argument("-k", "--keyring", action="append", type=Path, required=True,
-                        metavar="FILE", help=help_text)
+    parser.add_argument("-k", "--keyring", action="append", type=Path, required=required,
+                        default=[], metavar="FILE", help=help_text)
 
 
 def add_selection_options(parser: argparse.ArgumentParser) -> None:

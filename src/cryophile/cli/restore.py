@@ -31,7 +31,7 @@ from cryophile.daemons.thaw import (
     prepare_restore,
     request_failure,
 )
-from cryophile.errors import AlreadyExistsError, StorageIOError
+from cryophile.errors import AlreadyExistsError, StorageIOError, UsageError
 from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.compress import NAMES
 from cryophile.pipeline.keys import load_secret_keys
@@ -67,7 +67,8 @@ def register(commands: Any) -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backup_id_options(parser, ulid_required=True)
     add_keyring_option(parser, "secret key file (armored or binary; repeatable); expired and "
-                               "revoked keys still decrypt old backups")
+                               "revoked keys still decrypt old backups; not needed with "
+                               "--dry-run", required=False)
     parser.add_argument("-P", "--pass-fd", type=file_descriptor, default=None, metavar="N",
                         help="read the passphrase's first line from file descriptor N (else "
                              "$CRYOPHILE_ASKPASS, else the terminal)")
@@ -111,6 +112,8 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     if args.output is not None and os.path.lexists(args.output):
         raise AlreadyExistsError(f"output file {str(args.output)!r} already exists; "
                                  "refusing to overwrite it")
+    if not args.keyring and not args.dry_run:
+        raise UsageError("restore needs the secret key: give -k/--keyring FILE")
     config = open_config(args)
     secret_keys = [] if args.dry_run else load_secret_keys(args.keyring)
     spool = open_spool(args, environment.env, config)
