@@ -62,6 +62,11 @@ def test_any_disallowed_character_is_named(text: str) -> None:
     assert repr(bad[0]) in str(caught.value)
 
 
+def test_ulid_shaped_component_is_refused() -> None:
+    with pytest.raises(UsageError, match="looks like a ULID"):
+        normalize_prefix("hosts/01ARZ3NDEKTSV4RRFFQ69G5FAV/sub")
+
+
 @pytest.mark.parametrize(("raw", "canonical"), [
     ("", ""), ("hosts/db1", "hosts/db1"), ("hosts//db1/", "hosts/db1"),
     ("./hosts/./db1", "hosts/db1"), ("hosts/x/../db1", "hosts/db1"), ("a/..", ""),

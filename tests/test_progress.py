@@ -9,8 +9,9 @@ import sys
 
 import oracles
 from conftest import VAULT, Cli
-from cryophile.cli.progress import backup_line, human_bytes, restore_line
+from cryophile.cli.progress import backup_line, restore_line
 from cryophile.pipeline.stages import Counters
+from cryophile.units import human_bytes
 
 
 def run_on_terminal(cli: Cli, args: list[str], data: bytes) -> tuple[int, str]:

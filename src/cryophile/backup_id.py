@@ -82,8 +82,9 @@ def normalize_prefix(text: str) -> str:
     """Canonicalise a prefix: drop empty and ``.`` components, resolve ``..``.
 
     Only ``A-Z a-z 0-9 / ( ) ! ' * . _ -`` are allowed; a prefix may not be
-    absolute, may not climb above its root with ``..`` and must leave room
-    in the S3 key limit. Returns "" for no prefix.
+    absolute, may not climb above its root with ``..``, may not have a
+    component shaped like a ULID, and must leave room in the S3 key limit.
+    Returns "" for no prefix.
     """
     for char in text:
         if not _PREFIX_ALLOWED.fullmatch(char):
@@ -102,6 +103,11 @@ def normalize_prefix(text: str) -> str:
                                  "'..' climbs above the vault root")
             parts.pop()
             continue
+        if _ULID_FORM.fullmatch(part):
+            # PREFIX/ULID is where a backup lives: a ULID-shaped component
+            # would make a prefix and a backup indistinguishable.
+            raise UsageError(f"invalid prefix {_shorten(text)!r}: component {part!r} looks "
+                             "like a ULID, which would be mistaken for a backup id")
         parts.append(part)
     prefix = "/".join(parts)
     if len(prefix.encode()) > MAX_PREFIX_BYTES:

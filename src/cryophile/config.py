@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
+from cryophile import units
 from cryophile.errors import ConfigError
 from cryophile.vault.base import RESTORE_TIERS, STORAGE_CLASSES
 
@@ -83,8 +84,6 @@ _VAULT_KEYS = _COMMON_KEYS | _S3_KEYS | _DIR_KEYS
 _UUID_FORM = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
-_SIZE_FORM = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:iB)?\s*", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _VAULT_HEADER = re.compile(r"\s*\[\[\s*vault\s*\]\]\s*(#.*)?$")
 _ANY_HEADER = re.compile(r"\s*\[")
 
@@ -177,11 +176,7 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
     elif isinstance(text, str):
-        match = _SIZE_FORM.fullmatch(text)
-        if match is None:
-            raise ValueError(f"invalid size {text!r}: expected e.g. 1048576, '512K', '50M', '1G'")
-        number, unit = match.groups()
-        value = int(float(number) * _SIZE_UNITS[unit.upper()])
+        value = units.parse_size(text)
     else:
         raise ValueError(f"expected a size, not {text!r}")  # noqa: TRY004 (config value)
     if value < 1:

@@ -7,12 +7,12 @@ that into a one-line message and exit code 64.
 from __future__ import annotations
 
 import argparse
-import re
 import uuid
 from pathlib import Path
 
 from ulid import ULID
 
+from cryophile import units
 from cryophile.backup_id import (
     BackupId,
     normalize_prefix,
@@ -31,17 +31,12 @@ MIN_FRAGMENT_SIZE = 5 * KIB**2
 MAX_FRAGMENT_SIZE = 5 * KIB**4  # S3's largest object
 DEFAULT_FRAGMENT_SIZE = 256 * KIB**2
 
-_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(i?B)?", re.IGNORECASE)
-_UNITS = {"": 1, "K": KIB, "M": KIB**2, "G": KIB**3, "T": KIB**4}
-
-
 def parse_size(text: str) -> int:
-    """Parse a size with an optional binary unit: ``67108864``, ``64M``, ``64MiB``, ``1G``."""
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise UsageError(f"invalid size {text!r}: expected a number with an optional unit "
-                         "K, M, G or T (binary: 1M = 1048576 bytes)")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+    """A size with an optional binary unit, as a UsageError naming it when wrong."""
+    try:
+        return units.parse_size(text)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def fragment_size(text: str) -> int:

@@ -21,14 +21,18 @@ from typing import NoReturn, TextIO
 from cryophile import __version__
 from cryophile.cli import backup as backup_command
 from cryophile.cli import freeze as freeze_command
+from cryophile.cli import list as list_command
 from cryophile.cli import restore as restore_command
+from cryophile.cli import status as status_command
 from cryophile.cli import thaw as thaw_command
+from cryophile.cli import verify as verify_command
 from cryophile.cli.logs import level_from, setup_logging
 from cryophile.errors import CryophileError, ExitCode, UsageError
 
 logger = logging.getLogger(__name__)
 
-COMMANDS = (backup_command, restore_command, freeze_command, thaw_command)
+COMMANDS = (backup_command, restore_command, freeze_command, thaw_command, list_command,
+            verify_command, status_command)
 
 
 @dataclass

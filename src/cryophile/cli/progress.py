@@ -16,18 +16,9 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from cryophile.pipeline.stages import Counters
+from cryophile.units import human_bytes
 
 REFRESH_SECONDS = 0.5
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def human_bytes(count: float) -> str:
-    """``1536`` → ``1.5 KiB``."""
-    for unit in _UNITS:
-        if abs(count) < 1024 or unit == _UNITS[-1]:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 def add_progress_option(parser: argparse.ArgumentParser) -> None:

@@ -212,14 +212,15 @@ def file_request(spool: Spool, backup_id: BackupId, *, tier: str, days: int) -> 
 def request_failure(spool: Spool, backup_id: BackupId) -> str | None:
     """The error of a failed request for ``backup_id``, or None."""
     try:
-        state = _load(request_dir(spool, backup_id))
+        state = load_state(request_dir(spool, backup_id))
     except (FileNotFoundError, DataError):
         return None
     error = state.get("error")
     return str(error) if state.get("status") == "failed" else None
 
 
-def _load(directory: Path) -> dict[str, Any]:
+def load_state(directory: Path) -> dict[str, Any]:
+    """The request state in ``directory``; DataError when it is damaged."""
     try:
         state = json.loads((directory / STATE_NAME).read_bytes())
     except json.JSONDecodeError as error:
@@ -323,7 +324,7 @@ class Thawer:
         with _request_lock(directory) as locked:
             if not locked:
                 return
-            state = _load(directory)
+            state = load_state(directory)
             if state.get("status") == "failed":
                 return
             try:

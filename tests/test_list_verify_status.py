@@ -1,0 +1,648 @@
+"""``cryophile list``, ``verify`` and ``status`` through the real CLI, in subprocesses.
+
+The states are produced by the real commands (a backup blocked on a FIFO, a
+freeze while a backup is written, a writer killed with SIGKILL, a restore
+request left waiting, thaw passes against a vault missing a fragment), on the
+embedded directory vault, on SeaweedFS (a real S3 server) and on moto (Glacier
+semantics: archived objects cannot be downloaded until restored). The JSON
+output is validated against the schemas the README documents, and list,
+status and verify without ``-k`` run with no key anywhere in reach.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+import pytest
+
+import oracles
+from conftest import REPO, VAULT, Cli, Result
+from s3server import S3Bucket
+
+PREFIX = "hosts/db1"
+MiB = 1 << 20
+OLD_TIME = "2020-01-01T00:00:00Z"  # older than any backup made from the clock
+
+ULID_PATTERN = "^[0-9A-HJKMNP-TV-Z]{26}$"
+UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+TIME_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$"
+STATES = ["writing", "incomplete", "queued", "partly_frozen", "frozen", "damaged",
+          "thaw_requested", "thawing", "thaw_failed", "restored"]
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], **extra}
+
+
+IDENTITY = {
+    "id": {"type": "string", "minLength": 1},
+    "vault": {"type": "string", "pattern": UUID_PATTERN},
+    "prefix": {"type": "string"},
+    "ulid": {"type": "string", "pattern": ULID_PATTERN},
+}
+
+
+def _record(properties: dict[str, Any]) -> dict[str, Any]:
+    every = {**IDENTITY, **properties}
+    return {"type": "object", "additionalProperties": False, "required": sorted(every),
+            "properties": every}
+
+
+#: The ``list --json`` schema as the README documents it (an oracle independent of the code).
+LIST_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": _record({
+        "created": {"type": "string", "pattern": TIME_PATTERN},
+        "state": {"enum": STATES},
+        "stored_bytes": _nullable("integer", minimum=1),
+        "fragments": _nullable("integer", minimum=1),
+        "compression": {"enum": ["none", "lz4", "zstd", None]},
+        "storage_class": _nullable("string"),
+        "in_vault": {"type": "boolean"},
+        "queues": {"type": "array", "uniqueItems": True,
+                   "items": {"enum": ["backup", "freeze", "thaw", "restore"]}},
+        "error": _nullable("string"),
+    }),
+}
+
+_COUNT = {"type": "integer", "minimum": 0}
+
+#: The ``status --json`` schema as the README documents it.
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["spool", "backup", "freeze", "thaw", "restore", "abandoned", "totals"],
+    "properties": {
+        "spool": {"type": "string"},
+        "backup": {"type": "array", "items": _record({
+            "state": {"enum": ["writing", "incomplete"]},
+            "bytes": _COUNT})},
+        "freeze": {"type": "array", "items": _record({
+            "state": {"enum": ["writing", "incomplete", "queued", "partly_frozen"]},
+            "fragments_waiting": _COUNT,
+            "bytes_waiting": _COUNT,
+            "fragments_total": _nullable("integer", minimum=1),
+            "error": _nullable("string")})},
+        "thaw": {"type": "array", "items": _record({
+            "state": {"enum": ["thaw_requested", "thawing", "thaw_failed"]},
+            "tier": _nullable("string"),
+            "days": _nullable("integer", minimum=1),
+            "requested": _nullable("string", pattern=TIME_PATTERN),
+            "fragments_total": _nullable("integer", minimum=1),
+            "cold": _COUNT, "restoring": _COUNT, "downloaded": _COUNT,
+            "error": _nullable("string")})},
+        "restore": {"type": "array", "items": _record({
+            "complete": {"type": "boolean"},
+            "fragments_present": _COUNT,
+            "fragments_total": _nullable("integer", minimum=1),
+            "bytes": _COUNT})},
+        "abandoned": {"type": "array", "items": {"type": "string"}},
+        "totals": {"type": "object", "additionalProperties": False,
+                   "required": ["writing", "freeze_backups", "freeze_fragments_waiting",
+                                "freeze_bytes_waiting", "thaw_requests", "thaw_failed",
+                                "restore_backups", "restore_bytes", "abandoned"],
+                   "properties": dict.fromkeys((
+                       "writing", "freeze_backups", "freeze_fragments_waiting",
+                       "freeze_bytes_waiting", "thaw_requests", "thaw_failed",
+                       "restore_backups", "restore_bytes", "abandoned"), _COUNT)},
+    },
+}
+
+
+# -- running the read-only commands without any key -------------------------------------
+
+
+@pytest.fixture
+def keyless(tmp_path: Path) -> dict[str, str]:
+    """An environment in which no secret key could be found: empty HOME and GnuPG home."""
+    home = tmp_path / "keyless-home"
+    (home / ".gnupg").mkdir(parents=True)
+    return {"HOME": str(home), "GNUPGHOME": str(home / ".gnupg"),
+            "XDG_CONFIG_HOME": str(home / ".config")}
+
+
+def run_keyless(cli: Cli, args: list[str], env: dict[str, str]) -> Result:
+    """Run list, status or verify with no ``-k`` and no key in reach."""
+    assert args[0] in ("list", "status", "verify")
+    assert "-k" not in args
+    assert "--keyring" not in args
+    return cli.run(args, env=env)
+
+
+def list_json(cli: Cli, env: dict[str, str], *args: str) -> list[dict[str, Any]]:
+    result = run_keyless(cli, ["list", "--json", *args], env)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    jsonschema.validate(document, LIST_SCHEMA)
+    assert isinstance(document, list)
+    return document
+
+
+def states(cli: Cli, env: dict[str, str], *args: str) -> dict[str, str]:
+    """ULID → state of every listed backup."""
+    return {entry["ulid"]: entry["state"] for entry in list_json(cli, env, *args)}
+
+
+def status_json(cli: Cli, env: dict[str, str]) -> dict[str, Any]:
+    result = run_keyless(cli, ["status", "--json"], env)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    jsonschema.validate(document, STATUS_SCHEMA)
+    assert isinstance(document, dict)
+    return document
+
+
+def by_ulid(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {entry["ulid"]: entry for entry in entries}
+
+
+# -- helpers: real backups in odd states ---------------------------------------------------
+
+
+def vault_dir(cli: Cli) -> Path:
+    """The embedded directory vault of ``VAULT``."""
+    return cli.spool.parent / f"{cli.spool.name}-vaults" / VAULT
+
+
+def wipe_spool(cli: Cli) -> None:
+    for child in cli.spool.iterdir():
+        shutil.rmtree(child)
+
+
+def wait_until(condition: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def writer_dirs(cli: Cli) -> list[Path]:
+    base = cli.spool / "backup" / VAULT / PREFIX
+    return sorted(base.iterdir()) if base.exists() else []
+
+
+@contextlib.contextmanager
+def backup_from_fifo(cli: Cli, key: oracles.KeyPair, fifo: Path,
+                     *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``cryophile backup`` reading a FIFO; killed if still running at the end."""
+    os.mkfifo(fifo)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cryophile", "backup", "-v", VAULT, "-p", PREFIX, "-k",
+         str(key.cert), "-s", "5M", "-C", "none", "-i", str(fifo), "--json", *extra],
+        env=cli.environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=60)
+
+
+@contextlib.contextmanager
+def fifo_writer(fifo: Path, reader: subprocess.Popen[bytes]) -> Iterator[Any]:
+    """Open ``fifo`` for writing once ``reader`` opened it; fail (not hang) if it never does."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as error:
+            if error.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+        assert reader.poll() is None, f"the backup exited with status {reader.returncode}"
+        assert time.monotonic() < deadline, "the backup never opened its input FIFO"
+        time.sleep(0.05)
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "wb") as writer:
+        yield writer
+
+
+def restore_request(cli: Cli, key: oracles.KeyPair, ulid: str,
+                    env: dict[str, str] | None = None) -> None:
+    """File a thaw request the way a user does: a restore that gives up waiting at once."""
+    result = cli.run(["restore", "-v", VAULT, "-p", PREFIX, "-u", ulid, "-k", key.secret,
+                      "--timeout", "0"], env=env)
+    assert result.returncode == 75, result.stderr
+
+
+# -- list and status across a backup's life, on the embedded vault ---------------------------
+
+
+def test_states_across_backup_freeze_wipe_restore(cli: Cli, gpg_key: oracles.KeyPair,
+                                                  tar_stream: bytes, tmp_path: Path,
+                                                  keyless: dict[str, str]) -> None:
+    # A backup being written; a freeze uploads its first fragments meanwhile.
+    with backup_from_fifo(cli, gpg_key, tmp_path / "x.fifo") as writer_x:
+        with fifo_writer(tmp_path / "x.fifo", writer_x) as fifo:
+            fifo.write(random.Random(3).randbytes(16 * MiB))
+            fifo.flush()
+            wait_until(lambda: len(list((cli.spool / "freeze").rglob("chunk.*"))) >= 2,
+                       "two fragments in the freeze queue")
+            assert cli.run(["freeze", "--once"]).returncode == 0
+            x = writer_dirs(cli)[0].name
+            assert states(cli, keyless) == {x: "writing"}
+            status = status_json(cli, keyless)
+            assert [entry["ulid"] for entry in status["backup"]] == [x]
+            assert status["backup"][0]["state"] == "writing"
+            assert status["freeze"][0]["state"] == "writing"
+            assert status["freeze"][0]["fragments_total"] is None
+            assert status["totals"]["writing"] == 1
+            assert status["abandoned"] == []
+            fifo.write(b"the end")
+        stdout, stderr = writer_x.communicate(timeout=120)
+        assert writer_x.returncode == 0, stderr.decode()
+    assert json.loads(stdout)["ulid"] == x
+
+    # Complete, some fragments in the vault, the rest and the manifest queued.
+    entry = by_ulid(list_json(cli, keyless))[x]
+    assert entry["state"] == "partly_frozen"
+    assert entry["queues"] == ["freeze"]
+    assert entry["fragments"] == 4
+    assert entry["compression"] == "none"
+    assert entry["in_vault"] is False
+    manifest_x = json.loads((cli.freeze_dir(x) / "chunk.0").read_bytes())
+    assert entry["stored_bytes"] == sum(f["size"] for f in manifest_x["fragments"])
+    status = status_json(cli, keyless)
+    (freeze_x,) = status["freeze"]
+    waiting = sorted(cli.freeze_dir(x).glob("chunk.[1-9]*"))
+    assert freeze_x["state"] == "partly_frozen"
+    assert 1 <= freeze_x["fragments_waiting"] == len(waiting) < 4
+    assert freeze_x["bytes_waiting"] == sum(path.stat().st_size for path in waiting)
+    assert freeze_x["fragments_total"] == 4
+    assert status["totals"]["freeze_bytes_waiting"] == freeze_x["bytes_waiting"]
+
+    # A complete backup, nothing uploaded; and a writer that dies before its first byte.
+    y = cli.backup(gpg_key, tar_stream, "-t", OLD_TIME)
+    with backup_from_fifo(cli, gpg_key, tmp_path / "z.fifo") as writer_z:
+        wait_until(lambda: len(writer_dirs(cli)) == 1, "the writer's directory")
+        z_dir = writer_dirs(cli)[0]
+        z = z_dir.name
+        wait_until((z_dir / ".lock").exists, "the writer's lock")
+        writer_z.send_signal(signal.SIGKILL)
+        writer_z.wait(timeout=30)
+    assert states(cli, keyless) == {x: "partly_frozen", y: "queued", z: "incomplete"}
+    status = status_json(cli, keyless)
+    assert status["abandoned"] == [f"{VAULT}/{PREFIX}/{z}"]
+    assert {e["ulid"]: e["state"] for e in status["backup"]} == {z: "incomplete"}
+    freeze_y = next(e for e in status["freeze"] if e["ulid"] == y)
+    assert freeze_y["state"] == "queued"
+    assert freeze_y["fragments_waiting"] == freeze_y["fragments_total"] >= 1
+    human = run_keyless(cli, ["status"], keyless)
+    assert human.returncode == 0
+    assert "abandoned: 1 backup(s)" in human.stdout.decode()
+    assert f"{VAULT}/{PREFIX}/{z}" in human.stdout.decode()
+
+    # Frozen: both complete backups are in the vault; the dead one stays local.
+    assert cli.run(["freeze", "--once"]).returncode == 0
+    entries = by_ulid(list_json(cli, keyless, "-v", VAULT))
+    assert {u: e["state"] for u, e in entries.items()} == {x: "frozen", y: "frozen",
+                                                           z: "incomplete"}
+    assert entries[x]["in_vault"] is True
+    assert entries[x]["queues"] == []
+    assert entries[x]["storage_class"] == "STANDARD"
+    assert entries[x]["stored_bytes"] == sum(f["size"] for f in manifest_x["fragments"])
+    assert entries[y]["compression"] == "zstd"
+    assert entries[z]["queues"] == ["backup", "freeze"]
+    assert entries[z]["in_vault"] is False
+
+    # The spool is lost: the vault (found beside the spool, no -v needed) still has both.
+    wipe_spool(cli)
+    listed = list_json(cli, keyless)
+    # Newest first: y was written after x (its -t names an older time, but it was made later).
+    assert [(e["ulid"], e["state"]) for e in listed] == [(y, "frozen"), (x, "frozen")]
+    assert listed[0]["created"] > listed[1]["created"]
+    table = run_keyless(cli, ["list"], keyless)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.decode().splitlines()
+    assert lines[0].split() == ["CREATED", "STATE", "SIZE", "FRAGMENTS", "COMPRESSION",
+                                "CLASS", "BACKUP"]
+    assert lines[1].endswith(f"{VAULT}/{PREFIX}/{y}")
+    assert lines[2].endswith(f"{VAULT}/{PREFIX}/{x}")
+    created, state, size, unit, count, compression, storage_class, _ = lines[2].split()
+    assert created == listed[1]["created"][:19] + "Z"
+    assert (state, count, compression, storage_class) == ("frozen", "4", "none", "STANDARD")
+    assert unit == "MiB"
+    assert float(size) == pytest.approx(entries[x]["stored_bytes"] / MiB, abs=0.05)
+    # -p selects a prefix and what is below it, component by component.
+    assert len(list_json(cli, keyless, "-p", "hosts")) == 2
+    assert list_json(cli, keyless, "-p", "host") == []
+
+    # A restore request, then the thaw daemon's pass: restored locally.
+    restore_request(cli, gpg_key, x)
+    assert states(cli, keyless)[x] == "thaw_requested"
+    (thaw_x,) = status_json(cli, keyless)["thaw"]
+    assert thaw_x["state"] == "thaw_requested"
+    assert (thaw_x["cold"], thaw_x["restoring"], thaw_x["downloaded"]) == (0, 0, 0)
+    assert thaw_x["tier"] == "Bulk"
+    assert thaw_x["days"] == 1
+    assert cli.run(["thaw", "--once"]).returncode == 0
+    entry = by_ulid(list_json(cli, keyless))[x]
+    assert entry["state"] == "restored"
+    assert entry["queues"] == ["restore"]
+    assert entry["in_vault"] is True
+    status = status_json(cli, keyless)
+    assert status["thaw"] == []
+    (restore_x,) = status["restore"]
+    assert restore_x["complete"] is True
+    assert restore_x["fragments_present"] == restore_x["fragments_total"] == 4
+    assert restore_x["bytes"] == entry["stored_bytes"]
+
+    # A request whose fragment is gone from the vault: thaw retries, then gives up.
+    restore_request(cli, gpg_key, y)
+    (vault_dir(cli) / PREFIX / y / "chunk.1").unlink()
+    for expected in (0, 0, 65):
+        assert cli.run(["thaw", "--once"]).returncode == expected
+    entry = by_ulid(list_json(cli, keyless))[y]
+    assert entry["state"] == "thaw_failed"
+    assert "fragment 1" in entry["error"]
+    thaw_y = next(e for e in status_json(cli, keyless)["thaw"] if e["ulid"] == y)
+    assert thaw_y["state"] == "thaw_failed"
+    assert "fragment 1" in thaw_y["error"]
+    assert thaw_y["fragments_total"] == 1
+    assert "fragment 1" in run_keyless(cli, ["status"], keyless).stdout.decode()
+
+
+def test_list_reports_a_vault_it_cannot_read_and_still_lists_the_spool(
+        cli: Cli, gpg_key: oracles.KeyPair, tar_stream: bytes, keyless: dict[str, str],
+        tmp_path: Path) -> None:
+    y = cli.backup(gpg_key, tar_stream)
+    config = tmp_path / "broken-vault.toml"
+    config.write_text(f'[[vault]]\nid = "{VAULT}"\nprovider = "dir"\n'
+                      f'path = "{tmp_path / "not-mounted"}"\n')
+    result = run_keyless(cli, ["list", "--json", "-c", str(config)], keyless)
+    assert result.returncode == 69
+    assert f"vault {VAULT} could not be read" in result.stderr
+    assert "not-mounted" in result.stderr
+    document = json.loads(result.stdout)
+    jsonschema.validate(document, LIST_SCHEMA)
+    assert [(e["ulid"], e["state"]) for e in document] == [(y, "queued")]
+
+
+# -- verify on the embedded vault ------------------------------------------------------------
+
+
+@pytest.fixture
+def frozen(cli: Cli, gpg_key: oracles.KeyPair, tar_stream: bytes) -> tuple[str, bytes]:
+    """A backup of 3+ fragments, frozen into the embedded vault; its ULID and data."""
+    data = random.Random(9).randbytes(11 * MiB) + tar_stream
+    ulid = cli.backup(gpg_key, data, "-C", "lz4")
+    assert cli.run(["freeze", "--once"]).returncode == 0
+    return ulid, data
+
+
+def verify(cli: Cli, env: dict[str, str], ulid: str, *extra: str) -> Result:
+    return run_keyless(cli, ["verify", "-v", VAULT, "-p", PREFIX, "-u", ulid, *extra], env)
+
+
+def test_verify_directory_vault_healthy_decrypts_and_names_damage(
+        cli: Cli, gpg_key: oracles.KeyPair, frozen: tuple[str, bytes],
+        keyless: dict[str, str]) -> None:
+    ulid, data = frozen
+    everything = run_keyless(cli, ["verify", "-v", VAULT, "--all"], keyless)
+    assert everything.returncode == 0, everything.stderr
+    assert f"{VAULT}/{PREFIX}/{ulid}: healthy" in everything.stdout.decode()
+    assert "1 backup(s): 1 healthy, 0 damaged, 0 not checkable now" in everything.stdout.decode()
+    downloaded = verify(cli, keyless, ulid, "--download")
+    assert downloaded.returncode == 0, downloaded.stderr
+    assert "3 downloaded and hashed" in downloaded.stdout.decode()
+
+    # With the secret key: decrypted and decompressed to nowhere, every byte accounted for.
+    decrypted = cli.run(["verify", "-v", VAULT, "-p", PREFIX, "-u", ulid, "--download",
+                         "-k", gpg_key.secret])
+    assert decrypted.returncode == 0, decrypted.stderr
+    assert f"decrypted and decompressed: {len(data)} bytes" in decrypted.stdout.decode()
+    assert decrypted.stdout.count(b"\n") == 1
+    # -k needs --download; nothing is left in the spool by any of these runs.
+    refused = cli.run(["verify", "-v", VAULT, "-u", ulid, "-p", PREFIX, "-k", gpg_key.secret])
+    assert refused.returncode == 64
+    assert "--download" in refused.stderr
+    assert not [p for p in cli.spool.rglob("*") if p.is_file()]
+
+    # A flipped byte inside an object: the vault's record still matches (metadata cannot
+    # see it), the download does.
+    chunk2 = vault_dir(cli) / PREFIX / ulid / "chunk.2"
+    damaged = bytearray(chunk2.read_bytes())
+    damaged[1000] ^= 0x40
+    chunk2.write_bytes(bytes(damaged))
+    assert verify(cli, keyless, ulid).returncode == 0
+    result = verify(cli, keyless, ulid, "--download")
+    assert result.returncode == 65
+    out = result.stdout.decode()
+    assert f"{VAULT}/{PREFIX}/{ulid}: DAMAGED" in out
+    assert f"fragment 2 ({PREFIX}/{ulid}/chunk.2)" in out
+    assert "chunk.1" not in out
+    assert "chunk.3" not in out
+    result = cli.run(["verify", "-v", VAULT, "-p", PREFIX, "-u", ulid, "--download", "-k",
+                      gpg_key.secret])
+    assert result.returncode == 65
+    assert f"fragment 2 ({PREFIX}/{ulid}/chunk.2)" in result.stdout.decode()
+    assert "decryption stopped at fragment 2" in result.stdout.decode()
+
+    # A fragment deleted: named without downloading anything.
+    (vault_dir(cli) / PREFIX / ulid / "chunk.3").unlink()
+    result = verify(cli, keyless, ulid)
+    assert result.returncode == 65
+    assert f"fragment 3 ({PREFIX}/{ulid}/chunk.3): missing from the vault" in (
+        result.stdout.decode())
+    assert run_keyless(cli, ["verify", "-v", VAULT, "--all"], keyless).returncode == 65
+    listed = by_ulid(list_json(cli, keyless))[ulid]
+    assert listed["state"] == "damaged"
+    assert "3" in listed["error"]
+    assert not [p for p in cli.spool.rglob("*") if p.is_file()]
+
+
+def test_verify_of_what_the_vault_does_not_have(cli: Cli, keyless: dict[str, str],
+                                                frozen: tuple[str, bytes]) -> None:
+    missing = verify(cli, keyless, "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    assert missing.returncode == 66
+    assert "is not in vault" in missing.stderr
+    ulid, _ = frozen
+    manifest = vault_dir(cli) / PREFIX / ulid / "chunk.0"
+    manifest.write_bytes(manifest.read_bytes().replace(b'"compression"', b'"compresion"'))
+    damaged = verify(cli, keyless, ulid)
+    assert damaged.returncode == 65
+    assert f"manifest ({PREFIX}/{ulid}/chunk.0)" in damaged.stdout.decode()
+    assert by_ulid(list_json(cli, keyless))[ulid]["state"] == "damaged"
+    manifest.unlink()
+    incomplete = verify(cli, keyless, ulid)
+    assert incomplete.returncode == 66
+    assert "fragments of it but no manifest" in incomplete.stderr
+    assert by_ulid(list_json(cli, keyless))[ulid]["state"] == "incomplete"
+
+
+def test_only_decryption_catches_a_forged_manifest(cli: Cli, gpg_key: oracles.KeyPair,
+                                                  tar_stream: bytes,
+                                                  keyless: dict[str, str]) -> None:
+    """Fragments rewritten together with their manifest: every checksum agrees, only the
+    OpenPGP integrity check (verify -k) sees that the backup does not restore."""
+    ulid = cli.backup(gpg_key, tar_stream)
+    assert cli.run(["freeze", "--once"]).returncode == 0
+    objects = vault_dir(cli) / PREFIX / ulid
+    fragment = bytearray((objects / "chunk.1").read_bytes())
+    fragment[len(fragment) // 2] ^= 0x10
+    (objects / "chunk.1").write_bytes(bytes(fragment))
+    manifest = json.loads((objects / "chunk.0").read_bytes())
+    manifest["fragments"][0]["sha256"] = hashlib.sha256(fragment).hexdigest()
+    (objects / "chunk.0").write_text(json.dumps(manifest))
+    # The directory vault's sidecars record the old checksums: without them it hashes.
+    shutil.rmtree(vault_dir(cli) / ".cryophile" / "meta")
+    assert verify(cli, keyless, ulid, "--download").returncode == 0
+    result = cli.run(["verify", "-v", VAULT, "-p", PREFIX, "-u", ulid, "--download", "-k",
+                      gpg_key.secret])
+    assert result.returncode == 65
+    assert "decryption failed, although the fragments read match the manifest" in (
+        result.stdout.decode())
+
+
+def test_read_only_commands_take_no_key_option(cli: Cli, keyless: dict[str, str]) -> None:
+    for command in (["list"], ["status"]):
+        result = cli.run([*command, "-k", "some.key"], env=keyless)
+        assert result.returncode == 64, result.stderr
+    assert run_keyless(cli, ["status"], keyless).returncode == 0
+    assert run_keyless(cli, ["list"], keyless).returncode == 0
+
+
+def test_readme_documents_every_json_field() -> None:
+    readme = (REPO / "README.md").read_text()
+    sections = {}
+    for name in ("list", "verify", "status"):
+        match = re.search(rf"^### cryophile {name}\n(.*?)(?=^### )", readme, re.S | re.M)
+        assert match is not None, f"README has no '### cryophile {name}' section"
+        sections[name] = match.group(1)
+    for field in LIST_SCHEMA["items"]["properties"]:
+        assert f"`{field}`" in sections["list"], field
+    for state in STATES:
+        assert f"`{state}`" in sections["list"], state
+    status_fields = set(STATUS_SCHEMA["properties"]) | set(
+        STATUS_SCHEMA["properties"]["totals"]["properties"])
+    for queue in ("backup", "freeze", "thaw", "restore"):
+        status_fields |= set(STATUS_SCHEMA["properties"][queue]["items"]["properties"])
+    for field in status_fields:
+        assert f"`{field}`" in sections["status"], field
+    for code in ("0", "65", "75"):
+        assert f"| {code} |" in sections["verify"], code
+    contents = readme[readme.index("## Contents"):readme.index("## Install")]
+    for name in ("list", "verify", "status"):
+        assert f"(#cryophile-{name})" in contents
+
+
+# -- S3: SeaweedFS (a real S3 server) and moto (Glacier semantics) ---------------------------
+
+
+def configure_s3_vault(cli: Cli, bucket: S3Bucket, tmp_path: Path,
+                       storage_class: str) -> dict[str, str]:
+    """Make ``VAULT`` the S3 ``bucket`` in the user's config; return the AWS environment.
+
+    The environment has credentials for the vault and nothing else: no key of any kind.
+    """
+    config = cli.home / ".config" / "cryophile" / "cryophile.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        f'[[vault]]\nid = "{VAULT}"\nprovider = "s3"\nbucket = "{bucket.name}"\n'
+        f'endpoint_url = "{bucket.endpoint.url}"\nregion = "{bucket.endpoint.region}"\n'
+        f'storage_class = "{storage_class}"\nrestore_days = 2\n')
+    missing = tmp_path / "no-such-aws-dir"
+    return {"AWS_ACCESS_KEY_ID": bucket.endpoint.access_key,
+            "AWS_SECRET_ACCESS_KEY": bucket.endpoint.secret_key,
+            "AWS_CONFIG_FILE": str(missing / "config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(missing / "credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "HOME": str(cli.home), "XDG_CONFIG_HOME": str(cli.home / ".config"),
+            "GNUPGHOME": str(tmp_path / "no-gnupg")}
+
+
+def test_list_and_verify_on_seaweedfs(cli: Cli, gpg_key: oracles.KeyPair,
+                                      s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    env = configure_s3_vault(cli, s3_bucket, tmp_path, "STANDARD_IA")
+    data = random.Random(5).randbytes(11 * MiB)
+    ulid = cli.backup(gpg_key, data, "-C", "none")
+    assert cli.run(["freeze", "--once"], env=env).returncode == 0
+    (entry,) = list_json(cli, env, "-v", VAULT)
+    assert entry["ulid"] == ulid
+    assert entry["state"] == "frozen"
+    assert entry["storage_class"] == "STANDARD_IA"
+    assert entry["fragments"] == 3
+    assert entry["in_vault"] is True
+    result = run_keyless(cli, ["verify", "-v", VAULT, "-p", PREFIX, "-u", ulid, "--download"],
+                         env)
+    assert result.returncode == 0, result.stderr
+    assert f"{VAULT}/{PREFIX}/{ulid}: healthy" in result.stdout.decode()
+    assert "3 downloaded and hashed" in result.stdout.decode()
+
+    client = s3_bucket.endpoint.client()
+
+    def key(index: int) -> str:
+        return f"{PREFIX}/{ulid}/chunk.{index}"
+
+    # Bit rot in fragment 2: the content changes, the recorded checksum stays, so only
+    # the download sees it.
+    head = client.head_object(Bucket=s3_bucket.name, Key=key(2))
+    content = bytearray(client.get_object(Bucket=s3_bucket.name, Key=key(2))["Body"].read())
+    content[12345] ^= 0x01
+    client.put_object(Bucket=s3_bucket.name, Key=key(2), Body=bytes(content),
+                      Metadata=head["Metadata"], StorageClass="STANDARD_IA")
+    # Fragment 1 replaced by other content with its own valid checksum: metadata shows it.
+    other = os.urandom(len(content))
+    digest = hashlib.sha256(other).digest()
+    client.put_object(Bucket=s3_bucket.name, Key=key(1), Body=other,
+                      Metadata={"sha256": digest.hex()}, ChecksumAlgorithm="SHA256",
+                      ChecksumSHA256=base64.b64encode(digest).decode())
+    # Fragment 3 deleted.
+    client.delete_object(Bucket=s3_bucket.name, Key=key(3))
+    result = run_keyless(cli, ["verify", "-v", VAULT, "-p", "hosts", "--all", "--download"],
+                         env)
+    assert result.returncode == 65
+    out = result.stdout.decode()
+    assert f"fragment 1 ({key(1)}): SHA-256 {digest.hex()} in the vault" in out
+    assert f"fragment 2 ({key(2)}): downloaded content is damaged" in out
+    assert f"fragment 3 ({key(3)}): missing from the vault" in out
+    assert "1 backup(s): 0 healthy, 1 damaged" in out
+
+
+def test_glacier_thawing_state_and_verify_not_checkable(
+        cli: Cli, gpg_key: oracles.KeyPair, moto_bucket: S3Bucket, tmp_path: Path,
+        tar_stream: bytes) -> None:
+    env = configure_s3_vault(cli, moto_bucket, tmp_path, "GLACIER")
+    data = random.Random(6).randbytes(6 * MiB) + tar_stream
+    ulid = cli.backup(gpg_key, data, "-C", "none")
+    assert cli.run(["freeze", "--once"], env=env).returncode == 0
+    (entry,) = list_json(cli, env)
+    assert (entry["state"], entry["storage_class"]) == ("frozen", "GLACIER")
+    fragments = entry["fragments"]
+    assert fragments >= 2
+    # Metadata is checkable in Glacier; the content is not until thawed.
+    assert run_keyless(cli, ["verify", "-v", VAULT, "-p", PREFIX, "-u", ulid],
+                       env).returncode == 0
+    result = run_keyless(cli, ["verify", "-v", VAULT, "-p", PREFIX, "-u", ulid, "--download"],
+                         env)
+    assert result.returncode == 75, result.stderr
+    out = result.stdout.decode()
+    assert "not checkable now" in out
+    assert f"fragment 1 ({PREFIX}/{ulid}/chunk.1): archived (GLACIER, cold)" in out
+
+    wipe_spool(cli)
+    restore_request(cli, gpg_key, ulid, env=env)
+    assert cli.run(["thaw", "--once"], env=env).returncode == 0
+    assert states(cli, env) == {ulid: "thawing"}
+    (thaw,) = status_json(cli, env)["thaw"]
+    assert thaw["state"] == "thawing"
+    assert thaw["fragments_total"] == fragments
+    assert thaw["restoring"] == fragments
+    assert thaw["cold"] == thaw["downloaded"] == 0
+    assert thaw["days"] == 2
