@@ -15,6 +15,7 @@ skipped, so a typo never silently sends backups somewhere else.
 The schema::
 
     spool = "/var/spool/cryophile"          # optional
+    metrics_file = "/var/lib/prometheus/node-exporter/cryophile.prom"   # optional
 
     [[vault]]
     id = "0b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"   # required, a UUID
@@ -63,7 +64,7 @@ SYSTEM_CONFIG = Path("/etc/cryophile/cryophile.toml")
 COMPRESSIONS = ("none", "lz4", "zstd")
 OBJECT_LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
 
-_TOP_LEVEL_KEYS = frozenset({"spool", "vault"})
+_TOP_LEVEL_KEYS = frozenset({"spool", "metrics_file", "vault"})
 _COMMON_KEYS = frozenset(
     {"id", "provider", "storage_class", "restore_tier", "restore_days", "compression"}
 )
@@ -115,10 +116,12 @@ class VaultConfig:
 @dataclass(frozen=True)
 class Config:
     """The whole configuration. ``source`` is the file it came from, or None
-    for the built-in defaults; ``spool`` is None unless the file sets it."""
+    for the built-in defaults; ``spool`` is None unless the file sets it, and so is
+    ``metrics_file`` (where the daemons write Prometheus metrics)."""
 
     source: Path | None = None
     spool: Path | None = None
+    metrics_file: Path | None = None
     vaults: tuple[VaultConfig, ...] = ()
 
     def vault(self, vault_id: uuid.UUID) -> VaultConfig | None:
@@ -209,11 +212,15 @@ class _Validator:
         unknown = sorted(set(document) - _TOP_LEVEL_KEYS)
         if unknown:
             self._fail(
-                None, unknown[0], f"unknown key {unknown[0]!r} (expected 'spool', [[vault]])"
+                None, unknown[0],
+                f"unknown key {unknown[0]!r} (expected 'spool', 'metrics_file', [[vault]])",
             )
         spool = None
         if "spool" in document:
             spool = self._path(None, "spool", document["spool"])
+        metrics_file = None
+        if "metrics_file" in document:
+            metrics_file = self._path(None, "metrics_file", document["metrics_file"])
         tables = document.get("vault", [])
         if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
             self._fail(None, "vault", "'vault' must be [[vault]] tables")
@@ -230,7 +237,8 @@ class _Validator:
                 )
             seen[entry.id] = index
             vaults.append(entry)
-        return Config(source=self.source, spool=spool, vaults=tuple(vaults))
+        return Config(source=self.source, spool=spool, metrics_file=metrics_file,
+                      vaults=tuple(vaults))
 
     def _vault(self, index: int, table: Mapping[str, Any]) -> VaultConfig:
         for key in table:

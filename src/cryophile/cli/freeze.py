@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryophile.cli.arguments import (
@@ -16,6 +17,7 @@ from cryophile.cli.daemon import serve_until_signalled
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.daemons.freeze import DEFAULT_PARALLEL, RESCAN_SECONDS, Freezer
 from cryophile.errors import ExitCode
+from cryophile.metrics import recorder
 from cryophile.vault.factory import open_vault
 
 if TYPE_CHECKING:
@@ -55,6 +57,9 @@ def register(commands: Any) -> argparse.ArgumentParser:
                         metavar="N", help=f"uploads in parallel (default {DEFAULT_PARALLEL})")
     parser.add_argument("--rescan", type=non_negative_seconds, default=RESCAN_SECONDS,
                         metavar="SECONDS", help="daemon: rescan period (default 60)")
+    parser.add_argument("--metrics", type=Path, metavar="FILE",
+                        help="after every pass, write Prometheus metrics to FILE (node_exporter "
+                             "textfile format; default: metrics_file from the configuration)")
     parser.add_argument("--json", dest="json_logs", action="store_true",
                         help="log one JSON object per line (for machines)")
     parser.set_defaults(run=run, default_log_level=logging.INFO)
@@ -66,8 +71,10 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     selection = selection_from(args)
     config = open_config(args)
     spool = open_spool(args, environment.env, config)
+    record = recorder(args.metrics or config.metrics_file, spool, "freeze")
     freezer = Freezer(spool, lambda vault_id: open_vault(vault_id, config, spool.root),
-                      parallel=args.parallel, selection=selection)
+                      parallel=args.parallel, selection=selection,
+                      on_pass=lambda report: record(report.completed, report.failed.values()))
     if args.once:
         report = freezer.run_pass()
         logger.info("freeze pass: %d object(s), %d bytes uploaded; %d backup(s) completed, "

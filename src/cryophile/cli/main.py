@@ -20,8 +20,10 @@ from typing import NoReturn, TextIO
 
 from cryophile import __version__
 from cryophile.cli import backup as backup_command
+from cryophile.cli import completion as completion_command
 from cryophile.cli import freeze as freeze_command
 from cryophile.cli import list as list_command
+from cryophile.cli import prune as prune_command
 from cryophile.cli import restore as restore_command
 from cryophile.cli import status as status_command
 from cryophile.cli import thaw as thaw_command
@@ -32,7 +34,7 @@ from cryophile.errors import CryophileError, ExitCode, UsageError
 logger = logging.getLogger(__name__)
 
 COMMANDS = (backup_command, restore_command, freeze_command, thaw_command, list_command,
-            verify_command, status_command)
+            verify_command, status_command, prune_command, completion_command)
 
 
 @dataclass
@@ -86,7 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMANDS:
         sub = module.register(commands)
         _add_global_options(sub, suppress=True)
+    names = list(commands.choices)
+    helper = commands.add_parser("help", help="show a command's help (cryophile help COMMAND)",
+                                 description="Print the help of COMMAND (the same as "
+                                             "'cryophile COMMAND --help'), or of cryophile.")
+    helper.add_argument("topic", nargs="?", choices=names, metavar="COMMAND",
+                        help=f"one of: {', '.join(names)}")
+    helper.set_defaults(run=_show_help)
     return parser
+
+
+def _show_help(args: argparse.Namespace, environment: Environment) -> int:
+    """``cryophile help [COMMAND]``: argparse prints the help and raises SystemExit(0)."""
+    del environment
+    build_parser().parse_args([args.topic, "--help"] if args.topic else ["--help"])
+    return 0
 
 
 def run(argv: Sequence[str], environment: Environment | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryophile.cli.arguments import add_selection_options, non_negative_seconds, selection_from
@@ -11,6 +12,7 @@ from cryophile.cli.daemon import serve_until_signalled
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.daemons.thaw import FIRST_POLL_SECONDS, MAX_POLL_SECONDS, Thawer, ThawPlan
 from cryophile.errors import ExitCode
+from cryophile.metrics import recorder
 from cryophile.vault.factory import open_vault
 
 if TYPE_CHECKING:
@@ -49,6 +51,9 @@ def register(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--poll", type=non_negative_seconds, default=FIRST_POLL_SECONDS,
                         metavar="SECONDS", help="first poll interval for restores in progress; "
                                                 "doubles up to 15 minutes (default 60)")
+    parser.add_argument("--metrics", type=Path, metavar="FILE",
+                        help="after every pass, write Prometheus metrics to FILE (node_exporter "
+                             "textfile format; default: metrics_file from the configuration)")
     parser.add_argument("--json", dest="json_logs", action="store_true",
                         help="log one JSON object per line (for machines)")
     parser.set_defaults(run=run, default_log_level=logging.INFO)
@@ -65,9 +70,11 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         if not args.json_logs and not args.quiet:
             print(f"cryophile: {plan.describe()}", file=environment.stderr)
 
+    record = recorder(args.metrics or config.metrics_file, spool, "thaw")
     thawer = Thawer(spool, lambda vault_id: open_vault(vault_id, config, spool.root),
                     selection=selection, first_poll=args.poll,
-                    max_poll=max(args.poll, MAX_POLL_SECONDS), on_plan=show_plan)
+                    max_poll=max(args.poll, MAX_POLL_SECONDS), on_plan=show_plan,
+                    on_pass=lambda completed, errors: record(completed, errors.values()))
     if args.once:
         errors = thawer.run_pass()
         if args.json_logs:

@@ -82,11 +82,13 @@ class Freezer:
     """Uploads the freeze queue. Thread-safe uploads; one pass at a time."""
 
     def __init__(self, spool: Spool, open_vault: Callable[[uuid.UUID], OpenedVault], *,
-                 parallel: int = DEFAULT_PARALLEL, selection: Selection | None = None) -> None:
+                 parallel: int = DEFAULT_PARALLEL, selection: Selection | None = None,
+                 on_pass: Callable[[PassReport], None] | None = None) -> None:
         self.spool = spool
         self.open_vault = open_vault
         self.parallel = parallel
         self.selection = selection or Selection()
+        self.on_pass = on_pass  # told every pass's report (metrics)
         self._vaults: dict[uuid.UUID, OpenedVault] = {}
 
     def _vault(self, vault_id: uuid.UUID) -> OpenedVault:
@@ -116,6 +118,8 @@ class Freezer:
                         f"{error.filename}: {error.strerror}")
                     logger.error("backup %s: %s", backup_id, report.failed[backup_id],
                                  extra={"backup": str(backup_id), "event": "error"})
+        if self.on_pass is not None:
+            self.on_pass(report)
         return report
 
     def run(self, stop: threading.Event, rescan: float = RESCAN_SECONDS) -> None:

@@ -258,8 +258,11 @@ class Thawer:
     def __init__(self, spool: Spool, open_vault: Callable[[uuid.UUID], OpenedVault], *,
                  selection: Selection | None = None, first_poll: float = FIRST_POLL_SECONDS,
                  max_poll: float = MAX_POLL_SECONDS,
-                 on_plan: Callable[[ThawPlan], None] | None = None) -> None:
+                 on_plan: Callable[[ThawPlan], None] | None = None,
+                 on_pass: Callable[[list[BackupId], dict[BackupId, CryophileError]], None]
+                 | None = None) -> None:
         self.spool = spool
+        self.on_pass = on_pass  # told each pass's completed requests and errors (metrics)
         self.open_vault = open_vault
         self.selection = selection or Selection()
         self.first_poll = first_poll
@@ -282,12 +285,14 @@ class Thawer:
     def run_pass(self) -> dict[BackupId, CryophileError]:
         """Work on every due request once; return the errors that stopped a request's pass."""
         errors: dict[BackupId, CryophileError] = {}
+        completed: list[BackupId] = []
         now = time.monotonic()
         for backup_id in self.pending():
             if self._next_poll.get(backup_id, 0.0) > now:
                 continue
             try:
-                self._serve(backup_id)
+                if self._serve(backup_id):
+                    completed.append(backup_id)
             except CryophileError as error:
                 errors[backup_id] = error
                 logger.error("thaw of %s: %s", backup_id, error,
@@ -298,6 +303,8 @@ class Thawer:
                 errors[backup_id] = StorageIOError(f"{error.filename}: {error.strerror}")
                 logger.error("thaw of %s: %s", backup_id, errors[backup_id],
                              extra={"backup": str(backup_id), "event": "error"})
+        if self.on_pass is not None:
+            self.on_pass(completed, errors)
         return errors
 
     def next_wake(self) -> float:
@@ -319,14 +326,32 @@ class Thawer:
 
     # -- one request -------------------------------------------------------------
 
-    def _serve(self, backup_id: BackupId) -> None:
+    def _serve(self, backup_id: BackupId) -> bool:
+        """Advance one request; True when it completed in this call."""
         directory = request_dir(self.spool, backup_id)
+        try:
+            return self._serve_locked(backup_id, directory)
+        except OSError:
+            if directory.exists():
+                raise
+            # Withdrawn mid-pass: the restore it served finished and cleaned up
+            # as soon as the last fragment arrived (or an operator removed it).
+            self._forget(backup_id)
+            logger.info("thaw of %s complete: the request was closed by its restore",
+                        backup_id, extra={"backup": str(backup_id), "event": "thawed"})
+            return True
+
+    def _forget(self, backup_id: BackupId) -> None:
+        self._next_poll.pop(backup_id, None)
+        self._poll_delay.pop(backup_id, None)
+
+    def _serve_locked(self, backup_id: BackupId, directory: Path) -> bool:
         with _request_lock(directory) as locked:
             if not locked:
-                return
+                return False
             state = load_state(directory)
             if state.get("status") == "failed":
-                return
+                return False
             try:
                 done = self._advance(backup_id, directory, state)
             except (DataError, NoInputError, UsageError) as error:
@@ -340,10 +365,10 @@ class Thawer:
         if done:
             shutil.rmtree(directory, ignore_errors=True)
             remove_empty_dirs(directory.parent, self.spool.queue_dir(Queue.THAW))
-            self._next_poll.pop(backup_id, None)
-            self._poll_delay.pop(backup_id, None)
+            self._forget(backup_id)
             logger.info("thaw of %s complete: every fragment is in the restore queue",
                         backup_id, extra={"backup": str(backup_id), "event": "thawed"})
+        return done
 
     def _advance(self, backup_id: BackupId, directory: Path, state: dict[str, Any]) -> bool:
         """Move every fragment of one request forward; True when all are downloaded."""
@@ -445,12 +470,12 @@ class Thawer:
                 return self._retry(entry, f"fragment {index} ({key}) downloaded with SHA-256 "
                                           f"{actual}, the manifest says {sha256}")
             os.chmod(part, FILE_MODE)
+            size = part.stat().st_size
             publish(part, target / fragment_name(index))
         except OSError as error:
             raise StorageIOError(f"cannot place fragment {index} in {target}: "
                                  f"{error.strerror}") from None
         entry["state"] = FragmentState.DOWNLOADED
-        size = (target / fragment_name(index)).stat().st_size
         seconds = max(time.monotonic() - started, 1e-6)
         logger.info("downloaded %s (%d bytes, %.1f MB/s)", key, size, size / seconds / 1e6,
                     extra={"backup": str(backup_id), "event": "downloaded", "key": key,
@@ -535,7 +560,11 @@ def prepare_restore(spool: Spool, backup_id: BackupId, opened: OpenedVault, *,
 
 
 def finish_restore(spool: Spool, backup_id: BackupId) -> None:
-    """Remove a restored backup from the restore queue (and any leftover request)."""
+    """Remove a restored backup from the restore queue (and any leftover request).
+
+    A thaw daemon may still be finishing its pass on the request; it takes the
+    request's disappearance as the end of the request (see ``Thawer._serve``).
+    """
     for queue in (Queue.RESTORE, Queue.THAW):
         directory = spool.backup_dir(queue, backup_id)
         shutil.rmtree(directory, ignore_errors=True)

@@ -87,12 +87,20 @@ class TreeWatcher:
             self._inotify = None
 
     def refresh(self) -> None:
-        """Watch every directory below the root (already watched ones are kept)."""
+        """Watch every directory below the root (already watched ones are kept).
+
+        Each directory is watched *before* it is listed: a subdirectory made
+        between the two is then either listed or reported, never missed.
+        """
         if self._inotify is None:
             return
-        for directory in [self.root, *(p for p in self.root.rglob("*") if p.is_dir())]:
+        pending = [self.root]
+        while pending:
+            directory = pending.pop()
             try:
                 self._inotify.add_watch(str(directory), _FLAGS)
+                pending.extend(entry for entry in directory.iterdir()
+                               if entry.is_dir() and not entry.is_symlink())
             except OSError:
                 continue  # gone meanwhile, or out of watches: the rescan covers it
 
