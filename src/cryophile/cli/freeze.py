@@ -41,7 +41,8 @@ examples:
   cryophile freeze --once                  # upload what is queued now, then exit (cron)
   cryophile freeze --once -v VAULT -p hosts/db1 -u 01JDX…   # one backup only
 exit status with --once: 0 all uploaded (or still being written), 75 a transient
-vault failure (retry later), 69 the vault refused, 65 queued data is damaged.
+vault failure (retry later), 69 the vault refused, 65 queued data is damaged,
+73 the vault holds a different object under a fragment's key (never overwritten).
 """
 
 

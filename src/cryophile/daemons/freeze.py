@@ -23,11 +23,13 @@ inotify only wakes the loop early.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +99,16 @@ class Freezer:
         return self._vaults[vault_id]
 
     def run_pass(self) -> PassReport:
-        """Upload everything that can be uploaded now; never raises for one backup's failure."""
+        """Upload everything that can be uploaded now; never raises for one backup's failure.
+
+        One pass at a time per spool: a second freezer (``--once`` from cron
+        while the daemon runs) waits for the running pass, then finds little
+        or nothing left, instead of deleting files from under it.
+        """
+        with _pass_lock(self.spool.queue_dir(Queue.FREEZE)):
+            return self._run_pass()
+
+    def _run_pass(self) -> PassReport:
         report = PassReport()
         with ThreadPoolExecutor(max_workers=self.parallel,
                                 thread_name_prefix="freeze-upload") as pool:
@@ -239,6 +250,21 @@ class Freezer:
             raise DataError(f"{key} in vault {opened.vault_id} does not match: stored "
                             f"{info.size} bytes with SHA-256 {info.sha256}, expected {size} "
                             f"bytes with {sha256}")
+
+
+@contextlib.contextmanager
+def _pass_lock(directory: Path) -> Iterator[None]:
+    # flock on the queue directory itself: no lock file to leave behind.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another freeze pass is running on this spool; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _exceptions(futures: Iterable[Future[int]]) -> Iterable[CryophileError]:

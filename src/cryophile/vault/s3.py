@@ -224,7 +224,7 @@ class S3Vault:
                 return
             code = (response[1].get("Error", {}) or {}).get("Code", "") if response else ""
             reason = f"HTTP {status} {code}".strip()
-        logger.warning("s3://%s %s attempt %d failed (%s); retrying with back-off if "
+        logger.warning("s3://%s %s attempt %d failed (%s); retrying with back-off while "
                        "attempts remain", self.bucket, name, attempts, reason,
                        extra={"event": "retry", "operation": name, "attempt": attempts})
 

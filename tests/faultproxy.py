@@ -1,0 +1,362 @@
+"""A small fault-injecting HTTP proxy for an S3 server, on 127.0.0.1.
+
+It sits between a client (the ``endpoint_url`` points at the proxy) and the
+real server, and decides per request, from a deterministic schedule, whether
+to forward it or to fail it:
+
+``Fault.NONE``
+    Forward the request and the response byte for byte.
+``Fault.RESET``
+    Read the request head (and, when the client waits for ``100 Continue``,
+    part of the body), then close the connection with an RST: a connection
+    reset in the middle of the request. Nothing reaches the server.
+``Fault.ERROR_500`` / ``Fault.SLOW_DOWN``
+    Answer ``500 InternalError`` or ``503 SlowDown`` with a proper S3 XML
+    error body. Nothing reaches the server.
+``Fault.STALL``
+    Sleep ``stall_seconds``, then forward as ``NONE``.
+``Fault.DROP_RESPONSE``
+    Forward the whole request, let the server answer (so the server *did*
+    the work, e.g. stored the object), then reset the connection instead of
+    relaying the answer: the client must retry something that already
+    succeeded.
+
+How it stays transparent to SigV4: the request bytes go to the server
+unchanged except for hop-by-hop headers that SigV4 never signs (botocore's
+``SIGNED_HEADERS_BLACKLIST``): ``Connection: close`` is set on every request,
+so each TCP connection carries exactly one request and one response. That is
+what makes a per-request decision possible with plain byte forwarding (no
+response parsing): the server closes after its answer, the proxy closes the
+client side after relaying it, and the client opens a new connection for its
+next request. ``DROP_RESPONSE`` also removes ``Expect: 100-continue`` (and
+answers the ``100 Continue`` itself).
+
+Bounded: every socket has a timeout, request heads are limited to 64 KiB,
+handler threads are daemons, and :meth:`FaultProxy.stop` closes the
+listening socket. The proxy binds 127.0.0.1 only, and dials 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import itertools
+import secrets
+import selectors
+import socket
+import socketserver
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+#: Socket timeout for every read and write, in seconds.
+IO_TIMEOUT = 60.0
+MAX_HEAD = 64 * 1024
+_BLOCK = 256 * 1024
+
+
+class Fault(enum.Enum):
+    """What the proxy does with one request."""
+
+    NONE = "none"
+    RESET = "reset"
+    ERROR_500 = "500"
+    SLOW_DOWN = "503"
+    STALL = "stall"
+    DROP_RESPONSE = "drop-response"
+
+
+@dataclass(frozen=True)
+class Request:
+    """The parts of a request a schedule may look at."""
+
+    index: int
+    method: str
+    target: str
+    headers: dict[str, str]
+
+
+#: Decides the fault for one request (called under the proxy's lock, in
+#: arrival order, so a pure function of the index is deterministic).
+Schedule = Callable[[Request], Fault]
+
+
+def cycle(pattern: Iterable[Fault]) -> Schedule:
+    """Request ``i`` gets ``pattern[i % len(pattern)]``."""
+    faults = tuple(pattern)
+    if not faults:
+        raise ValueError("empty fault pattern")
+    return lambda request: faults[request.index % len(faults)]
+
+
+def always(fault: Fault) -> Schedule:
+    """Every request gets ``fault``."""
+    return lambda _request: fault
+
+
+def capped(schedule: Schedule, per_target: int) -> Schedule:
+    """``schedule``, but no method and target is failed more than ``per_target``
+    times: a client that retries enough always gets through, whatever order its
+    parallel requests arrive in."""
+    failed: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def decide(request: Request) -> Fault:
+        fault = schedule(request)
+        if fault is Fault.NONE or fault is Fault.STALL:
+            return fault
+        if failed[request.method, request.target] >= per_target:
+            return Fault.NONE
+        failed[request.method, request.target] += 1
+        return fault
+
+    return decide
+
+
+_ERRORS = {
+    Fault.ERROR_500: (500, "Internal Server Error", "InternalError",
+                      "We encountered an internal error. Please try again."),
+    Fault.SLOW_DOWN: (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+}
+
+
+class FaultProxy:
+    """The proxy: ``with FaultProxy(upstream_port, schedule) as proxy: proxy.url``.
+
+    ``injected`` counts the faults applied (NONE is not counted), ``log``
+    lists ``(index, method, target, fault)`` of every request seen.
+    """
+
+    def __init__(self, upstream_port: int, schedule: Schedule | None = None, *,
+                 stall_seconds: float = 1.0, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.schedule = schedule or always(Fault.NONE)
+        self.stall_seconds = stall_seconds
+        self.injected: collections.Counter[Fault] = collections.Counter()
+        self.log: list[tuple[int, str, str, Fault]] = []
+        self._lock = threading.Lock()
+        self._counter = itertools.count()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.proxy = self
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                         kwargs={"poll_interval": 0.1},
+                                         name="fault-proxy", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return len(self.log)
+
+    def faults(self) -> int:
+        """How many faults were injected so far."""
+        with self._lock:
+            return sum(self.injected.values())
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    def decide(self, method: str, target: str, headers: dict[str, str]) -> Fault:
+        with self._lock:
+            index = next(self._counter)
+            fault = self.schedule(Request(index, method, target, headers))
+            self.log.append((index, method, target, fault))
+            if fault is not Fault.NONE:
+                self.injected[fault] += 1
+            return fault
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    proxy: FaultProxy
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    request: socket.socket
+    server: _Server
+
+    def handle(self) -> None:
+        client = self.request
+        client.settimeout(IO_TIMEOUT)
+        # OSError: the client gave up or we reset it; nothing to report.
+        with contextlib.suppress(OSError):
+            self._handle(client, self.server.proxy)
+
+    def _handle(self, client: socket.socket, proxy: FaultProxy) -> None:
+        parsed = _read_head(client)
+        if parsed is None:
+            return
+        head, rest = parsed
+        method, target, headers = _parse_head(head)
+        fault = proxy.decide(method, target, headers)
+        expects_continue = headers.get("expect", "").lower() == "100-continue"
+        length = int(headers.get("content-length", "0") or "0")
+        if fault is Fault.RESET:
+            if expects_continue and length:
+                # Let the upload start, then cut it off in the middle.
+                client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                _read_exactly(client, max(1, length // 2) - len(rest))
+            _reset(client)
+            return
+        if fault in _ERRORS:
+            if not expects_continue:
+                _read_exactly(client, length - len(rest))
+            _send_error(client, fault, method, target)
+            return
+        if fault is Fault.STALL:
+            time.sleep(proxy.stall_seconds)
+        with socket.create_connection(proxy.upstream, timeout=IO_TIMEOUT) as upstream:
+            if fault is Fault.DROP_RESPONSE:
+                if expects_continue:
+                    client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                upstream.sendall(_rewrite_head(head, drop={"expect"}) + rest)
+                _copy_exactly(client, upstream, length - len(rest))
+                _drain(upstream)  # the server answers; the client never hears it
+                _reset(client)
+                return
+            upstream.sendall(_rewrite_head(head) + rest)
+            _pipe(client, upstream)
+
+
+def _read_head(sock: socket.socket) -> tuple[bytes, bytes] | None:
+    """The request head up to the blank line, and what was read beyond it."""
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        if len(buffer) > MAX_HEAD:
+            raise OSError("request head too long")
+        data = sock.recv(_BLOCK)
+        if not data:
+            return None
+        buffer += data
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    return head + b"\r\n\r\n", rest
+
+
+def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _version = [*lines[0].split(" ", 2), "", ""][:3]
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if colon:
+            headers[name.strip().lower()] = value.strip()
+    return method, target, headers
+
+
+def _rewrite_head(head: bytes, drop: Iterable[str] = ()) -> bytes:
+    """``head`` with ``Connection: close`` and without the headers in ``drop``
+    (all of them unsigned hop-by-hop headers, so SigV4 still verifies)."""
+    removed = {"connection", "keep-alive", *drop}
+    lines = head.split(b"\r\n")
+    kept = [lines[0]]
+    for line in lines[1:]:
+        if not line:
+            continue
+        name = line.split(b":", 1)[0].strip().lower().decode("latin-1")
+        if name not in removed:
+            kept.append(line)
+    kept.append(b"Connection: close")
+    return b"\r\n".join(kept) + b"\r\n\r\n"
+
+
+def _read_exactly(sock: socket.socket, count: int) -> None:
+    while count > 0:
+        data = sock.recv(min(_BLOCK, count))
+        if not data:
+            return
+        count -= len(data)
+
+
+def _copy_exactly(source: socket.socket, dest: socket.socket, count: int) -> None:
+    while count > 0:
+        data = source.recv(min(_BLOCK, count))
+        if not data:
+            return
+        dest.sendall(data)
+        count -= len(data)
+
+
+def _drain(sock: socket.socket) -> None:
+    while sock.recv(_BLOCK):
+        pass
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with an RST instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _send_error(client: socket.socket, fault: Fault, method: str, target: str) -> None:
+    status, reason, code, message = _ERRORS[fault]
+    request_id = secrets.token_hex(8).upper()
+    resource = target.split("?", 1)[0]
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        f"<Resource>{resource}</Resource><RequestId>{request_id}</RequestId></Error>"
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Content-Type: application/xml\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"x-amz-request-id: {request_id}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    client.sendall(head if method == "HEAD" else head + body)
+    client.shutdown(socket.SHUT_WR)
+    # Wait for the client to close first, so the answer is not lost to an RST.
+    client.settimeout(5.0)
+    _drain(client)
+
+
+def _pipe(client: socket.socket, upstream: socket.socket) -> None:
+    """Copy both ways until the server has answered and closed."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(client, selectors.EVENT_READ, upstream)
+        selector.register(upstream, selectors.EVENT_READ, client)
+        open_sides = 2
+        while open_sides:
+            events = selector.select(timeout=IO_TIMEOUT)
+            if not events:
+                raise OSError("proxied connection idle for too long")
+            for key, _mask in events:
+                source: socket.socket = key.fileobj  # type: ignore[assignment]
+                dest: socket.socket = key.data
+                data = source.recv(_BLOCK)
+                if data:
+                    dest.sendall(data)
+                    continue
+                selector.unregister(source)
+                open_sides -= 1
+                if source is upstream:
+                    # The response is complete (Connection: close).
+                    client.shutdown(socket.SHUT_WR)
+                    return
+                upstream.shutdown(socket.SHUT_WR)
+
