@@ -99,8 +99,10 @@ def register(commands: Any) -> argparse.ArgumentParser:
                         metavar="SECONDS",
                         help="with --thaw: first poll interval for restores in progress "
                              "(doubles up to 15 minutes; default 60)")
-    parser.add_argument("--engine", choices=sorted(ENGINES), default="reference",
-                        help="OpenPGP engine (default: reference, pysequoia)")
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="fast",
+                        help="OpenPGP engine: fast (default; our streaming SEIPD v1 on OpenSSL, "
+                             "falls back to reference for keys it does not handle) or "
+                             "reference (pysequoia)")
     add_progress_option(parser)
     parser.set_defaults(run=run)
     return parser

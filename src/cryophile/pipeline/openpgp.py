@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Protocol
 
 from cryophile.errors import CryophileError, DataError, ServiceError
@@ -167,7 +167,15 @@ def _drive(process: subprocess.Popen[bytes], control_write: int, control: bytes,
         stderr.close()
 
 
-ENGINES: dict[str, type[ReferenceEngine]] = {"reference": ReferenceEngine}
+def _fast_engine() -> Engine:
+    # Imported on use: the fast engine imports this module (it falls back to
+    # ReferenceEngine for keys and messages it does not handle, with a notice).
+    from cryophile.pipeline.fastpgp.engine import FastEngine  # noqa: PLC0415
+
+    return FastEngine()
+
+
+ENGINES: dict[str, Callable[[], Engine]] = {"reference": ReferenceEngine, "fast": _fast_engine}
 
 
 def engine_for(name: str) -> Engine:

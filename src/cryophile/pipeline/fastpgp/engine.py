@@ -1,0 +1,240 @@
+"""The fast OpenPGP engine: :class:`FastEngine`, registered as ``fast``.
+
+Where it sits: implements the :class:`cryophile.pipeline.openpgp.Engine`
+protocol next to the pysequoia reference engine; the backup and restore
+pipelines call it like any engine.
+
+Contract:
+
+* ``encrypt`` writes one PKESK v3 per subkey in ``recipients.subkeys`` (the
+  subkeys pysequoia selected: valid, unexpired, unrevoked, storage
+  encryption — this engine does no selection or validation of its own), built
+  from that subkey's public key packet found by fingerprint in
+  ``recipients.certificates``, then a SEIPD v1 packet (:mod:`.seipd`).
+* ``decrypt`` reads the PKESKs, picks the one(s) addressed to a subkey of
+  ``key``, unlocks that subkey with ``passphrase`` (:mod:`.secretkey`),
+  recovers the session key and streams the literal data out. Errors: no
+  PKESK for this key or a wrong passphrase → KeyAccessError; a damaged or
+  truncated message, a failed MDC → DataError.
+* Fallback: when a recipient subkey, the secret key or the message is valid
+  OpenPGP this engine does not handle (UnsupportedError: other algorithms,
+  curves, key or PKESK versions, S2K forms, SEIPD v2 or AEAD packets,
+  compressed or signed content), the whole job goes to the reference engine,
+  with a one-line warning. For decryption that decision is made before any
+  output, on the first block(s) of the message, which are then replayed to
+  the reference engine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable, Iterator
+
+from cryophile.errors import DataError, KeyAccessError
+from cryophile.pipeline.fastpgp import seipd
+from cryophile.pipeline.fastpgp.packets import (
+    KEY_TAGS,
+    TAG_AEAD,
+    TAG_LITERAL,
+    TAG_MARKER,
+    TAG_PADDING,
+    TAG_PKESK,
+    TAG_SED,
+    TAG_SEIPD,
+    TAG_SKESK,
+    BodyReader,
+    Buffer,
+    PublicKey,
+    StreamReader,
+    UnsupportedError,
+    key_packets,
+    read_header,
+)
+from cryophile.pipeline.fastpgp.pkesk import (
+    Pkesk,
+    SessionKey,
+    decrypt_session_key,
+    encrypt_session_key,
+    new_session_key,
+    parse_pkesk,
+    supported_recipient,
+)
+from cryophile.pipeline.fastpgp.secretkey import SecretKeyPacket, secret_keys, unlock
+from cryophile.pipeline.keys import Recipients, SecretKey
+from cryophile.pipeline.openpgp import ReferenceEngine
+
+logger = logging.getLogger(__name__)
+
+#: Far above any real PKESK (an RSA-16384 one is ~2 KiB).
+PKESK_MAX = 16 * 1024
+SEIPD_VERSION_2 = 2
+WILDCARD_KEY_ID = bytes(8)
+
+
+def recipient_keys(recipients: Recipients) -> list[PublicKey]:
+    """The public key packet of every subkey pysequoia selected, in its order.
+
+    Raises UnsupportedError when a subkey is missing from the certificates
+    (e.g. a v6 key, which :func:`.packets.key_packets` skips) or uses an
+    algorithm this engine does not encrypt to.
+    """
+    if not recipients.subkeys:
+        raise UnsupportedError("no recipient subkey was recorded")
+    known: dict[str, PublicKey] = {}
+    for certificate in recipients.certificates:
+        try:
+            for public, _ in key_packets(certificate):
+                if public.tag in KEY_TAGS:
+                    known.setdefault(public.hex, public)
+        except ValueError as error:
+            raise UnsupportedError(f"certificate not parsed: {error}") from None
+    selected: list[PublicKey] = []
+    for wanted in recipients.subkeys:
+        wanted = wanted.lower()
+        # keys.py records a 16-hex key id when it could not map it to a fingerprint.
+        match = known.get(wanted) or next(
+            (key for fingerprint, key in known.items() if fingerprint.endswith(wanted)), None)
+        if match is None:
+            raise UnsupportedError(f"recipient subkey {wanted} is not a v4 key")
+        supported_recipient(match)
+        selected.append(match)
+    return selected
+
+
+class _Recorder:
+    """Passes blocks through and remembers them until :meth:`stop`, so they can be replayed."""
+
+    def __init__(self, blocks: Iterable[Buffer]) -> None:
+        self._blocks = iter(blocks)
+        self._seen: list[Buffer] | None = []
+
+    def __iter__(self) -> Iterator[Buffer]:
+        for block in self._blocks:
+            if self._seen is not None:
+                self._seen.append(block)
+            yield block
+
+    def stop(self) -> None:
+        self._seen = None
+
+    def replay(self) -> Iterator[Buffer]:
+        """Every block seen so far, then the rest of the stream."""
+        return itertools.chain(self._seen or (), self._blocks)
+
+
+def _read_packets(reader: StreamReader) -> tuple[list[bytes], BodyReader]:
+    """The PKESK bodies and the SEIPD v1 body (positioned after its version octet)."""
+    pkesks: list[bytes] = []
+    while True:
+        header = read_header(reader)
+        if header is None:
+            raise DataError("the OpenPGP message is truncated or empty: no encrypted data")
+        what = f"packet {header.tag}"
+        if header.tag == TAG_SEIPD:
+            break
+        if header.tag == TAG_PKESK:
+            pkesks.append(BodyReader(reader, header, "a session key packet (PKESK)")
+                          .read_all(PKESK_MAX))
+        elif header.tag in (TAG_SKESK, TAG_MARKER, TAG_PADDING):
+            BodyReader(reader, header, what).read_all(PKESK_MAX)
+        elif header.tag == TAG_AEAD:
+            raise UnsupportedError("AEAD encrypted data packets")
+        elif header.tag == TAG_SED:
+            raise DataError("the message has no integrity protection (SED packet, no MDC); "
+                            "refusing to decrypt it")
+        else:
+            raise DataError(f"not an encrypted OpenPGP message (packet tag {header.tag})")
+    body = BodyReader(reader, header, "the encrypted data packet (SEIPD)")
+    version = body.read_exact(1)[0]
+    if version == SEIPD_VERSION_2:
+        raise UnsupportedError("SEIPD v2 (AEAD) encrypted data")
+    if version != seipd.SEIPD_VERSION_1:
+        raise DataError(f"unknown encrypted data packet version {version}")
+    return pkesks, body
+
+
+def _session_key(pkesk_bodies: list[bytes], key: SecretKey,
+                 passphrase: str | None) -> SessionKey:
+    """Unlock the subkey a PKESK names and recover the session key."""
+    ours = secret_keys(key.key_bytes)
+    by_id: dict[bytes, SecretKeyPacket] = {packet.public.key_id: packet for packet in ours}
+    candidates: list[tuple[Pkesk, SecretKeyPacket]] = []
+    unsupported: UnsupportedError | None = None
+    named: list[str] = []
+    for body in pkesk_bodies:
+        try:
+            pkesk = parse_pkesk(body)
+        except UnsupportedError as error:
+            unsupported = unsupported or error
+            continue
+        named.append(pkesk.key_id.hex())
+        if pkesk.key_id == WILDCARD_KEY_ID:
+            candidates += [(pkesk, packet) for packet in ours]
+        elif pkesk.key_id in by_id:
+            candidates.append((pkesk, by_id[pkesk.key_id]))
+    if not candidates:
+        if unsupported is not None:
+            raise unsupported
+        raise KeyAccessError(f"the backup is not encrypted to secret key {key.fingerprint} "
+                             f"(from {key.source}): it names key id(s) "
+                             f"{', '.join(named) or 'none'}")
+    failure: DataError | None = None
+    for pkesk, packet in candidates:
+        private = unlock(packet, passphrase)
+        try:
+            return decrypt_session_key(pkesk, packet.public, private)
+        except DataError as error:
+            failure = failure or error
+    assert failure is not None
+    raise failure
+
+
+class FastEngine:
+    """Streaming SEIPD v1 on ``cryptography`` and ``hashlib``; see the module docstring."""
+
+    name = "fast"
+
+    def encrypt(self, plaintext: Iterable[Buffer], recipients: Recipients) -> Iterator[bytes]:
+        """See :meth:`cryophile.pipeline.openpgp.Engine.encrypt`."""
+        try:
+            keys = recipient_keys(recipients)
+        except UnsupportedError as why:
+            logger.warning("fast OpenPGP engine: %s; encrypting with the reference engine", why)
+            return ReferenceEngine().encrypt(plaintext, recipients)
+        session = new_session_key()
+        lead = b"".join(encrypt_session_key(public, session) for public in keys)
+        return seipd.encrypt(plaintext, session, lead)
+
+    def decrypt(self, ciphertext: Iterable[Buffer], key: SecretKey,
+                passphrase: str | None) -> Iterator[bytes]:
+        """See :meth:`cryophile.pipeline.openpgp.Engine.decrypt`."""
+        recorder = _Recorder(ciphertext)
+        reader = StreamReader(recorder)
+        try:
+            body, session = _open(reader, key, passphrase)
+        except UnsupportedError as why:
+            logger.warning("fast OpenPGP engine: %s; decrypting with the reference engine", why)
+            return ReferenceEngine().decrypt(recorder.replay(), key, passphrase)
+        recorder.stop()
+        return seipd.decrypt(reader, body, session)
+
+
+def _open(reader: StreamReader, key: SecretKey,
+          passphrase: str | None) -> tuple[BodyReader, SessionKey]:
+    """Read up to the SEIPD body, recover the session key, probe the content.
+
+    Raises UnsupportedError (→ reference engine) before any plaintext exists.
+    """
+    pkesks, body = _read_packets(reader)
+    session = _session_key(pkesks, key, passphrase)
+    # The first chunk of the body is contiguous (a partial one is ≥ 512
+    # octets): the prefix and the first inner header are in it.
+    first = body.peek(seipd.PREFIX_SIZE + 1)
+    if len(first) < seipd.PREFIX_SIZE + 1:
+        raise DataError("the encrypted data is truncated or damaged: too short")
+    tag = seipd.probe(first, session)
+    if tag != TAG_LITERAL:
+        raise UnsupportedError(f"packet tag {tag} inside the encrypted data "
+                               "(compressed or signed content)")
+    return body, session
