@@ -31,8 +31,9 @@ How the contract is met on S3:
   credentials → ServiceError (permanent); connection failures, timeouts, 5xx
   → VaultUnavailableError (transient); wrong checksum → DataError.
 
-Not yet done: ``max_bandwidth`` is parsed but not enforced (TODO: a throttled
-reader for part and object bodies).
+- **Bandwidth**: ``max_bandwidth`` paces uploads through one
+  :class:`~cryophile.vault.throttle.Throttle` per vault: each object or part
+  reserves its bytes before it is sent, so the cap holds on average.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ from cryophile.vault.base import (
     check_sha256,
     check_storage_class,
 )
+from cryophile.vault.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -202,10 +204,8 @@ class S3Vault:
         self._conditional_writes = True
         self._restore_unsupported_logged = False
         self._lock = threading.Lock()
-        if config.max_bandwidth is not None:
-            logger.warning(
-                "vault %s: max_bandwidth is not enforced yet; uploading at full speed", config.id
-            )
+        self._throttle = (Throttle(config.max_bandwidth) if config.max_bandwidth is not None
+                          else None)
 
     def __repr__(self) -> str:
         where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
@@ -420,6 +420,8 @@ class S3Vault:
             else:
                 args.pop("IfNoneMatch", None)
             try:
+                if self._throttle is not None:
+                    self._throttle.reserve(size)
                 with _open_source(source) as body:
                     self._client.put_object(Body=body, **args)
                 return
@@ -495,6 +497,8 @@ class S3Vault:
         return parts, whole.hexdigest()
 
     def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        if self._throttle is not None:
+            self._throttle.reserve(len(data))
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
         try:
             response = self._client.upload_part(
