@@ -1,4 +1,5 @@
-"""Running a daemon loop until SIGTERM/SIGINT, shared by ``freeze`` and ``thaw``.
+"""What ``freeze`` and ``thaw`` share: their common options, the exit code of a
+``--once`` pass, and running the daemon loop until SIGTERM/SIGINT.
 
 The first signal asks the loop to stop after the transfers in flight (the
 loop watches the event); a second one interrupts at once.
@@ -6,11 +7,15 @@ loop watches the event); a second one interrupts at once.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from types import FrameType
+
+from cryophile.errors import CryophileError, ExitCode
 
 logger = logging.getLogger(__name__)
 
@@ -34,3 +39,22 @@ def serve_until_signalled(name: str, loop: Callable[[threading.Event], None]) ->
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     logger.info("%s daemon stopped", name)
+
+
+def add_daemon_options(parser: argparse.ArgumentParser) -> None:
+    """``--metrics FILE`` and ``--json`` (and the daemons' default log level: info)."""
+    parser.add_argument("--metrics", type=Path, metavar="FILE",
+                        help="after every pass, write Prometheus metrics to FILE (node_exporter "
+                             "textfile format; default: metrics_file from the configuration)")
+    parser.add_argument("--json", dest="json_logs", action="store_true",
+                        help="log one JSON object per line (for machines)")
+    parser.set_defaults(default_log_level=logging.INFO)
+
+
+def pass_exit_code(errors: Iterable[CryophileError]) -> int:
+    """0 for a clean pass; else the first permanent error's code, or 75 if all were transient."""
+    failures = list(errors)
+    if not failures:
+        return 0
+    permanent = [error for error in failures if not error.transient]
+    return int(permanent[0].exit_code if permanent else ExitCode.TEMPFAIL)

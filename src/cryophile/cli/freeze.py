@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryophile.cli.arguments import (
@@ -13,10 +12,9 @@ from cryophile.cli.arguments import (
     positive_int,
     selection_from,
 )
-from cryophile.cli.daemon import serve_until_signalled
+from cryophile.cli.daemon import add_daemon_options, pass_exit_code, serve_until_signalled
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.daemons.freeze import DEFAULT_PARALLEL, RESCAN_SECONDS, Freezer
-from cryophile.errors import ExitCode
 from cryophile.metrics import recorder
 from cryophile.vault.factory import open_vault
 
@@ -58,12 +56,8 @@ def register(commands: Any) -> argparse.ArgumentParser:
                         metavar="N", help=f"uploads in parallel (default {DEFAULT_PARALLEL})")
     parser.add_argument("--rescan", type=non_negative_seconds, default=RESCAN_SECONDS,
                         metavar="SECONDS", help="daemon: rescan period (default 60)")
-    parser.add_argument("--metrics", type=Path, metavar="FILE",
-                        help="after every pass, write Prometheus metrics to FILE (node_exporter "
-                             "textfile format; default: metrics_file from the configuration)")
-    parser.add_argument("--json", dest="json_logs", action="store_true",
-                        help="log one JSON object per line (for machines)")
-    parser.set_defaults(run=run, default_log_level=logging.INFO)
+    add_daemon_options(parser)
+    parser.set_defaults(run=run)
     return parser
 
 
@@ -82,9 +76,6 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
                     "%d still being written, %d failed", report.uploaded,
                     report.uploaded_bytes, len(report.completed), len(report.waiting),
                     len(report.failed))
-        if not report.failed:
-            return 0
-        permanent = [error for error in report.failed.values() if not error.transient]
-        return int(permanent[0].exit_code if permanent else ExitCode.TEMPFAIL)
+        return pass_exit_code(report.failed.values())
     serve_until_signalled("freeze", lambda stop: freezer.run(stop, rescan=args.rescan))
     return 0

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryophile.cli.arguments import add_selection_options, non_negative_seconds, selection_from
-from cryophile.cli.daemon import serve_until_signalled
+from cryophile.cli.daemon import add_daemon_options, pass_exit_code, serve_until_signalled
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.daemons.thaw import FIRST_POLL_SECONDS, MAX_POLL_SECONDS, Thawer, ThawPlan
-from cryophile.errors import ExitCode
 from cryophile.metrics import recorder
 from cryophile.vault.factory import open_vault
 
@@ -51,12 +49,8 @@ def register(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--poll", type=non_negative_seconds, default=FIRST_POLL_SECONDS,
                         metavar="SECONDS", help="first poll interval for restores in progress; "
                                                 "doubles up to 15 minutes (default 60)")
-    parser.add_argument("--metrics", type=Path, metavar="FILE",
-                        help="after every pass, write Prometheus metrics to FILE (node_exporter "
-                             "textfile format; default: metrics_file from the configuration)")
-    parser.add_argument("--json", dest="json_logs", action="store_true",
-                        help="log one JSON object per line (for machines)")
-    parser.set_defaults(run=run, default_log_level=logging.INFO)
+    add_daemon_options(parser)
+    parser.set_defaults(run=run)
     return parser
 
 
@@ -79,9 +73,6 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         errors = thawer.run_pass()
         if args.json_logs:
             logger.info("thaw pass done", extra={"event": "pass", "failed": len(errors)})
-        if not errors:
-            return 0
-        permanent = [error for error in errors.values() if not error.transient]
-        return int(permanent[0].exit_code if permanent else ExitCode.TEMPFAIL)
+        return pass_exit_code(errors.values())
     serve_until_signalled("thaw", thawer.run)
     return 0
