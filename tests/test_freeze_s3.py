@@ -546,3 +546,28 @@ def test_two_freezers_on_one_spool_do_not_fail_each_other(
     assert codes[0] == 0, outcomes
     assert not s3.cli.freeze_dir(ulid).exists(), outcomes
     assert_vault_holds(s3, ulid, manifest)
+
+
+def test_status_shows_the_uploads_in_flight_and_the_cap_paces_them(
+        cli: Cli, s3_bucket: S3Bucket, tmp_path: Path, gpg_key: oracles.KeyPair) -> None:
+    # 3 fragments of 5 MiB at 4 MiB/s: the freeze lasts a few seconds, long enough to see.
+    s3 = make_s3(cli, s3_bucket, tmp_path, max_bandwidth="4M")
+    ulid = cli.backup(gpg_key, os.urandom(14 * 1024 * 1024), "-C", "none")
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cryophile", "freeze", "--once", "-j", "1", "-c",
+         str(s3.config)], env=cli.environment(s3.env), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen: list[dict[str, Any]] = []
+    while process.poll() is None and not seen:
+        status = json.loads(s3.run("status", "--json").stdout)
+        seen = status["uploading"]
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=120)
+    elapsed = time.monotonic() - started
+    assert process.returncode == 0, stderr.decode()
+    assert seen, "status never showed an upload in flight"
+    assert seen[0]["key"].startswith(f"{PREFIX}/{ulid}/chunk.")
+    assert seen[0]["bytes"] > 0
+    assert elapsed >= 2.0  # 15 MiB at 4 MiB/s, the first object going at once
+    assert json.loads(s3.run("status", "--json").stdout)["uploading"] == []

@@ -87,9 +87,15 @@ _COUNT = {"type": "integer", "minimum": 0}
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["spool", "backup", "freeze", "thaw", "restore", "abandoned", "totals"],
+    "required": ["spool", "backup", "freeze", "thaw", "restore", "abandoned", "totals",
+                 "uploading"],
     "properties": {
         "spool": {"type": "string"},
+        "uploading": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["key", "bytes", "started"],
+            "properties": {"key": {"type": "string"}, "bytes": _COUNT,
+                           "started": {"type": "string", "pattern": TIME_PATTERN}}}},
         "backup": {"type": "array", "items": _record({
             "state": {"enum": ["writing", "incomplete"]},
             "bytes": _COUNT})},

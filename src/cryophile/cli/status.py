@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryophile.backup_id import BackupId
 from cryophile.cli.resources import open_config, open_spool
+from cryophile.daemons.freeze import uploads_in_flight
 from cryophile.daemons.thaw import FragmentState
 from cryophile.inventory import BackupState, SpoolRecord, scan_spool
 from cryophile.pipeline.stages import write_all
@@ -141,6 +142,9 @@ def format_status(document: dict[str, Any]) -> str:
             f"{totals['freeze_backups']} backup(s), {totals['freeze_fragments_waiting']} "
             f"fragment(s), {human_bytes(totals['freeze_bytes_waiting'])} to upload",
             describe_freeze)
+    for upload in document.get("uploading", []):
+        lines.append(f"  uploading now: {upload['key']} ({human_bytes(upload['bytes'])}, "
+                     f"since {upload['started']})")
 
     def describe_thaw(entry: dict[str, Any]) -> str:
         total = entry["fragments_total"]
@@ -173,6 +177,7 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     config = open_config(args)
     spool = open_spool(args, environment.env, config)
     document = build_status(str(spool.root), scan_spool(spool))
+    document["uploading"] = uploads_in_flight(spool)
     output = json.dumps(document, indent=1) + "\n" if args.json else format_status(document)
     write_all(environment.stdout_fd, output.encode())
     return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -32,13 +33,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ulid import ULID
 
 from cryophile.backup_id import BackupId, fragment_name
 from cryophile.daemons.watch import TreeWatcher
-from cryophile.durable import fsync_dir, remove_empty_dirs
+from cryophile.durable import fsync_dir, remove_empty_dirs, replace_file
 from cryophile.errors import CryophileError, DataError, ServiceError, StorageIOError
 from cryophile.manifest import Manifest, parse
 from cryophile.pipeline.fragments import sha256_of_file
@@ -49,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PARALLEL = 4
 RESCAN_SECONDS = 60.0
+IN_FLIGHT_NAME = ".uploading.json"
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Freezer:
         self.selection = selection or Selection()
         self.on_pass = on_pass  # told every pass's report (metrics)
         self._vaults: dict[uuid.UUID, OpenedVault] = {}
+        self._in_flight = InFlight(spool.queue_dir(Queue.FREEZE) / IN_FLIGHT_NAME)
 
     def _vault(self, vault_id: uuid.UUID) -> OpenedVault:
         if vault_id not in self._vaults:
@@ -229,8 +233,9 @@ class Freezer:
         """Upload, confirm, delete the local copy; return the size uploaded."""
         size = path.stat().st_size
         started = time.monotonic()
-        opened.vault.put(key, path, sha256=sha256, storage_class=storage_class)
-        self._confirm(opened, key, size, sha256)
+        with self._in_flight.upload(key, size):
+            opened.vault.put(key, path, sha256=sha256, storage_class=storage_class)
+            self._confirm(opened, key, size, sha256)
         seconds = max(time.monotonic() - started, 1e-6)
         # Only now, with the vault's word for size and checksum, may the local copy go.
         path.unlink()
@@ -250,6 +255,56 @@ class Freezer:
             raise DataError(f"{key} in vault {opened.vault_id} does not match: stored "
                             f"{info.size} bytes with SHA-256 {info.sha256}, expected {size} "
                             f"bytes with {sha256}")
+
+
+class InFlight:
+    """The uploads running now, published in ``SPOOL/freeze/.uploading.json`` for ``status``.
+
+    The file names the daemon's pid, so a reader can tell a live daemon's
+    list from the leftover of one that was killed; it is removed when no
+    upload runs.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._uploads: dict[str, dict[str, object]] = {}
+
+    @contextlib.contextmanager
+    def upload(self, key: str, size: int) -> Iterator[None]:
+        """Mark ``key`` (``size`` bytes) as being uploaded while the block runs."""
+        with self._lock:
+            started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            self._uploads[key] = {"key": key, "bytes": size, "started": started}
+            self._publish()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._uploads.pop(key, None)
+                self._publish()
+
+    def _publish(self) -> None:
+        # Progress information only: failing to write it must not fail an upload.
+        try:
+            if self._uploads:
+                document = {"pid": os.getpid(), "uploads": list(self._uploads.values())}
+                replace_file(self.path, json.dumps(document).encode())
+            else:
+                self.path.unlink(missing_ok=True)
+        except OSError as error:
+            logger.debug("cannot update %s: %s", self.path, error)
+
+
+def uploads_in_flight(spool: Spool) -> list[dict[str, object]]:
+    """The uploads a live freeze process runs now on ``spool`` (empty when none)."""
+    try:
+        document = json.loads((spool.queue_dir(Queue.FREEZE) / IN_FLIGHT_NAME).read_bytes())
+        os.kill(int(document["pid"]), 0)
+        uploads = document["uploads"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # none, unreadable, or left by a freeze that is gone
+    return [entry for entry in uploads if isinstance(entry, dict)]
 
 
 @contextlib.contextmanager
