@@ -70,6 +70,12 @@ def test_zsh_script_is_well_formed(cli: Cli) -> None:
     assert text.replace("'\\''", "").count("'") % 2 == 0
     assert "'1:command:->command'" in text
     assert "(bash zsh)" in text
+    # And zsh itself parses it (scripts/test installs zsh).
+    path = cli.home / "_cryophile"
+    path.write_text(text)
+    checked = subprocess.run(["zsh", "-n", str(path)], capture_output=True, text=True,
+                             check=False)
+    assert checked.returncode == 0, checked.stderr
 
 
 @pytest.mark.parametrize("command", ["prune", "freeze", "completion"])
