@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,37 @@ def test_failed_mdc_makes_restore_fail_and_say_the_output_is_incomplete(
     assert "integrity check (MDC) failed" in result.stderr
     assert "output is incomplete" in result.stderr
     assert result.stdout != data
+
+
+def test_unsupported_recipient_falls_back_and_the_manifest_says_so(
+        cli: Cli, tmp_path: Path) -> None:
+    # A real GnuPG key whose encryption subkey is ECDH on NIST P-256: not handled by
+    # the fast engine, so the reference engine writes the backup, with a notice.
+    home = tmp_path / "g"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
+           "--passphrase", ""]
+    subprocess.run([*gpg, "--quick-gen-key", "p256 <p@example.org>", "nistp256", "sign",
+                    "never"], check=True, capture_output=True)
+    listing = subprocess.run([*gpg, "--list-keys", "--with-colons"], check=True,
+                             capture_output=True, text=True).stdout
+    fingerprint = next(line.split(":")[9] for line in listing.splitlines()
+                       if line.startswith("fpr"))
+    subprocess.run([*gpg, "--quick-add-key", fingerprint, "nistp256", "encr", "never"],
+                   check=True, capture_output=True)
+    cert, secret = tmp_path / "p256.cert", tmp_path / "p256.key"
+    subprocess.run([*gpg, "--export", "-o", str(cert)], check=True, capture_output=True)
+    subprocess.run([*gpg, "--export-secret-keys", "-o", str(secret)], check=True,
+                   capture_output=True)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+    data = b"a backup for a P-256 key\n" * 1000
+    result = cli.run(["backup", "-v", VAULT, "-p", "p256", "-k", cert, "--json"], stdin=data)
+    assert result.returncode == 0, result.stderr
+    assert "encrypting with the reference engine" in result.stderr
+    ulid = json.loads(result.stdout)["ulid"]
+    manifest = json.loads((cli.freeze_dir(ulid, "p256") / "chunk.0").read_bytes())
+    assert manifest["engine"] == "reference"
+    cli.stage_for_restore(ulid, "p256")
+    restored = cli.run(["restore", "-v", VAULT, "-p", "p256", "-u", ulid, "-k", secret])
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout == data

@@ -201,6 +201,8 @@ class FastEngine:
             keys = recipient_keys(recipients)
         except UnsupportedError as why:
             logger.warning("fast OpenPGP engine: %s; encrypting with the reference engine", why)
+            # The manifest records the engine that really wrote the message.
+            self.name = ReferenceEngine.name
             return ReferenceEngine().encrypt(plaintext, recipients)
         session = new_session_key()
         lead = b"".join(encrypt_session_key(public, session) for public in keys)
