@@ -117,24 +117,29 @@ def test_fragments_of_a_running_backup_go_up_but_never_the_manifest(
                                PREFIX, "-k", str(gpg_key.cert), "-s", "5M", "-C", "none",
                                "-i", str(fifo), "--json"], env=cli.environment(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    with fifo.open("wb") as writer:
-        writer.write(os.urandom(12 * 1024 * 1024))
-        writer.flush()
-        # Wait until two fragments are handed to the freeze queue.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ready = list((cli.spool / "freeze").rglob("chunk.*"))
-            if len(ready) >= 2:
-                break
-            time.sleep(0.1)
-        result = cli.run(["freeze", "--once"])
-        assert result.returncode == 0, result.stderr
-        ulid = next((cli.spool / "backup" / VAULT / PREFIX).iterdir()).name
-        stored = vault_objects(cli, ulid)
-        assert {"chunk.1", "chunk.2"} <= set(stored)
-        assert "chunk.0" not in stored
-        writer.write(b"the end")
-    stdout, stderr = backup.communicate(timeout=120)
+    try:
+        with fifo.open("wb") as writer:
+            writer.write(os.urandom(12 * 1024 * 1024))
+            writer.flush()
+            # Wait until two fragments are handed to the freeze queue.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                ready = list((cli.spool / "freeze").rglob("chunk.*"))
+                if len(ready) >= 2:
+                    break
+                time.sleep(0.1)
+            result = cli.run(["freeze", "--once"])
+            assert result.returncode == 0, result.stderr
+            ulid = next((cli.spool / "backup" / VAULT / PREFIX).iterdir()).name
+            stored = vault_objects(cli, ulid)
+            assert {"chunk.1", "chunk.2"} <= set(stored)
+            assert "chunk.0" not in stored
+            writer.write(b"the end")
+        stdout, stderr = backup.communicate(timeout=120)
+    finally:
+        if backup.poll() is None:  # a failed assertion must not leave the writer behind
+            backup.kill()
+            backup.communicate()
     assert backup.returncode == 0, stderr.decode()
     assert json.loads(stdout)["ulid"] == ulid
     assert cli.run(["freeze", "--once"]).returncode == 0
@@ -148,16 +153,21 @@ def test_abandoned_backup_is_not_uploaded(cli: Cli, gpg_key: oracles.KeyPair,
     backup = subprocess.Popen([sys.executable, "-m", "cryophile", "backup", "-v", VAULT, "-p",
                                PREFIX, "-k", str(gpg_key.cert), "-s", "5M", "-C", "none",
                                "-i", str(fifo)], env=cli.environment())
-    with fifo.open("wb") as writer:
-        # More than a fragment: the stages and pipes between them hold a few MiB.
-        writer.write(os.urandom(16 * 1024 * 1024))
-        writer.flush()
-        deadline = time.monotonic() + 60
-        while not list((cli.spool / "freeze").rglob("chunk.1")):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        backup.kill()
-        backup.wait()
+    try:
+        with fifo.open("wb") as writer:
+            # More than a fragment: the stages and pipes between them hold a few MiB.
+            writer.write(os.urandom(16 * 1024 * 1024))
+            writer.flush()
+            deadline = time.monotonic() + 60
+            while not list((cli.spool / "freeze").rglob("chunk.1")):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            backup.kill()  # before the writer closes: the backup must not see its end
+            backup.wait()
+    finally:
+        if backup.poll() is None:
+            backup.kill()
+            backup.wait()
     result = cli.run(["freeze", "--once"])
     assert result.returncode == 0, result.stderr
     assert "incomplete (no manifest) and its writer is gone" in result.stderr

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from cryophile.backup_id import BackupId, parse_ulid
 from cryophile.errors import AlreadyExistsError, StorageIOError
 from cryophile.spool import Queue, Spool, default_spool_root, is_being_written, publish
+from cryophile.vault.local import DirectoryVault
 
 BACKUP = BackupId(uuid.UUID("6f1c2a3b-5d4e-4f60-8a7b-9c0d1e2f3a4b"), "hosts/db1",
                   parse_ulid("01ARZ3NDEKTSV4RRFFQ69G5FAV"))
@@ -66,3 +69,21 @@ def test_default_root(monkeypatch: pytest.MonkeyPatch) -> None:
         assert default_spool_root({}) == Path("/var/spool/cryophile")
     else:
         assert default_spool_root({"XDG_STATE_HOME": "/s"}) == Path("/s/cryophile/spool")
+
+
+def test_parallel_first_uploads_to_a_new_embedded_vault(tmp_path: Path) -> None:
+    # freeze uploads in parallel; the embedded vault's root does not exist before.
+    sources = []
+    for number in range(16):
+        source = tmp_path / f"source{number}"
+        source.write_bytes(os.urandom(1000))
+        sources.append(source)
+    for attempt in range(5):
+        vault = DirectoryVault(tmp_path / f"vault{attempt}" / "deep", create=True)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            futures = [pool.submit(vault.put, f"p/{s.name}", s,
+                                   sha256=hashlib.sha256(s.read_bytes()).hexdigest(),
+                                   storage_class="STANDARD") for s in sources]
+            for future in futures:
+                future.result()
+        assert sorted(vault.list("p/")) == sorted(f"p/{s.name}" for s in sources)

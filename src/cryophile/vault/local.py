@@ -234,7 +234,9 @@ class DirectoryVault:
     def _check_root(self, *, for_writing: bool = False) -> None:
         if self.root.is_dir():
             return
-        if self.root.exists():
+        # Parallel uploads to a new embedded vault race to create its root:
+        # "exists but is not a directory" must be looked at after any such mkdir.
+        if self.root.exists() and not self.root.is_dir():
             raise ServiceError(f"vault directory {self.root} is not a directory")
         if not self._create:
             raise ServiceError(f"vault directory {self.root} does not exist (not mounted?)")
