@@ -110,6 +110,7 @@ class Freezer:
         or nothing left, instead of deleting files from under it.
         """
         with _pass_lock(self.spool.queue_dir(Queue.FREEZE)):
+            self._in_flight.clear()  # what a killed freezer left; none runs now
             return self._run_pass()
 
     def _run_pass(self) -> PassReport:
@@ -283,6 +284,12 @@ class InFlight:
             with self._lock:
                 self._uploads.pop(key, None)
                 self._publish()
+
+    def clear(self) -> None:
+        """Remove the file and its temporaries as a killed freezer may have left them."""
+        for leftover in [self.path, *self.path.parent.glob(f".{self.path.name}.*.tmp")]:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
     def _publish(self) -> None:
         # Progress information only: failing to write it must not fail an upload.
