@@ -971,6 +971,19 @@ def scaling_mode(args: argparse.Namespace, workdir: Path, cryophile: str) -> int
     return 0
 
 
+def add_noise_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark here shares: waiting for quiet, repeating noisy rounds, JSON."""
+    parser.add_argument("--wait-idle", type=float, default=60.0, metavar="SECONDS",
+                        help="before each timed run, wait up to this long until other"
+                             " processes use < 0.25 CPU (default 60; 0 = never wait)")
+    parser.add_argument("--max-other-load", type=float, default=0.15, metavar="SHARE",
+                        help="repeat a round when, in one of its runs, other processes used"
+                             " more than this share of the CPUs (default 0.15)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="at most this many rounds are repeated for noise (default 3)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark cryophile backup/restore against zstd | gpg | split.",
@@ -1004,15 +1017,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="comma-separated sizes for --rss-scaling (default 512M,4G)")
     parser.add_argument("--keep-inputs", action="store_true",
                         help="--rss-scaling: keep the input files in --workdir")
-    parser.add_argument("--wait-idle", type=float, default=60.0, metavar="SECONDS",
-                        help="before each timed run, wait up to this long until other"
-                             " processes use < 0.25 CPU (default 60; 0 = never wait)")
-    parser.add_argument("--max-other-load", type=float, default=0.15, metavar="SHARE",
-                        help="repeat a round when, in one of its runs, other processes used"
-                             " more than this share of the CPUs (default 0.15)")
-    parser.add_argument("--retries", type=int, default=3,
-                        help="at most this many rounds are repeated for noise (default 3)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_noise_options(parser)
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")

@@ -348,15 +348,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                              " removed afterwards")
     parser.add_argument("--cryophile", default=str(DEFAULT_CRYOPHILE),
                         help=f"the cryophile command (default {DEFAULT_CRYOPHILE})")
-    parser.add_argument("--wait-idle", type=float, default=60.0, metavar="SECONDS",
-                        help="before each timed run, wait up to this long until other"
-                             " processes (SeaweedFS included) use < 0.25 CPU (default 60)")
-    parser.add_argument("--max-other-load", type=float, default=0.15, metavar="SHARE",
-                        help="repeat a round when, in one of its runs, other processes used"
-                             " more than this share of the CPUs (default 0.15)")
-    parser.add_argument("--retries", type=int, default=3,
-                        help="at most this many rounds are repeated for noise (default 3)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    backup_restore.add_noise_options(parser)
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
