@@ -9,7 +9,9 @@ which must still decrypt — through the reference engine, with a notice.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import os
 import random
 import subprocess
 import tempfile
@@ -18,10 +20,14 @@ from pathlib import Path
 
 import pysequoia
 import pytest
+from cryptography.hazmat.decrepit.ciphers.modes import CFB
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pysequoia.packet import PacketPile, Tag
 
 import oracles
-from cryophile.pipeline.fastpgp import packets, seipd
+from cryophile.pipeline.fastpgp import cfb, packets, seipd
 from cryophile.pipeline.fastpgp.engine import FastEngine, recipient_keys
 from cryophile.pipeline.fastpgp.packets import (
     BodyReader,
@@ -276,3 +282,34 @@ def test_compressed_content_falls_back_to_the_reference_engine(
         out = b"".join(FastEngine().decrypt([message], key, None))
     assert out == data
     assert any("packet tag 8" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- CFB segments
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32), iv=st.binary(min_size=16, max_size=16),
+       ciphertext=st.binary(max_size=300), cuts=st.lists(st.integers(0, 300), max_size=6))
+def test_segment_decryption_is_exactly_cfb(key: bytes, iv: bytes, ciphertext: bytes,
+                                           cuts: list[int]) -> None:
+    # cfb.decrypt_segment batches the CFB block calls through ECB (for speed);
+    # whatever the length and however the segment is cut into pieces, its
+    # output must be cryptography's own CFB decryption, octet for octet.
+    expected = Cipher(algorithms.AES(key), CFB(iv)).decryptor().update(ciphertext)
+    bounds = sorted({0, len(ciphertext), *(min(cut, len(ciphertext)) for cut in cuts)})
+    view = memoryview(ciphertext)
+    pieces = [view[start:end] for start, end in itertools.pairwise(bounds)]
+    target = bytearray(len(ciphertext) + 2 * cfb.BLOCK)
+    assert cfb.decrypt_segment(key, iv, pieces, target) == len(ciphertext)
+    assert bytes(target[:len(ciphertext)]) == expected
+
+
+def test_segment_decryption_of_a_whole_mib_segment_and_a_short_target() -> None:
+    key, iv = os.urandom(32), os.urandom(16)
+    ciphertext = os.urandom(seipd.SEGMENT + 5)
+    target = bytearray(len(ciphertext) + 2 * cfb.BLOCK)
+    cfb.decrypt_segment(key, iv, [memoryview(ciphertext)], target)
+    assert bytes(target[:len(ciphertext)]) == (
+        Cipher(algorithms.AES(key), CFB(iv)).decryptor().update(ciphertext))
+    with pytest.raises(ValueError, match="cannot hold"):
+        cfb.decrypt_segment(key, iv, [memoryview(ciphertext)], bytearray(len(ciphertext)))

@@ -26,10 +26,10 @@ Reader, three stages::
 
 CFB decryption of a block needs only the previous ciphertext block, so the
 ciphertext is cut into 1 MiB segments (multiples of 16 octets from the start
-of the CFB stream) and each segment is decrypted by ``cryptography``'s CFB
-with the last ciphertext block of the segment before it as IV, one segment
-per core at a time. That is the CFB mode as specified (NIST SP 800-38A §6.3), used
-with explicit IVs; no cipher code is ours.
+of the CFB stream) and each segment is decrypted with the last ciphertext
+block of the segment before it as IV, one segment per core at a time, by
+:mod:`.cfb` (AES from ``cryptography``, its independent block calls batched
+as one ECB call; see there why).
 
 SEIPD v1 withholds nothing: plaintext is yielded as it is decrypted, and the
 MDC is checked only at the end, where a mismatch, a truncation or trailing
@@ -242,14 +242,10 @@ Segment = tuple[bytearray, int, _FreeList]
 def _decrypt_segment(session: SessionKey, iv: bytes, pieces: list[memoryview],
                      target: bytearray) -> None:
     """CFB-decrypt consecutive ciphertext ``pieces`` (one segment) into ``target``."""
-    decryptor = _cipher(session, iv).decryptor()
-    out = memoryview(target)
-    position = 0
-    for piece in pieces:
-        # update_into wants BLOCK - 1 spare octets after each piece: `target`
-        # is SEGMENT + BLOCK long.
-        decryptor.update_into(piece, out[position:])
-        position += len(piece)
+    # Imported here: numpy costs ~0.1 s of start-up that only restore needs.
+    from cryophile.pipeline.fastpgp import cfb  # noqa: PLC0415
+
+    cfb.decrypt_segment(session.key, iv, pieces, target)
 
 
 def _gather(body: BodyReader) -> tuple[list[memoryview], int]:
@@ -282,7 +278,7 @@ def _decrypted_segments(reader: StreamReader, body: BodyReader,
     The ciphertext is never copied: each segment is a list of views of the
     input blocks, decrypted straight into a reused plaintext buffer.
     """
-    plaintexts = _FreeList(SEGMENT + BLOCK, 8)
+    plaintexts = _FreeList(SEGMENT + 2 * BLOCK, 8)
     in_flight: collections.deque[tuple[concurrent.futures.Future[None], bytearray,
                                        int]] = collections.deque()
     iv = bytes(BLOCK)
