@@ -68,3 +68,26 @@ def test_bad_names_and_levels() -> None:
         codec_for("zstd", 0)
     with pytest.raises(UsageError, match="only applies to zstd"):
         codec_for("lz4", 3)
+
+
+@pytest.mark.parametrize(("name", "tool"), [("zstd", "zstd"), ("lz4", "lz4")])
+def test_blocks_are_compressed_in_parallel_frames_the_tool_reads_as_one_stream(
+        name: str, tool: str) -> None:
+    # Backup reads input in blocks of block_size; each becomes a frame, made
+    # on several threads and put back in order.
+    codec = codec_for(name)
+    data = b"".join(os.urandom(1000) * (7 + index) for index in range(2000))
+    compressed = b"".join(codec.compress(blocks(data, codec.block_size // 8)))
+    assert compressed.count(codec.magic) >= len(data) // (codec.block_size // 8)
+    result = subprocess.run([tool, "-d", "-c"], input=compressed, capture_output=True,
+                            check=True)
+    assert result.stdout == data
+
+
+@pytest.mark.parametrize(("name", "tool"), [("zstd", "zstd"), ("lz4", "lz4")])
+def test_an_empty_stream_is_one_empty_frame(name: str, tool: str) -> None:
+    compressed = b"".join(codec_for(name).compress([]))
+    assert compressed.startswith(codec_for(name).magic)
+    result = subprocess.run([tool, "-d", "-c"], input=compressed, capture_output=True,
+                            check=True)
+    assert result.stdout == b""

@@ -6,22 +6,37 @@ an iterator of byte blocks to another; the outer stream of every algorithm is
 the tool's standard format (``zstd -d`` and ``lz4 -d`` read what we write), so
 a backup can be recovered without cryophile.
 
-Libraries: ``zstandard`` and ``lz4.frame``, both of which release the GIL, so
-compression overlaps with encryption in another thread.
+Libraries: ``zstandard`` and ``lz4.frame``, both of which release the GIL.
+Compression is the costliest stage of a backup, so it runs on every core
+(:data:`WORKERS` threads): the input is read in blocks of the codec's
+``block_size`` and each block becomes one independent frame, like ``pzstd``
+and ``zstd -T`` do. Concatenated frames are one valid stream for ``zstd -d``
+and ``lz4 -d``. Memory stays bounded: at most ``WORKERS + 1`` blocks are in
+flight (:func:`cryophile.pipeline.stages.ordered_map`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar, Protocol
 
 import lz4.frame
 import zstandard
 
 from cryophile.errors import DataError, UsageError
-from cryophile.pipeline.stages import rebatch
+from cryophile.pipeline.stages import BLOCK_SIZE, ordered_map, rebatch
 
 DEFAULT_ZSTD_LEVEL = 3
+#: Compressing threads: one per core (the other stages mostly wait on them).
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+#: zstd frame size: 8 MiB frames cost 0.5 % of ratio against one frame (4 MiB:
+#: 1.5 %) on a tar of /usr; zstd -T2 uses jobs of the same order.
+ZSTD_FRAME = 8 * 1024 * 1024
+#: lz4 frame size: lz4 looks back only 64 KiB, so 1 MiB frames cost nothing
+#: in ratio and keep the lz4 backup within its memory budget.
+LZ4_FRAME = 1024 * 1024
 
 Buffer = bytes | bytearray | memoryview
 
@@ -31,9 +46,14 @@ class Codec(Protocol):
 
     name: ClassVar[str]
     magic: ClassVar[bytes]
+    #: The input block size :meth:`compress` works best with.
+    block_size: ClassVar[int]
 
     def compress(self, blocks: Iterable[Buffer]) -> Iterator[bytes]:
-        """Compress a stream of blocks into one stream of the tool's format."""
+        """Compress a stream of blocks into one stream of the tool's format.
+
+        Blocks must not change after they are handed over.
+        """
         ...
 
     def decompress(self, blocks: Iterable[Buffer]) -> Iterator[bytes]:
@@ -46,6 +66,7 @@ class NoCompression:
 
     name: ClassVar[str] = "none"
     magic: ClassVar[bytes] = b""
+    block_size: ClassVar[int] = BLOCK_SIZE
 
     def compress(self, blocks: Iterable[Buffer]) -> Iterator[bytes]:
         """Pass the blocks through unchanged."""
@@ -59,27 +80,29 @@ class NoCompression:
 
 
 class Zstd:
-    """Zstandard, one frame (``zstd -d`` reads it); restore accepts several frames."""
+    """Zstandard: one frame per input block (``zstd -d`` reads them as one stream)."""
 
     name: ClassVar[str] = "zstd"
     magic: ClassVar[bytes] = b"\x28\xb5\x2f\xfd"
+    block_size: ClassVar[int] = ZSTD_FRAME
 
-    def __init__(self, level: int = DEFAULT_ZSTD_LEVEL, threads: int = 0) -> None:
+    def __init__(self, level: int = DEFAULT_ZSTD_LEVEL, workers: int = WORKERS) -> None:
         if not 1 <= level <= 22:
             raise UsageError(f"invalid zstd level {level}: use 1 to 22")
         self.level = level
-        self.threads = threads
+        self.workers = workers
+        # A ZstdCompressor must not be shared between threads: one per worker.
+        self._local = threading.local()
+
+    def _frame(self, block: Buffer) -> bytes:
+        compressor: zstandard.ZstdCompressor | None = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.level)
+        return compressor.compress(block)
 
     def compress(self, blocks: Iterable[Buffer]) -> Iterator[bytes]:
-        """Compress into one zstd frame, in items of ≥ 1 MiB."""
-        compressor = zstandard.ZstdCompressor(level=self.level, threads=self.threads).compressobj()
-
-        def pieces() -> Iterator[bytes]:
-            for block in blocks:
-                yield compressor.compress(block)
-            yield compressor.flush()
-
-        yield from rebatch(pieces())
+        """Compress each block into its own frame, on :data:`WORKERS` threads, in order."""
+        yield from _frames(self._frame, blocks, self.workers, "zstd")
 
     def decompress(self, blocks: Iterable[Buffer]) -> Iterator[bytes]:
         """Decompress one or more concatenated frames; a cut-off frame is a DataError."""
@@ -104,23 +127,25 @@ class Zstd:
 
 
 class Lz4:
-    """LZ4 frame format (``lz4 -d`` reads it)."""
+    """LZ4 frame format: one frame per input block (``lz4 -d`` reads them as one stream)."""
 
     name: ClassVar[str] = "lz4"
     magic: ClassVar[bytes] = b"\x04\x22\x4d\x18"
+    block_size: ClassVar[int] = LZ4_FRAME
+
+    def __init__(self, workers: int = WORKERS) -> None:
+        self.workers = workers
+
+    @staticmethod
+    def _frame(block: Buffer) -> bytes:
+        # python-lz4 is several times slower on memoryview than on bytes.
+        data = block if isinstance(block, bytes) else bytes(block)
+        compressed: bytes = lz4.frame.compress(data, block_size=lz4.frame.BLOCKSIZE_MAX1MB)
+        return compressed
 
     def compress(self, blocks: Iterable[Buffer]) -> Iterator[bytes]:
-        """Compress into one LZ4 frame, in items of ≥ 1 MiB."""
-        compressor = lz4.frame.LZ4FrameCompressor(block_size=lz4.frame.BLOCKSIZE_MAX4MB)
-
-        def pieces() -> Iterator[bytes]:
-            yield compressor.begin()
-            for block in blocks:
-                # python-lz4 is several times slower on memoryview than on bytes.
-                yield compressor.compress(block if isinstance(block, bytes) else bytes(block))
-            yield compressor.flush()
-
-        yield from rebatch(pieces())
+        """Compress each block into its own frame, on :data:`WORKERS` threads, in order."""
+        yield from _frames(self._frame, blocks, self.workers, "lz4")
 
     def decompress(self, blocks: Iterable[Buffer]) -> Iterator[bytes]:
         """Decompress one or more concatenated frames; a cut-off frame is a DataError."""
@@ -141,6 +166,23 @@ class Lz4:
             raise DataError(f"lz4 stream is damaged: {error}") from None
         if started and not frame.eof:
             raise DataError("lz4 stream ends in the middle of a frame (truncated)")
+
+
+def _frames(frame: Callable[[Buffer], bytes], blocks: Iterable[Buffer], workers: int,
+            name: str) -> Iterator[bytes]:
+    """One compressed frame per non-empty block, in items of ≥ 1 MiB.
+
+    Small frames (very compressible input) are joined so the next stages get
+    large items. An empty stream is one empty frame, which keeps ``zstd -d``
+    and ``lz4 -d`` of an empty backup working.
+    """
+    produced = False
+    for item in rebatch(ordered_map(frame, (block for block in blocks if len(block)),
+                                    workers=workers, name=name)):
+        produced = True
+        yield item
+    if not produced:
+        yield frame(b"")
 
 
 NAMES = ("none", "lz4", "zstd")

@@ -10,12 +10,14 @@ queue hand-off cost more than the work.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import fcntl
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -24,6 +26,7 @@ QUEUE_DEPTH = 4
 STOP_GRACE_SECONDS = 5.0
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _END = object()
 
@@ -109,6 +112,30 @@ def threaded(source: Iterable[T], *, name: str, depth: int = QUEUE_DEPTH) -> Ite
         # answer (an idle input pipe); it is a daemon thread, so after a
         # grace period it is left behind rather than hanging the caller.
         thread.join(timeout=None if finished else STOP_GRACE_SECONDS)
+
+
+def ordered_map(function: Callable[[T], R], items: Iterable[T], *, workers: int,
+                name: str) -> Iterator[R]:
+    """``map(function, items)`` on ``workers`` threads; results in input order.
+
+    At most ``workers + 1`` items are taken from ``items`` ahead of the
+    consumer, so memory stays bounded by the item size. ``function`` must
+    release the GIL for the threads to overlap (compressors do). An exception
+    from ``function`` is raised here in order; when the consumer stops early,
+    items not started are cancelled and running ones are waited for.
+    """
+    pending: collections.deque[concurrent.futures.Future[R]] = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name) as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(function, item))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def enlarge_pipe(fd: int) -> None:
