@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cryophile.backup_id import BackupId, parse_ulid
-from cryophile.errors import DataError
+from cryophile.errors import AlreadyExistsError, DataError
 from cryophile.manifest import Fragment, Manifest
 from cryophile.pipeline.fragments import FragmentWriter, hash_pieces, read_fragments, split
 
@@ -105,3 +105,24 @@ def test_reader_checks_a_fragment_before_yielding_any_of_it(tmp_path: Path) -> N
     with pytest.raises(DataError, match="fragment 2 of 3"):
         next(reader)  # nothing of fragment 2 comes out before the check
     assert bytes(received) == data[:4096]
+
+
+def test_a_fragment_that_cannot_be_published_fails_the_write_and_leaves_no_part(
+        tmp_path: Path) -> None:
+    # Fragment 2's name is taken in the queue (publishing never overwrites):
+    # the error names it, fragment 1 stays published, nothing half-written stays.
+    work, queue = tmp_path / "work", tmp_path / "queue"
+    work.mkdir()
+    queue.mkdir()
+    (queue / "chunk.2").write_bytes(b"somebody else's")
+    writer = FragmentWriter(work, queue, 4096)
+    data = os.urandom(3 * 4096 + 10)
+    with pytest.raises(AlreadyExistsError, match=r"chunk\.2 already exists"):
+        writer.write(split([data[i:i + 1000] for i in range(0, len(data), 1000)], 4096))
+    writer.abort()
+    assert not list(work.iterdir())
+    assert writer.published[0] == queue / "chunk.1"
+    assert (queue / "chunk.1").read_bytes() == data[:4096]
+    assert (queue / "chunk.2").read_bytes() == b"somebody else's"
+    # Whatever else was published is known, so the backup can take it back.
+    assert set(queue.iterdir()) - {queue / "chunk.2"} == set(writer.published)
