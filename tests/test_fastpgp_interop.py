@@ -193,7 +193,7 @@ def _stream(size: int, digest: hashlib._Hash) -> Iterator[bytes]:
         yield block
 
 
-def _write(path: Path, blocks: Iterable[bytes]) -> None:
+def _write(path: Path, blocks: Iterable[bytes | bytearray | memoryview]) -> None:
     with path.open("wb") as out:
         for block in blocks:
             out.write(block)

@@ -138,8 +138,9 @@ class Lz4:
 
     @staticmethod
     def _frame(block: Buffer) -> bytes:
-        # python-lz4 is several times slower on memoryview than on bytes.
-        data = block if isinstance(block, bytes) else bytes(block)
+        # python-lz4 is slower on a memoryview than on bytes or bytearray
+        # (the backup's input blocks): only views are copied.
+        data = bytes(block) if isinstance(block, memoryview) else block
         compressed: bytes = lz4.frame.compress(data, block_size=lz4.frame.BLOCKSIZE_MAX1MB)
         return compressed
 

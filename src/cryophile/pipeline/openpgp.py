@@ -44,7 +44,7 @@ class Engine(Protocol):
 
     name: str
 
-    def encrypt(self, plaintext: Iterable[Buffer], recipients: Recipients) -> Iterator[bytes]:
+    def encrypt(self, plaintext: Iterable[Buffer], recipients: Recipients) -> Iterator[Buffer]:
         """Encrypt the stream to every recipient subkey; yield the message in blocks.
 
         The message is complete only when the iterator ends without error.

@@ -195,7 +195,7 @@ class FastEngine:
 
     name = "fast"
 
-    def encrypt(self, plaintext: Iterable[Buffer], recipients: Recipients) -> Iterator[bytes]:
+    def encrypt(self, plaintext: Iterable[Buffer], recipients: Recipients) -> Iterator[Buffer]:
         """See :meth:`cryophile.pipeline.openpgp.Engine.encrypt`."""
         try:
             keys = recipient_keys(recipients)

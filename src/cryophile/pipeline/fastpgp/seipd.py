@@ -15,9 +15,10 @@ packet``; the literal packet (format ``b``, no file name, date 0) and the
 SEIPD packet both use 1 MiB partial body lengths and end with one definite
 length chunk that is never empty. The framing stage passes zero-copy views
 of the input blocks, with the small headers as separate pieces; the CFB stage
-encrypts them into one reused buffer and yields one ``bytes`` of ≈ 1 MiB per
-SEIPD chunk (header included). SHA-1 (the MDC) and AES-CFB run in different
-threads, and both release the GIL on large buffers.
+encrypts them straight into a fresh buffer per SEIPD chunk (its length octet
+in front) and yields a view of it, so nothing is copied after encryption.
+SHA-1 (the MDC) and AES-CFB run in different threads, and both release the
+GIL on large buffers.
 
 Reader, three stages::
 
@@ -97,22 +98,25 @@ def make_prefix() -> bytes:
 # --------------------------------------------------------------------------- writer
 
 
-def encrypt(blocks: Iterable[Buffer], session: SessionKey, lead: bytes) -> Iterator[bytes]:
+def encrypt(blocks: Iterable[Buffer], session: SessionKey, lead: bytes) -> Iterator[Buffer]:
     """The whole message: ``lead`` (the PKESK packets), then one SEIPD v1 packet.
 
     ``blocks`` must not be changed after they are handed over (they are
     encrypted from zero-copy views). The message is complete only when the
-    iterator ends without error: the final chunk is yielded last.
+    iterator ends without error: the final chunk is yielded last. Each partial
+    chunk is yielded as a view of a buffer of its own, length octet included:
+    nothing is copied after encryption on this thread, the slowest of a backup.
     """
     # SHA-1 runs about three times faster than CFB, so this queue is full most
     # of the time: a short one pins fewer input blocks.
     items = threaded(_plaintext_items(blocks, make_prefix()), name="openpgp-mdc",
                      depth=FRAMING_QUEUE_DEPTH)
     encryptor = _cipher(session).encryptor()
-    out = bytearray(PARTIAL_CHUNK + BLOCK)
-    view = memoryview(out)
-    head = lead + bytes([0xC0 | TAG_SEIPD])
-    view[0] = SEIPD_VERSION_1
+    yield lead + bytes([0xC0 | TAG_SEIPD])
+    # A chunk buffer: its length octet, then the chunk, then the BLOCK - 1
+    # spare octets update_into wants.
+    view = memoryview(bytearray(1 + PARTIAL_CHUNK + BLOCK))
+    view[1] = SEIPD_VERSION_1
     filled = 1
     for item in items:
         for piece in item:
@@ -120,17 +124,16 @@ def encrypt(blocks: Iterable[Buffer], session: SessionKey, lead: bytes) -> Itera
             while data:
                 if filled == PARTIAL_CHUNK:
                     # The chunk is full and more follows: it may be partial.
-                    # The copy into bytes is what frees `out` for reuse.
-                    yield b"".join((head, PARTIAL_1MIB, view[:PARTIAL_CHUNK]))
-                    head = b""
+                    view[0] = PARTIAL_1MIB[0]
+                    yield view[:1 + PARTIAL_CHUNK]
+                    view = memoryview(bytearray(1 + PARTIAL_CHUNK + BLOCK))
                     filled = 0
                 take = min(len(data), PARTIAL_CHUNK - filled)
-                # update_into wants BLOCK - 1 spare octets: `out` has BLOCK.
-                encryptor.update_into(data[:take], view[filled:])
+                encryptor.update_into(data[:take], view[1 + filled:])
                 filled += take
                 data = data[take:]
     encryptor.finalize()
-    yield b"".join((head, new_length(filled), view[:filled]))
+    yield b"".join((new_length(filled), view[1:1 + filled]))
 
 
 def _plaintext_items(blocks: Iterable[Buffer], prefix: bytes) -> Iterator[list[Buffer]]:
