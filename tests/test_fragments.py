@@ -126,3 +126,24 @@ def test_a_fragment_that_cannot_be_published_fails_the_write_and_leaves_no_part(
     assert (queue / "chunk.2").read_bytes() == b"somebody else's"
     # Whatever else was published is known, so the backup can take it back.
     assert set(queue.iterdir()) - {queue / "chunk.2"} == set(writer.published)
+
+
+def test_a_reader_stopped_early_leaves_no_fragment_open(tmp_path: Path) -> None:
+    # The next fragment is verified ahead in a thread while this one streams;
+    # stopping the restore must close what that thread opened.
+    queue, manifest = write_backup(tmp_path, os.urandom(5 * 4096), 4096)
+    before = set(os.listdir("/proc/self/fd"))
+    reader = read_fragments(queue, manifest, present, block_size=1024)
+    next(reader)
+    reader.close()
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_damaged_next_fragment_is_refused_after_the_current_one_streamed(
+        tmp_path: Path) -> None:
+    queue, manifest = write_backup(tmp_path, os.urandom(2 * 4096), 4096)
+    (queue / "chunk.2").write_bytes(b"x" * 4096)
+    reader = read_fragments(queue, manifest, present, block_size=4096)
+    assert len(next(reader)) == 4096
+    with pytest.raises(DataError, match="fragment 2 of 2"):
+        next(reader)

@@ -20,6 +20,7 @@ import errno
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,10 +149,13 @@ class FragmentWriter:
             while view:
                 view = view[os.write(self._fd, view):]
         except OSError as error:
-            raise StorageIOError(f"cannot write fragment {self._index} to the spool: "
-                                 f"{describe_os_error(error)}") from None
+            raise self._error(self._index, error) from None
         self._written += len(data)
         self.counters.bytes_out += len(data)
+
+    def _error(self, index: int, error: OSError) -> StorageIOError:
+        return StorageIOError(f"cannot write fragment {index} to the spool "
+                              f"({self.work_dir}): {describe_os_error(error)}")
 
     def _check_published(self) -> None:
         """Raise the first error of a finished publish (they finish in order)."""
@@ -169,14 +173,12 @@ class FragmentWriter:
             self._fd = os.open(self._part(index),
                                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         except OSError as error:
-            raise StorageIOError(f"cannot write fragment {index} to the spool: "
-                                 f"{describe_os_error(error)}") from None
+            raise self._error(index, error) from None
         try:
             os.posix_fallocate(self._fd, 0, self.fragment_size)
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise StorageIOError(f"cannot write fragment {index} to the spool: "
-                                     f"{describe_os_error(error)}") from None
+                raise self._error(index, error) from None
             # EOPNOTSUPP and friends: the file system cannot reserve; write anyway.
 
     def _publish(self, fd: int, index: int, size: int) -> None:
@@ -190,8 +192,7 @@ class FragmentWriter:
             final = self.queue_dir / fragment_name(index)
             publish(self._part(index), final)
         except OSError as error:
-            raise StorageIOError(f"cannot write fragment {index} to the spool: "
-                                 f"{describe_os_error(error)}") from None
+            raise self._error(index, error) from None
         self.sizes[index] = size
         self.published.append(final)
         self._unpublished.discard(index)
@@ -226,42 +227,123 @@ def read_fragments(directory: Path, manifest: Manifest, wait_for: WaitFor,
     again from the same descriptor and yielded, so what was verified is what
     is used. Raises DataError naming the fragment when its size or SHA-256
     differs from the manifest.
+
+    While a fragment is yielded, the next one, if it is already there, is
+    verified in a background thread: otherwise every fragment boundary would
+    stall the whole restore for the time of one SHA-256 pass.
     """
-    for fragment in manifest.fragments:
-        path = directory / fragment_name(fragment.index)
-        wait_for(path)
-        try:
-            # A symlink planted in the restore queue is refused, never followed.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                raise DataError(f"fragment {path} is a symbolic link; refusing to follow "
-                                "it") from None
-            raise StorageIOError(f"cannot open fragment {path}: {error.strerror}") from None
-        try:
-            _verify(fd, path, fragment, len(manifest.fragments))
-            os.lseek(fd, 0, os.SEEK_SET)
-            remaining = fragment.size
-            while remaining:
-                block = os.read(fd, min(block_size, remaining))
-                if not block:
-                    raise DataError(f"fragment {path} shrank while it was read")
-                remaining -= len(block)
-                if counters is not None:
-                    counters.bytes_in += len(block)
-                yield block
-        finally:
-            os.close(fd)
+    count = len(manifest.fragments)
+    ahead: _VerifiedAhead | None = None
+    try:
+        for position, fragment in enumerate(manifest.fragments):
+            path = directory / fragment_name(fragment.index)
+            if ahead is not None:
+                fd, ahead = ahead.result(), None
+            else:
+                wait_for(path)
+                fd = _open_verified(path, fragment, count)
+            try:
+                if position + 1 < count:
+                    ahead = _VerifiedAhead.start_if_present(
+                        directory, manifest.fragments[position + 1], count)
+                yield from _blocks(fd, path, fragment.size, block_size, counters)
+            finally:
+                os.close(fd)
+            if counters is not None:
+                counters.fragments += 1
+    finally:
+        if ahead is not None:
+            ahead.discard()
+
+
+def _blocks(fd: int, path: Path, size: int, block_size: int,
+            counters: Counters | None) -> Iterator[bytes]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    remaining = size
+    while remaining:
+        block = os.read(fd, min(block_size, remaining))
+        if not block:
+            raise DataError(f"fragment {path} shrank while it was read")
+        remaining -= len(block)
         if counters is not None:
-            counters.fragments += 1
+            counters.bytes_in += len(block)
+        yield block
 
 
-def sha256_of_fd(fd: int) -> str:
-    """Hex SHA-256 of everything from ``fd``'s position to its end."""
+def _open_verified(path: Path, fragment: Fragment, count: int,
+                   stop: threading.Event | None = None) -> int:
+    """Open ``path`` (never through a symlink) and check it against ``fragment``; return the fd."""
+    try:
+        # A symlink planted in the restore queue is refused, never followed.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise DataError(f"fragment {path} is a symbolic link; refusing to follow "
+                            "it") from None
+        raise StorageIOError(f"cannot open fragment {path}: {error.strerror}") from None
+    try:
+        _verify(fd, path, fragment, count, stop)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _VerifiedAhead:
+    """One fragment opened and verified in a daemon thread (see :func:`read_fragments`).
+
+    It never waits for a file to arrive, so it always ends: after one SHA-256
+    pass, or at the next block once :meth:`discard` asked it to stop.
+    """
+
+    def __init__(self, path: Path, fragment: Fragment, count: int) -> None:
+        self._stop = threading.Event()
+        self._outcome: int | BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path, fragment, count),
+                                        name="verify-ahead", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start_if_present(cls, directory: Path, fragment: Fragment,
+                         count: int) -> _VerifiedAhead | None:
+        path = directory / fragment_name(fragment.index)
+        # Fragments appear whole (hard link of a complete file), so one that
+        # exists can be verified now; one that does not is waited for later.
+        return cls(path, fragment, count) if os.path.lexists(path) else None
+
+    def _run(self, path: Path, fragment: Fragment, count: int) -> None:
+        try:
+            self._outcome = _open_verified(path, fragment, count, self._stop)
+        except BaseException as error:  # handed to the consumer by result()
+            self._outcome = error
+
+    def result(self) -> int:
+        """The verified fd; raises what verifying raised."""
+        self._thread.join()
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
+
+    def discard(self) -> None:
+        """Stop early and close the fd, if any (the restore stopped before this fragment)."""
+        self._stop.set()
+        self._thread.join()
+        if isinstance(self._outcome, int):
+            os.close(self._outcome)
+
+
+def sha256_of_fd(fd: int, stop: threading.Event | None = None) -> str:
+    """Hex SHA-256 of everything from ``fd``'s position to its end.
+
+    Raises InterruptedError when ``stop`` is set (checked once per block).
+    """
     hasher = hashlib.sha256()
     buffer = bytearray(BLOCK_SIZE)
     view = memoryview(buffer)
     while count_read := os.readv(fd, [view]):
+        if stop is not None and stop.is_set():
+            raise InterruptedError("stopped")
         hasher.update(view[:count_read])
     return hasher.hexdigest()
 
@@ -275,13 +357,14 @@ def sha256_of_file(path: Path) -> str:
         os.close(fd)
 
 
-def _verify(fd: int, path: Path, fragment: Fragment, count: int) -> None:
+def _verify(fd: int, path: Path, fragment: Fragment, count: int,
+            stop: threading.Event | None = None) -> None:
     size = os.fstat(fd).st_size
     if size != fragment.size:
         what = "truncated" if size < fragment.size else "too long"
         raise DataError(f"fragment {fragment.index} of {count} ({path}) is {what}: "
                         f"{size} bytes, the manifest says {fragment.size}")
-    if sha256_of_fd(fd) != fragment.sha256:
+    if sha256_of_fd(fd, stop) != fragment.sha256:
         raise DataError(f"fragment {fragment.index} of {count} ({path}) is damaged or not "
                         "part of this backup: its SHA-256 does not match the manifest")
 
