@@ -43,6 +43,7 @@ from cryophile.config import Config
 from cryophile.daemons.thaw import FragmentState, fetch_manifest, load_state
 from cryophile.errors import CryophileError, DataError, NoInputError, UsageError
 from cryophile.manifest import Manifest, parse
+from cryophile.signing import SIGNATURE_NAME, signature_key
 from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written
 from cryophile.vault.base import Vault
 from cryophile.vault.factory import OpenedVault, default_vault_root
@@ -298,15 +299,25 @@ def _restore_record(spool: Spool, backup_id: BackupId) -> RestoreRecord:
 
 @dataclass(frozen=True)
 class VaultListing:
-    """The objects a vault lists for one backup: their fragment indices (0: the manifest)."""
+    """The objects a vault lists for one backup: their fragment indices (0: the
+    manifest), and whether the manifest's signature ``chunk.0.sig`` is there."""
 
     backup_id: BackupId
     indices: frozenset[int]
+    signed: bool = False
 
     @property
     def has_manifest(self) -> bool:
         """The manifest is stored: the backup was completed in the vault."""
         return 0 in self.indices
+
+    def object_keys(self) -> list[str]:
+        """Every object of the backup, in the order to delete them: the manifest
+        first (the backup stops being complete), its signature, then the fragments."""
+        keys = [self.backup_id.object_key(index) for index in sorted(self.indices)]
+        if self.signed:
+            keys.insert(1 if self.has_manifest else 0, signature_key(self.backup_id))
+        return keys
 
 
 def list_vault(vault: Vault, vault_id: uuid.UUID,
@@ -317,10 +328,12 @@ def list_vault(vault: Vault, vault_id: uuid.UUID,
     a canonical prefix (objects some other tool put there) are ignored.
     """
     found: dict[BackupId, set[int]] = {}
+    signed: set[BackupId] = set()
     for key in vault.list(f"{prefix}/" if prefix else ""):
         parts = key.split("/")
         match = _CHUNK.fullmatch(parts[-1])
-        if match is None or len(parts) < 2:
+        is_signature = parts[-1] == SIGNATURE_NAME
+        if (match is None and not is_signature) or len(parts) < 2:
             continue
         raw_prefix = "/".join(parts[:-2])
         try:
@@ -329,8 +342,13 @@ def list_vault(vault: Vault, vault_id: uuid.UUID,
                 continue
         except UsageError:
             continue
-        found.setdefault(BackupId(vault_id, raw_prefix, ulid), set()).add(int(match.group(1)))
-    return {backup_id: VaultListing(backup_id, frozenset(indices))
+        backup_id = BackupId(vault_id, raw_prefix, ulid)
+        indices = found.setdefault(backup_id, set())
+        if match is not None:
+            indices.add(int(match.group(1)))
+        else:
+            signed.add(backup_id)
+    return {backup_id: VaultListing(backup_id, frozenset(indices), backup_id in signed)
             for backup_id, indices in found.items()}
 
 

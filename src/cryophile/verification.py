@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryophile.backup_id import BackupId, fragment_name
-from cryophile.daemons.thaw import fetch_manifest
+from cryophile.daemons.thaw import fetch_manifest, fetch_signature
 from cryophile.errors import DataError, ExitCode, NoInputError, TryLaterError
 from cryophile.manifest import Fragment, Manifest
 from cryophile.pipeline.compress import codec_for
@@ -26,6 +26,7 @@ from cryophile.pipeline.keys import SecretKey
 from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.restore import choose_key
 from cryophile.pipeline.stages import threaded
+from cryophile.signing import TrustedSigners, signature_key, signature_problem
 from cryophile.units import human_bytes
 from cryophile.vault.base import ObjectInfo, RestoreState
 from cryophile.vault.factory import OpenedVault
@@ -52,6 +53,7 @@ class Report:
     downloaded: int = 0
     plaintext_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
+    signed_by: str | None = None  # the key whose manifest signature verified (--signed-by)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -72,6 +74,8 @@ class Report:
                            f"{human_bytes(self.manifest.stored_bytes)}")
             if not any(finding.index is not None for finding in self.findings):
                 checked.append("sizes and SHA-256 in the vault match the manifest")
+        if self.signed_by is not None:
+            checked.append(f"manifest signed by {self.signed_by}")
         if self.downloaded:
             checked.append(f"{self.downloaded} downloaded and hashed")
         if self.plaintext_bytes is not None:
@@ -102,22 +106,26 @@ class Verifier:
     """
 
     def __init__(self, opened: OpenedVault, scratch: Path, *, download: bool,
-                 decryption: Decryption | None = None) -> None:
+                 decryption: Decryption | None = None,
+                 signers: TrustedSigners | None = None) -> None:
         self.opened = opened
         self.scratch = scratch
         self.download = download
         self.decryption = decryption
+        self.signers = signers  # --signed-by: the manifest must carry their signature
 
     def verify(self, backup_id: BackupId) -> Report:
         """Check one backup; NoInputError when the vault has no manifest for it."""
         report = Report(backup_id)
         try:
-            manifest, _ = fetch_manifest(self.opened, backup_id, self.scratch)
+            manifest, data = fetch_manifest(self.opened, backup_id, self.scratch)
         except DataError as error:
             report.findings.append(Finding(f"manifest ({backup_id.object_key(0)}): {error}",
                                            damaged=True, index=0))
             return report
         report.manifest = manifest
+        if self.signers is not None:
+            self._check_signature(report, data)
         infos: dict[int, ObjectInfo] = {}
         for fragment in manifest.fragments:
             key = backup_id.object_key(fragment.index)
@@ -138,7 +146,10 @@ class Verifier:
                     f"archived ({info.storage_class}, {info.restore_state.value}), not readable "
                     "now: thaw it first (cryophile restore … --dry-run shows the plan)",
                     damaged=False, index=fragment.index))
-        if self.decryption is not None and not report.findings:
+        # A bad signature (a finding without an index) does not stop the decryption:
+        # whether the data restores is worth knowing either way.
+        if self.decryption is not None and not any(finding.index is not None
+                                                   for finding in report.findings):
             self._decrypt(report, manifest, self.decryption)
             return report
         for fragment in readable:
@@ -150,6 +161,20 @@ class Verifier:
         if self.decryption is not None:
             report.notes.append("not decrypted: not every fragment could be downloaded intact")
         return report
+
+    def _check_signature(self, report: Report, manifest: bytes) -> None:
+        """Record whether the manifest carries a valid signature from ``self.signers``."""
+        assert self.signers is not None
+        backup_id = report.backup_id
+        where = f"manifest signature ({signature_key(backup_id)})"
+        try:
+            signature = fetch_signature(self.opened, backup_id, self.scratch)
+        except DataError as error:
+            report.findings.append(Finding(f"{where}: {error}", damaged=True))
+            return
+        problem, report.signed_by = signature_problem(self.signers, manifest, signature)
+        if problem is not None:
+            report.findings.append(Finding(f"{where}: {problem}", damaged=True))
 
     def _metadata_finding(self, fragment: Fragment, key: str,
                           info: ObjectInfo | None) -> Finding | None:

@@ -15,16 +15,19 @@ from cryophile.cli.arguments import (
     add_backup_id_options,
     add_keyring_option,
     backup_id_from,
+    file_descriptor,
     fragment_size,
 )
 from cryophile.cli.progress import add_progress_option, progress_line
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.errors import NoInputError, StorageIOError, UsageError
+from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.backup import BackupPlan, BackupResult, run_backup
 from cryophile.pipeline.compress import NAMES, codec_for
 from cryophile.pipeline.keys import load_recipients
 from cryophile.pipeline.openpgp import ENGINES, engine_for
 from cryophile.pipeline.stages import Counters
+from cryophile.signing import load_signing_key
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
@@ -41,6 +44,7 @@ examples:
   zfs send -R tank/data@today | cryophile backup -v 6f1c…-… -p hosts/db1 -k backup.cert
   tar -C /etc -c . | cryophile backup -v VAULT -p etc -k a.cert -k b.cert -C lz4
   cryophile backup -v VAULT -p pg -t 2026-11-26T03:00:00Z -i /var/backups/dump.fifo -k k.pgp
+  tar -C /etc -c . | cryophile backup -v VAULT -p etc -k backup.cert --sign-key host-sign.key
 """
 
 
@@ -65,6 +69,12 @@ def register(commands: Any) -> argparse.ArgumentParser:
                         help="OpenPGP engine: fast (default; our streaming SEIPD v1 on OpenSSL, "
                              "falls back to reference for keys it does not handle) or "
                              "reference (pysequoia)")
+    parser.add_argument("--sign-key", type=Path, default=None, metavar="FILE",
+                        help="sign the manifest with this signing-only secret key (detached "
+                             "OpenPGP signature chunk.0.sig; default: sign_key in the config)")
+    parser.add_argument("--sign-pass-fd", type=file_descriptor, default=None, metavar="N",
+                        help="read the signing key's passphrase from file descriptor N (else "
+                             "$CRYOPHILE_ASKPASS, else the terminal)")
     parser.add_argument("--json", action="store_true",
                         help="print the result as one JSON object on stdout")
     add_progress_option(parser)
@@ -81,8 +91,13 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     codec = codec_for(compression, args.level)
     input_path = _check_input(args.input, environment)
     recipients = load_recipients(args.keyring)
+    sign_key_path = args.sign_key or config.sign_key
+    signing_key = None if sign_key_path is None else load_signing_key(
+        sign_key_path, passphrase_source(args.sign_pass_fd, environment.env),
+        recipients.subkeys)
     spool = open_spool(args, environment.env, config)
-    plan = BackupPlan(backup_id, codec, args.size, recipients, engine_for(args.engine))
+    plan = BackupPlan(backup_id, codec, args.size, recipients, engine_for(args.engine),
+                      sign=None if signing_key is None else signing_key.sign)
     counters = Counters()
     with progress_line(counters, environment.stderr, args.progress and not args.quiet,
                        kind="backup"):
@@ -96,6 +111,16 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
 def _check_input(name: str, environment: Environment) -> Path | None:
     """Validate ``-i`` without opening it (opening a FIFO would block its writer)."""
     if name == "-":
+        # fstat, not open: a closed stdin (`<&-`) would otherwise be whatever
+        # file we open next (the backup's own lock: an "empty" backup).
+        try:
+            stdin_mode = os.fstat(environment.stdin_fd).st_mode
+        except OSError:
+            raise UsageError("standard input is closed: pipe a stream in or use "
+                             "-i FILE") from None
+        if stat.S_ISDIR(stdin_mode):
+            raise UsageError("standard input is a directory: pipe it through tar, e.g. "
+                             "tar -C DIR -c . | cryophile backup …")
         if os.isatty(environment.stdin_fd):
             raise UsageError("refusing to read backup data from a terminal: pipe a stream in "
                              "or use -i FILE")

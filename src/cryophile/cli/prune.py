@@ -83,8 +83,8 @@ COLUMNS = ("ACTION", "KEPT BY", "TIME", "SIZE", "CLASS", "BACKUP")
 
 
 def non_negative_count(text: str) -> int:
-    """A whole number ≥ 0."""
-    if not text.isdigit():
+    """A whole number ≥ 0, in ASCII digits (str.isdigit() also takes "²" and "٣")."""
+    if not (text.isascii() and text.isdigit()):
         raise UsageError(f"invalid number {text!r}: expected a whole number of 0 or more")
     return int(text)
 
@@ -202,8 +202,8 @@ def _delete_backup(opened: OpenedVault, listing: VaultListing, journal: Journal,
     backup_id = listing.backup_id
     underway.add(backup_id)
     journal.save(underway)
-    for index in sorted(listing.indices):  # 0, the manifest, comes first
-        opened.vault.delete(backup_id.object_key(index))
+    for key in listing.object_keys():  # the manifest first, then chunk.0.sig, fragments
+        opened.vault.delete(key)
     underway.discard(backup_id)
     journal.save(underway)
 

@@ -26,18 +26,25 @@ from cryophile.daemons.thaw import (
     FIRST_POLL_SECONDS,
     Preparation,
     Thawer,
+    fetch_signature,
     file_request,
     finish_restore,
     prepare_restore,
     request_failure,
 )
-from cryophile.errors import AlreadyExistsError, StorageIOError, UsageError
+from cryophile.errors import AlreadyExistsError, CryophileError, StorageIOError, UsageError
 from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.compress import NAMES
 from cryophile.pipeline.keys import load_secret_keys
 from cryophile.pipeline.openpgp import ENGINES, engine_for
 from cryophile.pipeline.restore import AUTO, RestorePlan, choose_key, run_restore
 from cryophile.pipeline.stages import Counters
+from cryophile.signing import (
+    TrustedSigners,
+    check_manifest_signature,
+    load_trusted_signers,
+    read_local_signature,
+)
 from cryophile.spool import Queue, Spool
 from cryophile.vault.base import RESTORE_TIERS
 from cryophile.vault.factory import OpenedVault, open_vault
@@ -57,6 +64,7 @@ EXAMPLES = """\
 examples:
   cryophile restore -v VAULT -p hosts/db1 -u 01JDX… -k key.pgp --pass-fd 4 4<pass | zfs recv …
   cryophile restore -v VAULT -p etc -t 2026-11-26T03:00:00Z -k key.pgp -o etc.tar
+  cryophile restore -v VAULT -p etc -u 01JDX… -k key.pgp --signed-by host-sign.cert --thaw
 """
 
 
@@ -99,6 +107,11 @@ def register(commands: Any) -> argparse.ArgumentParser:
                         metavar="SECONDS",
                         help="with --thaw: first poll interval for restores in progress "
                              "(doubles up to 15 minutes; default 60)")
+    parser.add_argument("--signed-by", type=Path, default=None, metavar="CERT",
+                        help="require the manifest to be signed by a key in this certificate "
+                             "file (backup --sign-key); refuse unsigned or badly signed backups "
+                             "(exit 65) before any thaw or output (default: signed_by in the "
+                             "config)")
     parser.add_argument("--engine", choices=sorted(ENGINES), default="fast",
                         help="OpenPGP engine: fast (default; our streaming SEIPD v1 on OpenSSL, "
                              "falls back to reference for keys it does not handle) or "
@@ -118,6 +131,8 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         raise UsageError("restore needs the secret key: give -k/--keyring FILE")
     config = open_config(args)
     secret_keys = [] if args.dry_run else load_secret_keys(args.keyring)
+    signed_by = args.signed_by or config.signed_by
+    signers = None if signed_by is None else load_trusted_signers(signed_by)
     spool = open_spool(args, environment.env, config)
     opened = open_vault(backup_id.vault, config, spool.root)
     tier = args.tier or opened.restore_tier
@@ -127,6 +142,10 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         preparation = Preparation(local=False)
     else:
         preparation = prepare_restore(spool, backup_id, opened, tier=tier, days=days)
+    if signers is not None and preparation.manifest_data is not None:
+        # Before any Glacier restore is paid for: is it the signer's backup at all?
+        check_manifest_signature(signers, backup_id, preparation.manifest_data,
+                                 fetch_signature(opened, backup_id, spool.queue_dir(Queue.THAW)))
     if args.dry_run:
         message = (preparation.plan.describe() if preparation.plan is not None else
                    f"backup {backup_id}: already in the restore queue" if preparation.local
@@ -149,6 +168,9 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         wait=args.wait or not preparation.local,
         timeout=args.timeout,
         supplier_failure=lambda: request_failure(spool, backup_id),
+        # The manifest actually used is checked again: the vault may have changed since.
+        authenticate=None if signers is None else (
+            lambda directory, data: _authenticate(signers, backup_id, directory, data)),
     )
     counters = Counters()
     show = args.progress and not args.quiet
@@ -167,6 +189,12 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     return 0
 
 
+def _authenticate(signers: TrustedSigners, backup_id: BackupId, directory: Path,
+                  data: bytes) -> None:
+    """Refuse the manifest ``data`` read from ``directory`` unless ``signers`` signed it."""
+    check_manifest_signature(signers, backup_id, data, read_local_signature(directory))
+
+
 @contextlib.contextmanager
 def _thawing(enabled: bool, spool: Spool, opened: OpenedVault, backup_id: BackupId,
              poll: float) -> Iterator[None]:
@@ -175,7 +203,12 @@ def _thawing(enabled: bool, spool: Spool, opened: OpenedVault, backup_id: Backup
         yield
         return
     stop = threading.Event()
-    thawer = Thawer(spool, lambda _: opened, first_poll=poll,
+
+    def on_pass(_completed: list[BackupId], errors: dict[BackupId, CryophileError]) -> None:
+        if backup_id in errors and request_failure(spool, backup_id) is not None:
+            _wake_waiter(spool.backup_dir(Queue.RESTORE, backup_id))
+
+    thawer = Thawer(spool, lambda _: opened, first_poll=poll, on_pass=on_pass,
                     selection=Selection(backup_id.vault, backup_id.prefix, backup_id.ulid))
     worker = threading.Thread(target=thawer.run, args=(stop,), kwargs={"until_done": True},
                               name="thaw", daemon=True)
@@ -185,6 +218,15 @@ def _thawing(enabled: bool, spool: Spool, opened: OpenedVault, backup_id: Backup
     finally:
         stop.set()
         worker.join()
+
+
+def _wake_waiter(directory: Path) -> None:
+    """Make the restore waiting on ``directory`` look again now, not at its next rescan
+    (up to 5 s later): the thaw request it waits on has failed, so it can stop."""
+    marker = directory / f".thaw-failed.{os.getpid()}"
+    with contextlib.suppress(OSError):
+        marker.touch()
+        marker.unlink()
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.keys import load_secret_keys
 from cryophile.pipeline.openpgp import ENGINES, engine_for
 from cryophile.pipeline.stages import write_all
+from cryophile.signing import load_trusted_signers
 from cryophile.vault.factory import OpenedVault, open_vault
 from cryophile.verification import Decryption, Report, Verifier
 
@@ -66,7 +67,9 @@ examples:
   cryophile verify -v VAULT -p hosts/db1 --all                 # nightly, cheap
   cryophile verify -v VAULT -p hosts/db1 -u 01JDX… --download  # read every byte back
   cryophile verify -v VAULT -p hosts/db1 -u 01JDX… --download -k backup.key -P 3 3<pass
-exit status: 0 healthy; 65 damaged (each bad fragment is named); 75 not
+  cryophile verify -v VAULT -p hosts/db1 --all --signed-by host-sign.cert
+exit status: 0 healthy; 65 damaged (each bad fragment is named; with
+--signed-by also a missing or bad manifest signature); 75 not
 checkable now (archived fragments with --download: thaw them first); 66 no such
 backup in the vault; 77 -k: no key or passphrase fits.
 """
@@ -91,6 +94,10 @@ def register(commands: Any) -> argparse.ArgumentParser:
                         help="with --download: also decrypt with this secret key (repeatable)")
     parser.add_argument("-P", "--pass-fd", type=file_descriptor, default=None, metavar="N",
                         help="with -k: read the passphrase from file descriptor N")
+    parser.add_argument("--signed-by", type=Path, default=None, metavar="CERT",
+                        help="require the manifest to be signed by a key in this certificate "
+                             "file; unsigned or badly signed backups are DAMAGED (default: "
+                             "signed_by in the config)")
     parser.add_argument("--engine", choices=sorted(ENGINES), default="reference",
                         help="with -k: the OpenPGP engine (default: reference)")
     parser.set_defaults(run=run)
@@ -127,12 +134,15 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
                                 passphrase_source(args.pass_fd, environment.env),
                                 engine_for(args.engine))
     config = open_config(args)
+    signed_by = args.signed_by or config.signed_by
+    signers = None if signed_by is None else load_trusted_signers(signed_by)
     spool = open_spool(args, environment.env, config)
     opened = open_vault(vault_id, config, spool.root)
     targets, partial = _targets(args, opened)
     reports: list[Report] = []
     with tempfile.TemporaryDirectory(prefix=".cryophile-verify-", dir=spool.root) as name:
-        verifier = Verifier(opened, Path(name), download=args.download, decryption=decryption)
+        verifier = Verifier(opened, Path(name), download=args.download, decryption=decryption,
+                            signers=signers)
         for backup_id in targets:
             if not args.all:
                 backup_id = _check_exists(opened, backup_id)

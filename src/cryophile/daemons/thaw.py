@@ -54,7 +54,15 @@ from cryophile.errors import (
 )
 from cryophile.manifest import Manifest, parse
 from cryophile.pipeline.fragments import sha256_of_file
-from cryophile.spool import LOCK_NAME, Queue, Spool, publish, write_file_durably
+from cryophile.signing import MAX_SIGNATURE_BYTES, SIGNATURE_NAME, signature_key
+from cryophile.spool import (
+    LOCK_NAME,
+    Queue,
+    Spool,
+    publish,
+    read_spool_file,
+    write_file_durably,
+)
 from cryophile.vault.base import COLD_STORAGE_CLASSES, ObjectInfo, RestoreState
 from cryophile.vault.factory import OpenedVault
 
@@ -164,17 +172,52 @@ def fetch_manifest(opened: OpenedVault, backup_id: BackupId,
     Returns the parsed manifest and its bytes as stored.
     """
     part = scratch / f".{fragment_name(0)}.{os.getpid()}.{threading.get_ident()}.part"
-    try:
-        opened.vault.get(backup_id.object_key(0), part)
-    except NoInputError:
-        raise NoInputError(f"backup {backup_id} is not in vault {backup_id.vault} (no "
-                           "manifest there)") from None
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            opened.vault.get(backup_id.object_key(0), part)
+            break
+        except NoInputError:
+            raise NoInputError(f"backup {backup_id} is not in vault {backup_id.vault} (no "
+                               "manifest there)") from None
+        except DataError as error:
+            # A checksum mismatch may be a transfer damaged on the way: the manifest
+            # is small, so fetch it again before a request (or restore) fails for good.
+            if attempt == MAX_ATTEMPTS:
+                raise
+            logger.warning("manifest of %s: %s; will try again (attempt %d of %d)", backup_id,
+                           error, attempt, MAX_ATTEMPTS)
     try:
         data = part.read_bytes()
         return parse(data, expected=backup_id), data
     finally:
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
+
+
+def fetch_signature(opened: OpenedVault, backup_id: BackupId, scratch: Path) -> bytes | None:
+    """The manifest signature ``chunk.0.sig`` of ``backup_id`` from the vault; None if unsigned.
+
+    It is stored in STANDARD like the manifest, so no restore is needed.
+    """
+    key = signature_key(backup_id)
+    info = opened.vault.stat(key)
+    if info is None:
+        return None
+    if info.size > MAX_SIGNATURE_BYTES:
+        # Whoever can write to the vault must not make us download gigabytes.
+        raise DataError(f"{key} is {info.size} bytes: not a signature")
+    part = scratch / f".{SIGNATURE_NAME}.{os.getpid()}.{threading.get_ident()}.part"
+    try:
+        opened.vault.get(key, part)
+        data = part.read_bytes()
+    except NoInputError:
+        return None  # deleted since the stat
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+    if len(data) > MAX_SIGNATURE_BYTES:
+        raise DataError(f"{key} is {len(data)} bytes: not a signature")
+    return data
 
 
 # -- the request on disk --------------------------------------------------------
@@ -213,8 +256,12 @@ def request_failure(spool: Spool, backup_id: BackupId) -> str | None:
     """The error of a failed request for ``backup_id``, or None."""
     try:
         state = load_state(request_dir(spool, backup_id))
-    except (FileNotFoundError, DataError):
+    except FileNotFoundError:
         return None
+    except DataError as damaged:
+        # A damaged state (or a symlink in its place) is never served: a restore
+        # waiting on it must stop with the reason, not wait for its timeout.
+        return str(damaged)
     error = state.get("error")
     return str(error) if state.get("status") == "failed" else None
 
@@ -222,7 +269,7 @@ def request_failure(spool: Spool, backup_id: BackupId) -> str | None:
 def load_state(directory: Path) -> dict[str, Any]:
     """The request state in ``directory``; DataError when it is damaged."""
     try:
-        state = json.loads((directory / STATE_NAME).read_bytes())
+        state = json.loads(read_spool_file(directory / STATE_NAME))
     except json.JSONDecodeError as error:
         raise DataError(f"thaw state {directory / STATE_NAME} is damaged: {error}") from None
     if not isinstance(state, dict) or not isinstance(state.get("fragments"), dict):
@@ -237,7 +284,9 @@ def _save(directory: Path, state: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def _request_lock(directory: Path) -> Any:
     """Hold the request's lock, or yield False when another thaw works on it."""
-    fd = os.open(directory / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, FILE_MODE)
+    # O_NOFOLLOW: O_CREAT through a planted dangling symlink would create its target.
+    fd = os.open(directory / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 FILE_MODE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -415,12 +464,26 @@ class Thawer:
                   target: Path) -> Manifest:
         published = target / fragment_name(0)
         if published.exists():
-            return parse(published.read_bytes(), expected=backup_id)
+            return parse(read_spool_file(published), expected=backup_id)
         manifest, data = fetch_manifest(opened, backup_id, directory)
-        part = directory / f"{fragment_name(0)}.part"
+        # The signature goes into the restore queue before the manifest: a
+        # restore that sees chunk.0 finds chunk.0.sig already (if signed).
+        try:
+            signature = fetch_signature(opened, backup_id, directory)
+        except DataError as error:
+            # Not this request's business to refuse: a restore that requires a
+            # signature (--signed-by) finds none and refuses; others need none.
+            logger.warning("thaw of %s: ignoring the manifest signature: %s", backup_id, error)
+            signature = None
+        for name in (SIGNATURE_NAME, fragment_name(0)):
+            with contextlib.suppress(FileNotFoundError):
+                (directory / f"{name}.part").unlink()
         with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-        write_file_durably(part, published, data)
+            (target / SIGNATURE_NAME).unlink()  # left by a pass killed before chunk.0
+        if signature is not None:
+            write_file_durably(directory / f"{SIGNATURE_NAME}.part", target / SIGNATURE_NAME,
+                               signature)
+        write_file_durably(directory / f"{fragment_name(0)}.part", published, data)
         return manifest
 
     def _fragment(self, opened: OpenedVault, backup_id: BackupId, index: int, size: int,
@@ -456,6 +519,10 @@ class Thawer:
                   key: str, entry: dict[str, Any], directory: Path, target: Path) -> bool:
         part = directory / f"{fragment_name(index)}.part"
         started = time.monotonic()
+        # Whatever is at the .part name (a killed pass's leftover, a planted symlink)
+        # goes first: the download must never be written through it.
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
         try:
             opened.vault.get(key, part)
         except TryLaterError:
@@ -508,13 +575,14 @@ class Preparation:
     local: bool
     plan: ThawPlan | None = None
     manifest: Manifest | None = None
+    manifest_data: bytes | None = None  # the manifest's bytes as stored (to check a signature)
 
 
 def in_restore_queue(spool: Spool, backup_id: BackupId) -> bool:
     """True when the manifest and every fragment it lists are in the restore queue."""
     directory = spool.backup_dir(Queue.RESTORE, backup_id)
     try:
-        manifest = parse((directory / fragment_name(0)).read_bytes(), expected=backup_id)
+        manifest = parse(read_spool_file(directory / fragment_name(0)), expected=backup_id)
     except FileNotFoundError:
         return False
     return all((directory / fragment_name(f.index)).exists() for f in manifest.fragments)
@@ -522,7 +590,7 @@ def in_restore_queue(spool: Spool, backup_id: BackupId) -> bool:
 
 def _missing(directory: Path, backup_id: BackupId) -> list[str]:
     try:
-        manifest = parse((directory / fragment_name(0)).read_bytes(), expected=backup_id)
+        manifest = parse(read_spool_file(directory / fragment_name(0)), expected=backup_id)
     except FileNotFoundError:
         return [f"{fragment_name(0)} (the manifest)"]
     return [fragment_name(f.index) for f in manifest.fragments
@@ -543,7 +611,7 @@ def prepare_restore(spool: Spool, backup_id: BackupId, opened: OpenedVault, *,
     if request_dir(spool, backup_id).exists():
         return Preparation(local=False)
     try:
-        manifest, _ = fetch_manifest(opened, backup_id, spool.queue_dir(Queue.THAW))
+        manifest, data = fetch_manifest(opened, backup_id, spool.queue_dir(Queue.THAW))
     except NoInputError as error:
         local = spool.backup_dir(Queue.RESTORE, backup_id)
         if local.exists():
@@ -556,7 +624,8 @@ def prepare_restore(spool: Spool, backup_id: BackupId, opened: OpenedVault, *,
     for info in infos.values():
         if info is not None and info.restore_state is RestoreState.COLD:
             check_tier(info.storage_class, tier)
-    return Preparation(False, make_plan(backup_id, manifest, infos, tier, days), manifest)
+    return Preparation(False, make_plan(backup_id, manifest, infos, tier, days), manifest,
+                       data)
 
 
 def finish_restore(spool: Spool, backup_id: BackupId) -> None:

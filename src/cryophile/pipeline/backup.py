@@ -2,7 +2,8 @@
 
 Stages run concurrently, joined by bounded queues of ≥ 1 MiB items::
 
-    [thread read+compress] → [worker process: encrypt] → [thread split+hash] → [this thread: write]
+    [thread: read → compress, on every core] → [thread: encrypt (the engine's
+    own stages) → split] → [this thread: SHA-256, write] → [thread: fsync, publish]
 
 The input is opened only after the backup id is claimed, so a FIFO is never
 drained into a backup that cannot be written. The manifest is published last;
@@ -29,7 +30,8 @@ from cryophile.pipeline.fragments import FragmentWriter, hash_pieces, split
 from cryophile.pipeline.keys import Recipients
 from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.stages import Counters, counting, read_blocks, threaded
-from cryophile.spool import LOCK_NAME, Queue, Spool, write_file_durably
+from cryophile.signing import SIGNATURE_NAME
+from cryophile.spool import LOCK_NAME, Queue, Spool, describe_os_error, write_file_durably
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ class BackupPlan:
     fragment_size: int
     recipients: Recipients
     engine: Engine
+    # Signs the manifest bytes (--sign-key): a detached signature published
+    # as chunk.0.sig *before* chunk.0, so the "complete" marker comes last.
+    sign: Callable[[bytes], bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,12 +81,15 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
         input_fd = open_input()
         digests: dict[int, str] = {}
         try:
-            compressed = threaded(plan.codec.compress(counting(_reading(input_fd), counters)),
-                                  name="compress")
+            blocks = counting(_reading(input_fd, plan.codec.block_size), counters)
+            # Compression looks ahead on its own (ordered_map): a short queue
+            # here, as its items are up to 8 MiB.
+            compressed = threaded(plan.codec.compress(blocks), name="compress", depth=1)
             ciphertext = plan.engine.encrypt(compressed, plan.recipients)
-            pieces = threaded(hash_pieces(split(ciphertext, plan.fragment_size), digests),
-                              name="split-hash")
-            writer.write(pieces)
+            # CFB encryption is sequential: its thread does nothing else. The
+            # fragments' SHA-256 is computed here, in the writing thread.
+            pieces = threaded(split(ciphertext, plan.fragment_size), name="encrypt")
+            writer.write(hash_pieces(pieces, digests))
         finally:
             os.close(input_fd)
         fragments = tuple(Fragment(index, writer.sizes[index], digests[index])
@@ -95,16 +103,25 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
             fragment_size=plan.fragment_size,
             fragments=fragments,
         )
+        manifest_bytes = manifest.to_json()
         try:
+            if plan.sign is not None:
+                write_file_durably(work_dir / f"{SIGNATURE_NAME}.part",
+                                   freeze_dir / SIGNATURE_NAME, plan.sign(manifest_bytes))
             write_file_durably(work_dir / f"{fragment_name(0)}.part",
-                               freeze_dir / fragment_name(0), manifest.to_json())
+                               freeze_dir / fragment_name(0), manifest_bytes)
         except OSError as error:
-            raise StorageIOError(f"cannot write the manifest: {error.strerror}") from None
+            # Name the place and say "full" like a fragment's error does.
+            raise StorageIOError(f"cannot write the manifest to the spool ({freeze_dir}): "
+                                 f"{describe_os_error(error)}") from None
         completed = True
     finally:
         writer.abort()
         if not completed:
-            for path in writer.published:
+            # The manifest first: one linked before its directory fsync failed
+            # must never outlive the fragments it lists.
+            for path in [freeze_dir / fragment_name(0), *writer.published,
+                         freeze_dir / SIGNATURE_NAME]:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             remove_empty_dirs(freeze_dir, spool.queue_dir(Queue.FREEZE))
@@ -118,8 +135,8 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
     return BackupResult(manifest, counters.bytes_in, seconds)
 
 
-def _reading(fd: int) -> Iterator[bytearray]:
+def _reading(fd: int, block_size: int) -> Iterator[bytearray]:
     try:
-        yield from read_blocks(fd)
+        yield from read_blocks(fd, block_size)
     except OSError as error:
         raise StorageIOError(f"cannot read the input: {error.strerror}") from None

@@ -36,7 +36,7 @@ from cryophile.pipeline.fragments import read_fragments
 from cryophile.pipeline.keys import SecretKey, select_secret_keys, unlock
 from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.stages import Counters, threaded, write_all
-from cryophile.spool import Queue, Spool
+from cryophile.spool import Queue, Spool, read_spool_file
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class RestorePlan:
     timeout: float | None = None
     # Returns why the supplier of fragments (a thaw request) gave up, if it did.
     supplier_failure: Callable[[], str | None] | None = None
+    # Checks the manifest's bytes (and its directory, for chunk.0.sig) before
+    # they are trusted; raises to refuse the backup (--signed-by).
+    authenticate: Callable[[Path, bytes], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,15 +103,22 @@ class _Waiter:
             self.counters.waiting_for = None
 
 
-def read_manifest(directory: Path, backup_id: BackupId,
-                  wait_for: Callable[[Path], None]) -> Manifest:
-    """Wait for and parse ``chunk.0`` of ``backup_id`` in ``directory``."""
+def read_manifest(directory: Path, backup_id: BackupId, wait_for: Callable[[Path], None],
+                  authenticate: Callable[[Path, bytes], None] | None = None) -> Manifest:
+    """Wait for and parse ``chunk.0`` of ``backup_id`` in ``directory``.
+
+    ``authenticate`` sees the exact bytes that are then parsed and used.
+    """
     path = directory / fragment_name(0)
     wait_for(path)
     try:
-        data = path.read_bytes()
+        # Never through a symlink planted in the restore queue (restore --wait
+        # reads it without thaw's checks).
+        data = read_spool_file(path)
     except OSError as error:
         raise StorageIOError(f"cannot read manifest {path}: {error.strerror}") from None
+    if authenticate is not None:
+        authenticate(directory, data)
     return parse(data, expected=backup_id)
 
 
@@ -132,7 +142,7 @@ def run_restore(spool: Spool, plan: RestorePlan, output_fd: int,
     counters = counters if counters is not None else Counters()
     waiter = _Waiter(directory, plan, counters)
     with waiter.watcher:
-        manifest = read_manifest(directory, plan.backup_id, waiter)
+        manifest = read_manifest(directory, plan.backup_id, waiter, plan.authenticate)
         counters.fragments_total = len(manifest.fragments)
         _warn_about_strays(directory, manifest)
         key, passphrase = choose_key(manifest, plan.secret_keys, plan.ask_passphrase)
@@ -195,7 +205,9 @@ def _warn_about_strays(directory: Path, manifest: Manifest) -> None:
     known = {fragment_name(fragment.index) for fragment in manifest.fragments}
     known.add(fragment_name(0))
     for name in sorted(os.listdir(directory)):
-        if name.startswith("chunk.") and name not in known and not name.endswith(".part"):
+        # chunk.0.sig is the manifest's signature, not a fragment.
+        if (name.startswith("chunk.") and name not in known
+                and not name.endswith((".part", ".sig"))):
             logger.warning("ignoring %s in %s: the manifest lists %d fragment(s)", name,
                            directory, len(manifest.fragments))
 
