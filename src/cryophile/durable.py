@@ -54,7 +54,12 @@ def remove_empty_dirs(directory: Path, stop: Path) -> None:
             current.rmdir()
         except OSError:
             return  # not empty (or already gone): the rest is someone else's
-        fsync_dir(current.parent)
+        try:
+            fsync_dir(current.parent)
+        except FileNotFoundError:
+            # A concurrent remover (another backup or freeze finishing in the
+            # same prefix) emptied and removed the parent meanwhile: its job now.
+            return
         current = current.parent
 
 

@@ -20,13 +20,14 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 
-from cryophile.backup_id import BackupId, normalize_prefix, parse_ulid, parse_vault
-from cryophile.durable import DIR_MODE, FILE_MODE, fsync_dir, make_dirs
-from cryophile.errors import AlreadyExistsError, StorageIOError, UsageError
+from cryophile.backup_id import BackupId, fragment_name, normalize_prefix, parse_ulid, parse_vault
+from cryophile.durable import DIR_MODE, FILE_MODE, fsync_dir, make_dirs, remove_empty_dirs
+from cryophile.errors import AlreadyExistsError, DataError, StorageIOError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,12 @@ class Spool:
                     spool.queue_dir(queue).mkdir(mode=DIR_MODE)
         except OSError as error:
             raise StorageIOError(f"spool {str(root)!r} is not writable: {error.strerror}") from None
+        for queue in Queue:
+            # A queue that is a symlink would make backup write, freeze upload and
+            # restore delete wherever it points: refuse it (the root may be a link).
+            if spool.queue_dir(queue).is_symlink():
+                raise StorageIOError(f"spool queue {str(spool.queue_dir(queue))!r} is a "
+                                     "symbolic link; refusing to follow it")
         if not os.access(root, os.W_OK | os.X_OK):
             raise StorageIOError(f"spool {str(root)!r} is not writable")
         return spool
@@ -99,8 +106,15 @@ class Spool:
         return self.root / queue.value
 
     def backup_dir(self, queue: Queue, backup_id: BackupId) -> Path:
-        """``SPOOL/<queue>/<vault>/<prefix>/<ULID>``."""
-        return self.queue_dir(queue) / backup_id.relative_path
+        """``SPOOL/<queue>/<vault>/<prefix>/<ULID>``.
+
+        Raises DataError when a component of it below the queue directory is a
+        symbolic link: the spool is cryophile's own tree, and a link planted in
+        it must never make a command write, upload or delete elsewhere.
+        """
+        path = self.queue_dir(queue) / backup_id.relative_path
+        refuse_symlinks(self.queue_dir(queue), path)
+        return path
 
     def is_taken(self, backup_id: BackupId) -> Queue | None:
         """The first queue that already holds ``backup_id``, or None."""
@@ -114,18 +128,29 @@ class Spool:
 
         Raises AlreadyExistsError when the id is taken in any queue. The
         returned lock is held (flock) until released, so other processes can
-        tell a backup being written from one whose writer died.
+        tell a backup being written from one whose writer died. Raises
+        StorageIOError naming the path when the spool cannot take the claim
+        (no space or no inodes left); then nothing of it stays behind, since a
+        ``backup/ID`` without its lock would look like a dead writer and block
+        the id for good.
         """
         taken = self.is_taken(backup_id)
         if taken is not None:
-            raise AlreadyExistsError(f"backup {backup_id} already exists (in the {taken} queue)")
+            raise AlreadyExistsError(f"backup {backup_id} already exists (in the {taken} "
+                                     f"queue){self._dead_writer_hint(backup_id)}")
         work = self.backup_dir(Queue.BACKUP, backup_id)
-        make_dirs(work.parent)
         try:
-            work.mkdir(mode=DIR_MODE)
+            _make_dirs_racing_removals(work, exclusive=True)
         except FileExistsError:
             raise AlreadyExistsError(f"backup {backup_id} already exists") from None
-        lock = BackupLock(work / LOCK_NAME)
+        except OSError as error:  # not claimed: nothing of ours to remove
+            raise StorageIOError(f"cannot create {work}: {describe_os_error(error)}") from None
+        try:
+            lock = BackupLock(work / LOCK_NAME)
+        except OSError as error:
+            self._unclaim(backup_id, None)
+            raise StorageIOError(f"cannot create {work / LOCK_NAME}: "
+                                 f"{describe_os_error(error)}") from None
         # Re-check after claiming: another writer may have finished this id
         # between our check and our mkdir (it then removed its backup/ dir).
         for queue in (Queue.FREEZE, Queue.THAW, Queue.RESTORE):
@@ -135,13 +160,47 @@ class Spool:
                 work.rmdir()
                 raise AlreadyExistsError(
                     f"backup {backup_id} already exists (in the {queue} queue)")
-        make_dirs(self.backup_dir(Queue.FREEZE, backup_id))
+        freeze_dir = self.backup_dir(Queue.FREEZE, backup_id)
+        try:
+            _make_dirs_racing_removals(freeze_dir, exclusive=False)
+        except OSError as error:
+            self._unclaim(backup_id, lock)
+            raise StorageIOError(f"cannot create {freeze_dir}: "
+                                 f"{describe_os_error(error)}") from None
         return lock
+
+    def _dead_writer_hint(self, backup_id: BackupId) -> str:
+        """How to free an id whose writer was killed before its manifest ("" otherwise):
+        nothing removes such a leftover by itself, and ``-t TIME`` always names that id."""
+        work = self.backup_dir(Queue.BACKUP, backup_id)
+        queued = self.backup_dir(Queue.FREEZE, backup_id)
+        if (not work.is_dir() or is_being_written(work / LOCK_NAME)
+                or (queued / fragment_name(0)).exists()):
+            return ""
+        return (f"; its writer died before the manifest: remove {work} and {queued} to "
+                "use this id again")
+
+    def _unclaim(self, backup_id: BackupId, lock: BackupLock | None) -> None:
+        """Undo a claim that could not be finished: the lock, ``backup/ID`` and the
+        empty directories our ``mkdir -p`` left in both queues (unlink and rmdir
+        work on a full file system)."""
+        work = self.backup_dir(Queue.BACKUP, backup_id)
+        if lock is not None:
+            lock.release()
+        with contextlib.suppress(FileNotFoundError):
+            (work / LOCK_NAME).unlink()
+        remove_empty_dirs(work, self.queue_dir(Queue.BACKUP))
+        remove_empty_dirs(self.backup_dir(Queue.FREEZE, backup_id), self.queue_dir(Queue.FREEZE))
 
     def backups(self, queue: Queue) -> Iterator[BackupId]:
         """Every backup directory in ``queue`` (a directory whose name is a ULID)."""
         base = self.queue_dir(queue)
         for dirpath, dirnames, _ in os.walk(base):
+            for name in dirnames:
+                # os.walk never descends into a symlinked directory: say so.
+                if os.path.islink(os.path.join(dirpath, name)):
+                    logger.warning("ignoring %s: a symbolic link in the spool is never "
+                                   "followed", os.path.join(dirpath, name))
             relative = Path(dirpath).relative_to(base)
             if len(relative.parts) < 2:
                 continue
@@ -153,6 +212,30 @@ class Spool:
                 continue
             dirnames.clear()
             yield BackupId(vault, prefix, ulid)
+
+
+_CREATE_ATTEMPTS = 5
+
+
+def _make_dirs_racing_removals(directory: Path, *, exclusive: bool) -> None:
+    """``mkdir -p directory`` (``exclusive``: the last ``mkdir`` must create it).
+
+    A backup or freeze that finishes removes the parents it leaves empty
+    (:func:`remove_empty_dirs`); when one vanishes between our ``mkdir -p``
+    and our ``mkdir`` (FileNotFoundError), we start again instead of failing
+    a concurrent backup of the same prefix.
+    """
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            make_dirs(directory.parent)
+            if exclusive:
+                directory.mkdir(mode=DIR_MODE)
+            else:
+                make_dirs(directory)
+            return
+        except FileNotFoundError:
+            if attempt == _CREATE_ATTEMPTS - 1:
+                raise
 
 
 class BackupLock:
@@ -168,6 +251,38 @@ class BackupLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def refuse_symlinks(base: Path, path: Path) -> None:
+    """Raise DataError when ``path`` or a directory between ``base`` and it is a symlink.
+
+    Components that do not exist (yet) end the check: nothing can be followed there.
+    """
+    current = base
+    for part in path.relative_to(base).parts:
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if stat.S_ISLNK(mode):
+            raise DataError(f"{current} is a symbolic link; refusing to follow it (nothing "
+                            "in the spool may point elsewhere)")
+
+
+def read_spool_file(path: Path) -> bytes:
+    """The bytes of a small spool file (manifest, state), never through a symlink.
+
+    FileNotFoundError when it does not exist; DataError when it is a symlink.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise DataError(f"{path} is a symbolic link; refusing to follow it") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
 
 
 def is_being_written(lock_path: Path) -> bool:
@@ -203,17 +318,27 @@ def publish(part: Path, final: Path) -> None:
 
 
 def write_file_durably(part: Path, final: Path, data: bytes) -> None:
-    """Write ``data`` to ``part`` (new, 0600), fsync it and :func:`publish` it as ``final``."""
+    """Write ``data`` to ``part`` (new, 0600), fsync it and :func:`publish` it as ``final``.
+
+    On failure ``part`` is removed again: a full spool (ENOSPC on the write,
+    or on the link: tmpfs counts links against its inodes) must not leave a
+    file that keeps ``backup/ID`` from being cleaned up and its id taken.
+    """
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    publish(part, final)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        publish(part, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        raise
 
 
 def describe_os_error(error: OSError) -> str:

@@ -6,7 +6,8 @@ For each backup in the freeze queue:
    SHA-256, which the vault verifies; the local file is deleted only after
    ``stat`` confirms the stored size and checksum;
 2. once the manifest ``chunk.0`` exists and every fragment it lists is
-   confirmed in the vault, the manifest is uploaded (always in STANDARD, so
+   confirmed in the vault, its signature ``chunk.0.sig`` (if the backup was
+   signed) and then the manifest are uploaded (always in STANDARD, so
    listing never needs a restore), confirmed and deleted, and the backup's
    queue directory removed.
 
@@ -44,7 +45,8 @@ from cryophile.durable import fsync_dir, remove_empty_dirs, replace_file
 from cryophile.errors import CryophileError, DataError, ServiceError, StorageIOError
 from cryophile.manifest import Manifest, parse
 from cryophile.pipeline.fragments import sha256_of_file
-from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written
+from cryophile.signing import SIGNATURE_NAME, signature_key
+from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written, read_spool_file
 from cryophile.vault.factory import MANIFEST_STORAGE_CLASS, OpenedVault
 
 logger = logging.getLogger(__name__)
@@ -155,6 +157,7 @@ class Freezer:
 
     def _freeze(self, backup_id: BackupId, pool: ThreadPoolExecutor, report: PassReport) -> None:
         directory = self.spool.backup_dir(Queue.FREEZE, backup_id)
+        _refuse_symlinked_entries(directory)
         opened = self._vault(backup_id.vault)
         manifest_path = directory / fragment_name(0)
         manifest = self._read_manifest(manifest_path, backup_id)
@@ -184,12 +187,21 @@ class Freezer:
             if fragment.index not in present:
                 self._confirm(opened, backup_id.object_key(fragment.index), fragment.size,
                               fragment.sha256)
+        signature_path = directory / SIGNATURE_NAME
+        if signature_path.exists():
+            # Before the manifest: in the vault too, chunk.0 marks "complete", and
+            # a signed backup must never be seen complete without its signature.
+            report.uploaded_bytes += self._upload_one(
+                opened, signature_key(backup_id), signature_path,
+                sha256_of_file(signature_path), MANIFEST_STORAGE_CLASS, backup_id)
+            report.uploaded += 1
         manifest_sha = sha256_of_file(manifest_path)
         key = backup_id.object_key(0)
         report.uploaded_bytes += self._upload_one(opened, key, manifest_path, manifest_sha,
                                                   MANIFEST_STORAGE_CLASS, backup_id)
         report.uploaded += 1
         remove_empty_dirs(directory, self.spool.queue_dir(Queue.FREEZE))
+        self._remove_dead_writer(backup_id)
         report.completed.append(backup_id)
         logger.info("backup %s frozen: %d fragment(s), %d bytes in %s", backup_id,
                     len(manifest.fragments), manifest.stored_bytes, opened.vault,
@@ -197,9 +209,29 @@ class Freezer:
                            "fragments": len(manifest.fragments),
                            "bytes": manifest.stored_bytes})
 
+    def _remove_dead_writer(self, backup_id: BackupId) -> None:
+        """Remove the ``backup/ID`` of a frozen backup whose writer was killed after it
+        published the manifest (its ``.lock``, perhaps a ``chunk.0.part`` linked to the
+        manifest): nothing else would ever remove it, and ``status`` would call the
+        frozen backup abandoned. A writer still holding its lock is left alone.
+        """
+        work = self.spool.backup_dir(Queue.BACKUP, backup_id)
+        if is_being_written(work / LOCK_NAME):
+            return
+        try:
+            leftovers = list(work.iterdir())
+        except FileNotFoundError:
+            return  # the usual case: the writer cleaned up after itself
+        for path in leftovers:
+            if path.name == LOCK_NAME or path.name.endswith(".part"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        remove_empty_dirs(work, self.spool.queue_dir(Queue.BACKUP))
+        logger.info("backup %s: removed what its killed writer left in %s", backup_id, work)
+
     def _read_manifest(self, path: Path, backup_id: BackupId) -> Manifest | None:
         try:
-            data = path.read_bytes()
+            data = read_spool_file(path)
         except FileNotFoundError:
             return None
         return parse(data, expected=backup_id)
@@ -340,6 +372,16 @@ def _exceptions(futures: Iterable[Future[int]]) -> Iterable[CryophileError]:
             yield StorageIOError(f"local I/O error: {error}")
         else:
             raise error
+
+
+def _refuse_symlinked_entries(directory: Path) -> None:
+    """DataError naming the first symlink in a queued backup: what it points to (outside
+    the spool, perhaps) must never be uploaded as part of the backup."""
+    with contextlib.suppress(FileNotFoundError):
+        for path in sorted(directory.iterdir()):
+            if path.is_symlink():
+                raise DataError(f"{path} is a symbolic link; refusing to upload what it "
+                                "points to (leaving the backup queued)")
 
 
 def _fragments_in(directory: Path) -> dict[int, Path]:

@@ -242,7 +242,10 @@ class DirectoryVault:
             raise ServiceError(f"vault directory {self.root} does not exist (not mounted?)")
         if for_writing:
             try:
-                self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                # make_dirs, not mkdir(parents=True): pathlib creates the parents
+                # (the ``SPOOL-vaults`` data directory) with 0777 & ~umask, which
+                # under umask 0 made a world-writable directory above the vault.
+                make_dirs(self.root, DIR_MODE)
             except OSError as exc:
                 raise StorageIOError(f"cannot create vault directory {self.root}: {exc}") from exc
 
@@ -330,7 +333,9 @@ def _copy_hashing(source: Path, dest: Path, *, exclusive: bool = True) -> tuple[
             if exclusive:
                 writer = _open_new(dest)
             else:
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+                # O_NOFOLLOW: a symlink at ``dest`` must not redirect the download.
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, FILE_MODE)
                 writer = os.fdopen(fd, "wb")
             with writer:
                 while count := reader.readinto(buffer):
