@@ -20,6 +20,25 @@ to forward it or to fail it:
     the work, e.g. stored the object), then reset the connection instead of
     relaying the answer: the client must retry something that already
     succeeded.
+``Fault.TRUNCATE_REQUEST``
+    Forward the request head and the first half of its body to the server,
+    then reset both connections: the server sees an upload cut short, the
+    client a connection reset in the middle of sending.
+``Fault.CORRUPT_REQUEST``
+    Forward the whole request, with one byte of its body (the middle one)
+    flipped, and relay the server's answer: a checksum-verifying server must
+    refuse it.
+``Fault.TRUNCATE_RESPONSE``
+    Forward the request; relay the answer's head and the first half of its
+    body (``Content-Length``), then close the connection cleanly (FIN): the
+    client sees a short body.
+``Fault.CORRUPT_RESPONSE``
+    Forward the request; relay the whole answer with the middle byte of its
+    body flipped: the client must notice from the checksum.
+
+The four body faults apply only where there is a body (a request with a
+``Content-Length``; an answer 200/206 with a ``Content-Length``); elsewhere
+they act as ``NONE``.
 
 How it stays transparent to SigV4: the request bytes go to the server
 unchanged except for hop-by-hop headers that SigV4 never signs (botocore's
@@ -68,6 +87,15 @@ class Fault(enum.Enum):
     SLOW_DOWN = "503"
     STALL = "stall"
     DROP_RESPONSE = "drop-response"
+    TRUNCATE_REQUEST = "truncate-request"
+    CORRUPT_REQUEST = "corrupt-request"
+    TRUNCATE_RESPONSE = "truncate-response"
+    CORRUPT_RESPONSE = "corrupt-response"
+
+
+#: The faults that alter a body in flight (see the module docstring).
+BODY_FAULTS = frozenset({Fault.TRUNCATE_REQUEST, Fault.CORRUPT_REQUEST,
+                         Fault.TRUNCATE_RESPONSE, Fault.CORRUPT_RESPONSE})
 
 
 @dataclass(frozen=True)
@@ -231,6 +259,10 @@ class _Handler(socketserver.BaseRequestHandler):
         if fault is Fault.STALL:
             time.sleep(proxy.stall_seconds)
         with socket.create_connection(proxy.upstream, timeout=IO_TIMEOUT) as upstream:
+            if fault in BODY_FAULTS:
+                _body_fault(fault, client, upstream, head, rest, length, expects_continue,
+                            method)
+                return
             if fault is Fault.DROP_RESPONSE:
                 if expects_continue:
                     client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -241,6 +273,83 @@ class _Handler(socketserver.BaseRequestHandler):
                 return
             upstream.sendall(_rewrite_head(head) + rest)
             _pipe(client, upstream)
+
+
+def _body_fault(fault: Fault, client: socket.socket, upstream: socket.socket, head: bytes,
+                rest: bytes, length: int, expects_continue: bool, method: str) -> None:
+    """Carry one request and its answer, truncating or corrupting one body.
+
+    ``Expect: 100-continue`` is answered here and not passed on, so the
+    request body can be handled as plain bytes.
+    """
+    if expects_continue:
+        client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    upstream.sendall(_rewrite_head(head, drop={"expect"}))
+    if fault is Fault.TRUNCATE_REQUEST and length:
+        _relay_body(client, upstream, rest, length, stop_at=max(1, length // 2))
+        _reset(upstream)
+        _reset(client)
+        return
+    flip_at = length // 2 if fault is Fault.CORRUPT_REQUEST and length else None
+    _relay_body(client, upstream, rest, length, flip_at=flip_at)
+    if fault in (Fault.TRUNCATE_REQUEST, Fault.CORRUPT_REQUEST) or method == "HEAD":
+        # No response body to alter (a HEAD answer has a length but no body).
+        _pipe(client, upstream)
+        return
+    _relay_response(fault, client, upstream)
+
+
+def _relay_body(source: socket.socket, dest: socket.socket, already: bytes, length: int, *,
+                stop_at: int | None = None, flip_at: int | None = None) -> None:
+    """Copy ``length`` body bytes (``already`` read ones first); stop after
+    ``stop_at`` bytes, or flip the byte at offset ``flip_at``."""
+    limit = length if stop_at is None else min(stop_at, length)
+    sent = 0
+    data = already
+    while sent < limit:
+        if not data:
+            data = source.recv(min(_BLOCK, limit - sent))
+            if not data:
+                return
+        data = data[:limit - sent]
+        if flip_at is not None and sent <= flip_at < sent + len(data):
+            changed = bytearray(data)
+            changed[flip_at - sent] ^= 0x01
+            data = bytes(changed)
+        dest.sendall(data)
+        sent += len(data)
+        data = b""
+
+
+def _relay_response(fault: Fault, client: socket.socket, upstream: socket.socket) -> None:
+    """Relay the server's answer, truncating or corrupting a body it has."""
+    parsed = _read_head(upstream)
+    if parsed is None:
+        _reset(client)
+        return
+    head, rest = parsed
+    status_line, _, _ = head.partition(b"\r\n")
+    parts = status_line.split(b" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    _method, _target, headers = _parse_head(b"GET / HTTP/1.1\r\n" + head.partition(b"\r\n")[2])
+    length = int(headers.get("content-length", "0") or "0")
+    client.sendall(head)
+    if status not in (200, 206) or not length:
+        client.sendall(rest)
+        _drain_to(upstream, client)
+        return
+    if fault is Fault.TRUNCATE_RESPONSE:
+        _relay_body(upstream, client, rest, length, stop_at=max(1, length // 2))
+    else:
+        _relay_body(upstream, client, rest, length, flip_at=length // 2)
+    # A clean close: the client has to count the bytes to notice a short body.
+    client.shutdown(socket.SHUT_WR)
+
+
+def _drain_to(source: socket.socket, dest: socket.socket) -> None:
+    while data := source.recv(_BLOCK):
+        dest.sendall(data)
+    dest.shutdown(socket.SHUT_WR)
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes] | None:

@@ -292,6 +292,42 @@ class SeaweedFS:
             + f"\n--- {self.log_path} (last lines) ---\n{self.log_tail()}"
         )
 
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no clean shutdown), keeping its data and ports."""
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+        # The unix sockets a crash leaves behind would block the restart's binds.
+        leftovers = [self.workdir / "filer.sock", self.workdir / "s3.sock"]
+        for port in self.ports.values():
+            leftovers += Path("/tmp").glob(f"seaweedfs-*-{port}.sock")
+        for leftover in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+    def restart(self) -> S3Endpoint:
+        """Start the server again on the same ports and data after :meth:`kill`
+        (or :meth:`stop`): clients keep their endpoint URL, as with a real
+        server that crashed and came back."""
+        assert self.endpoint is not None, "restart() needs a server that was started"
+        assert self.process is None, "kill() or stop() the server first"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(self.ports),
+                cwd=self.workdir,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        outcome = self._wait_ready(self.endpoint)
+        if outcome is not None:
+            pytest.fail(f"SeaweedFS did not restart: {outcome}\n--- {self.log_path} (last "
+                        f"lines) ---\n{self.log_tail()}")
+        return self.endpoint
+
     def _wait_ready(self, endpoint: S3Endpoint) -> str | None:
         """None when the server stores objects; else why it did not."""
         assert self.process is not None

@@ -16,6 +16,8 @@ The schema::
 
     spool = "/var/spool/cryophile"          # optional
     metrics_file = "/var/lib/prometheus/node-exporter/cryophile.prom"   # optional
+    sign_key = "/etc/cryophile/sign.key"    # optional: backup signs manifests with it
+    signed_by = "/etc/cryophile/sign.cert"  # optional: restore/verify require that signer
 
     [[vault]]
     id = "0b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"   # required, a UUID
@@ -26,11 +28,12 @@ The schema::
     profile = "backup"                       # s3: optional AWS profile name
     storage_class = "GLACIER"                # default GLACIER
     restore_tier = "Bulk"                    # Bulk | Standard | Expedited, default Bulk
-    restore_days = 7                         # ≥ 1, default 7
+    restore_days = 7                         # 1-36500, default 7
     compression = "zstd"                     # optional: none | lz4 | zstd
     object_lock_mode = "GOVERNANCE"          # s3, optional: GOVERNANCE | COMPLIANCE
-    object_lock_days = 30                    # s3, required with object_lock_mode
+    object_lock_days = 30                    # s3, required with object_lock_mode; 1-36500
     max_bandwidth = "50M"                    # s3, optional: bytes/s, int or K/M/G/T
+    max_attempts = 10                        # s3, optional: tries per request, 1-20
     path = "/srv/vault"                      # dir: required
 
 Unknown keys are errors. Credentials are never read from this file: they come
@@ -63,8 +66,14 @@ SYSTEM_CONFIG = Path("/etc/cryophile/cryophile.toml")
 
 COMPRESSIONS = ("none", "lz4", "zstd")
 OBJECT_LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+#: Upper bound of ``restore_days`` and ``object_lock_days``.
+MAX_DAYS = 36500
+#: Tries per S3 request (botocore's ``max_attempts``): the default, and the
+#: most that makes sense (with back-off, 20 tries already take minutes).
+DEFAULT_MAX_ATTEMPTS = 10
+MAX_ATTEMPTS = 20
 
-_TOP_LEVEL_KEYS = frozenset({"spool", "metrics_file", "vault"})
+_TOP_LEVEL_KEYS = frozenset({"spool", "metrics_file", "sign_key", "signed_by", "vault"})
 _COMMON_KEYS = frozenset(
     {"id", "provider", "storage_class", "restore_tier", "restore_days", "compression"}
 )
@@ -77,6 +86,7 @@ _S3_KEYS = frozenset(
         "object_lock_mode",
         "object_lock_days",
         "max_bandwidth",
+        "max_attempts",
     }
 )
 _DIR_KEYS = frozenset({"path"})
@@ -110,6 +120,7 @@ class VaultConfig:
     object_lock_mode: str | None = None
     object_lock_days: int | None = None
     max_bandwidth: int | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     path: Path | None = None
 
 
@@ -117,12 +128,17 @@ class VaultConfig:
 class Config:
     """The whole configuration. ``source`` is the file it came from, or None
     for the built-in defaults; ``spool`` is None unless the file sets it, and so is
-    ``metrics_file`` (where the daemons write Prometheus metrics)."""
+    ``metrics_file`` (where the daemons write Prometheus metrics). ``sign_key``
+    is the secret key ``backup`` signs manifests with (``--sign-key`` wins);
+    ``signed_by`` the certificate whose signature ``restore`` and ``verify``
+    require (``--signed-by`` wins)."""
 
     source: Path | None = None
     spool: Path | None = None
     metrics_file: Path | None = None
     vaults: tuple[VaultConfig, ...] = ()
+    sign_key: Path | None = None
+    signed_by: Path | None = None
 
     def vault(self, vault_id: uuid.UUID) -> VaultConfig | None:
         """The entry for ``vault_id``, or None (then the embedded directory
@@ -151,7 +167,11 @@ def load_config(path: Path | None = None, *, search: Sequence[Path] | None = Non
     validated.
     """
     if path is not None:
-        if not path.exists():
+        try:
+            found = path.exists()
+        except OSError as exc:  # ENAMETOOLONG, ELOOP: a one-line error, not a traceback
+            raise ConfigError(f"{path}: cannot read configuration file: {exc.strerror}") from None
+        if not found:
             raise ConfigError(f"{path}: configuration file does not exist")
         return _load_file(path)
     for candidate in default_search_paths() if search is None else search:
@@ -213,7 +233,8 @@ class _Validator:
         if unknown:
             self._fail(
                 None, unknown[0],
-                f"unknown key {unknown[0]!r} (expected 'spool', 'metrics_file', [[vault]])",
+                f"unknown key {unknown[0]!r} (expected 'spool', 'metrics_file', 'sign_key', "
+                "'signed_by', [[vault]])",
             )
         spool = None
         if "spool" in document:
@@ -221,6 +242,13 @@ class _Validator:
         metrics_file = None
         if "metrics_file" in document:
             metrics_file = self._path(None, "metrics_file", document["metrics_file"])
+        # Key files, relative to the configuration file like every path in it.
+        sign_key = None
+        if "sign_key" in document:
+            sign_key = self._path(None, "sign_key", document["sign_key"])
+        signed_by = None
+        if "signed_by" in document:
+            signed_by = self._path(None, "signed_by", document["signed_by"])
         tables = document.get("vault", [])
         if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
             self._fail(None, "vault", "'vault' must be [[vault]] tables")
@@ -238,7 +266,7 @@ class _Validator:
             seen[entry.id] = index
             vaults.append(entry)
         return Config(source=self.source, spool=spool, metrics_file=metrics_file,
-                      vaults=tuple(vaults))
+                      vaults=tuple(vaults), sign_key=sign_key, signed_by=signed_by)
 
     def _vault(self, index: int, table: Mapping[str, Any]) -> VaultConfig:
         for key in table:
@@ -300,6 +328,13 @@ class _Validator:
                 values["max_bandwidth"] = parse_size(table["max_bandwidth"])
             except ValueError as exc:
                 self._fail(index, "max_bandwidth", str(exc))
+        if "max_attempts" in table:
+            attempts = table["max_attempts"]
+            if (isinstance(attempts, bool) or not isinstance(attempts, int)
+                    or not 1 <= attempts <= MAX_ATTEMPTS):
+                self._fail(index, "max_attempts",
+                           f"expected a whole number from 1 to {MAX_ATTEMPTS}, not {attempts!r}")
+            values["max_attempts"] = attempts
         return VaultConfig(**values)
 
     # -- value checkers: each returns the normalised value or fails --------
@@ -328,6 +363,10 @@ class _Validator:
         # TOML booleans arrive as bool, a subclass of int: refuse them.
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             self._fail(index, key, f"expected a whole number ≥ 1, not {value!r}")
+        # Both keys count days. A larger value is a typo, and object_lock_days
+        # = 10**10 would crash every upload (now + timedelta overflows).
+        if value > MAX_DAYS:
+            self._fail(index, key, f"{value} days is more than {MAX_DAYS} (100 years)")
         return value
 
     def _uuid(self, index: int, value: Any) -> uuid.UUID:
@@ -357,7 +396,9 @@ class _Validator:
     def _url(self, index: int, value: Any) -> str:
         text = self._string(index, "endpoint_url", value)
         parts = urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        # urlsplit keeps "http://a b" as host "a b": no URL has blanks or controls.
+        if (parts.scheme not in ("http", "https") or not parts.netloc
+                or any(c.isspace() or not c.isprintable() for c in text)):
             self._fail(index, "endpoint_url", f"{text!r} is not an http:// or https:// URL")
         return text
 

@@ -20,7 +20,9 @@ code  class               meaning
 ====  ==================  ==========================================================
 
 Transient versus permanent is part of the type: ``transient`` is True only for
-errors that a retry may cure without anybody changing anything.
+errors that a retry may cure without anybody changing anything. A transient
+error exits 75 whatever its class: VaultUnavailableError is a ServiceError
+(the vault did not answer), but the user's answer to it is "try later".
 """
 
 from __future__ import annotations

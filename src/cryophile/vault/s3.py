@@ -91,6 +91,10 @@ DEFAULT_PART_SIZE = 16 * MiB
 #: S3's limits for multipart uploads.
 MIN_PART_SIZE = 5 * MiB
 MAX_PARTS = 10_000
+#: Uploads of intact data that the server refuses for a checksum mismatch, and
+#: downloads whose body breaks off (both damaged on the wire), are tried this
+#: many times in all before a transient error.
+TRANSIT_ATTEMPTS = 3
 #: User metadata key holding the content's hex SHA-256 (x-amz-meta-sha256).
 SHA256_METADATA = "sha256"
 
@@ -147,7 +151,8 @@ class S3Vault:
     with explicit keys. The remaining parameters tune transfers: files of at
     least ``multipart_threshold`` bytes go up in ``part_size`` parts (≥ 5 MiB,
     raised as needed to stay within 10 000 parts), ``max_concurrency`` parts at
-    a time; ``retry_mode``/``max_attempts`` and the timeouts go to botocore.
+    a time; ``retry_mode``/``max_attempts`` (default: the vault's configured
+    ``max_attempts``) and the timeouts go to botocore.
     """
 
     def __init__(
@@ -159,7 +164,7 @@ class S3Vault:
         part_size: int = DEFAULT_PART_SIZE,
         max_concurrency: int = 4,
         retry_mode: RetryMode = "standard",
-        max_attempts: int = 10,
+        max_attempts: int | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 120.0,
     ) -> None:
@@ -184,7 +189,9 @@ class S3Vault:
                     f"vault {config.id}: AWS profile {config.profile!r} not found"
                 ) from None
         client_config = botocore.config.Config(
-            retries={"mode": retry_mode, "max_attempts": max_attempts},
+            retries={"mode": retry_mode,
+                     "max_attempts": config.max_attempts if max_attempts is None
+                     else max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             # Several uploads in parallel, each with several parts in flight.
@@ -321,8 +328,29 @@ class S3Vault:
         return RestoreState.RESTORED
 
     def get(self, key: str, dest: Path) -> None:
-        """See :meth:`cryophile.vault.base.Vault.get`."""
+        """See :meth:`cryophile.vault.base.Vault.get`.
+
+        A body that breaks off while it streams (short read, connection lost) is
+        fetched again, ``TRANSIT_ATTEMPTS`` times in all: botocore retries the
+        request but not the reading of its body, and one flaky transfer must not
+        fail a restore. Checksums still decide what is accepted.
+        """
         check_key(key)
+        attempt = 1
+        while True:
+            try:
+                self._get_once(key, dest)
+                return
+            except _BrokenBodyError as broken:
+                if attempt >= TRANSIT_ATTEMPTS:
+                    raise
+                logger.warning("%s; retrying (attempt %d of %d)", broken, attempt + 1,
+                               TRANSIT_ATTEMPTS, extra={"event": "retry",
+                                                        "operation": "GetObject",
+                                                        "attempt": attempt})
+                attempt += 1
+
+    def _get_once(self, key: str, dest: Path) -> None:
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         except botocore.exceptions.ClientError as exc:
@@ -349,13 +377,18 @@ class S3Vault:
         """Stream ``body`` into ``dest`` (fsynced); return its hex SHA-256."""
         digest = hashlib.sha256()
         try:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: a symlink at ``dest`` must not redirect the download.
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as writer:
                 for chunk in body.iter_chunks(_READ_BLOCK):
                     digest.update(chunk)
                     writer.write(chunk)
                 writer.flush()
                 os.fsync(writer.fileno())
+        except _BODY_BREAKS as exc:
+            raise _BrokenBodyError(f"download {self._where(key)}: the transfer broke off: "
+                                   f"{exc}") from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, "download", key) from exc
         except OSError as exc:
@@ -413,6 +446,7 @@ class S3Vault:
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=_b64_of_hex(sha256),
         )
+        refused = 0
         while True:
             conditional = self._conditional_writes
             if conditional:
@@ -431,6 +465,12 @@ class S3Vault:
                 if _is_write_conflict(exc):
                     self._after_conflict(key, size, sha256)
                     return
+                if _code(exc) in _BAD_DATA_CODES and _file_matches(source, sha256):
+                    # The file is intact, so the bytes were damaged on the way:
+                    # a network fault (transient), not damaged queued data.
+                    refused += 1
+                    self._refused_in_transit(exc, "upload", key, refused)
+                    continue
                 raise self._error(exc, "upload", key) from exc
             except botocore.exceptions.BotoCoreError as exc:
                 raise self._error(exc, "upload", key) from exc
@@ -500,20 +540,47 @@ class S3Vault:
         if self._throttle is not None:
             self._throttle.reserve(len(data))
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
-        try:
-            response = self._client.upload_part(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-                ContentLength=len(data),
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=checksum,
-            )
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise self._error(exc, f"upload part {number} of", key) from exc
-        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+        refused = 0
+        while True:
+            try:
+                response = self._client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                    ContentLength=len(data),
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=checksum,
+                )
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) in _BAD_DATA_CODES:
+                    # The checksum was computed from these very bytes in
+                    # memory: a refusal means they were damaged on the way.
+                    refused += 1
+                    self._refused_in_transit(exc, f"upload part {number} of", key, refused)
+                    continue
+                raise self._error(exc, f"upload part {number} of", key) from exc
+            except botocore.exceptions.BotoCoreError as exc:
+                raise self._error(exc, f"upload part {number} of", key) from exc
+            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+    def _refused_in_transit(self, exc: botocore.exceptions.ClientError, action: str, key: str,
+                            refused: int) -> None:
+        """The server refused intact bytes for their checksum (``refused`` times so far):
+        return to send them again, or raise a transient error after
+        ``TRANSIT_ATTEMPTS`` refusals. botocore does not retry a 400, and
+        reporting damaged data (exit 65) would send a person after a network fault."""
+        message = exc.response.get("Error", {}).get("Message", "") or _code(exc)
+        if refused >= TRANSIT_ATTEMPTS:
+            raise VaultUnavailableError(
+                f"{action} {self._where(key)}: the server refused the data {refused} times "
+                f"although it is intact here (damaged in transit?): {message}"
+            ) from exc
+        logger.warning("%s %s: the server refused the data (%s) although it is intact here: "
+                       "damaged in transit; retrying (attempt %d of %d)", action,
+                       self._where(key), message, refused + 1, TRANSIT_ATTEMPTS,
+                       extra={"event": "retry", "operation": action, "attempt": refused})
 
     def _complete(self, key: str, upload_id: str, parts: _Parts, size: int, sha256: str) -> bool:
         """Complete the upload; return False if it must still be aborted (an
@@ -689,6 +756,18 @@ class S3Vault:
         return f" (profile {self.config.profile!r})" if self.config.profile else ""
 
 
+class _BrokenBodyError(VaultUnavailableError):
+    """A download's body broke off mid-stream (see :meth:`S3Vault.get`)."""
+
+
+#: What botocore raises when a response body stops short or its connection dies.
+_BODY_BREAKS = (
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.ReadTimeoutError,
+)
+
+
 def _code(exc: botocore.exceptions.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -754,6 +833,18 @@ def _restore_state(
     if storage_class in COLD_STORAGE_CLASSES or archive_status:
         return RestoreState.COLD, None
     return RestoreState.NOT_NEEDED, None
+
+
+def _file_matches(source: Path, sha256: str) -> bool:
+    """True when ``source`` still hashes to ``sha256`` (False if it cannot be read)."""
+    digest = hashlib.sha256()
+    try:
+        with source.open("rb") as reader:
+            while block := reader.read(_READ_BLOCK):
+                digest.update(block)
+    except OSError:
+        return False
+    return digest.hexdigest() == sha256
 
 
 def _file_size(source: Path) -> int:
