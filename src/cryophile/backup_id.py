@@ -62,7 +62,10 @@ def parse_timestamp(text: str) -> datetime:
                          "e.g. 2026-11-26T03:00:00Z") from None
     if when.tzinfo is None:
         raise UsageError(f"invalid timestamp {text!r}: give a UTC offset, e.g. 'Z' or '+01:00'")
-    when = when.astimezone(UTC)
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:  # "9999-12-31T23:59:59-23:59" is past year 9999 in UTC
+        raise UsageError(f"invalid timestamp {text!r}: out of range") from None
     if when < datetime(1970, 1, 1, tzinfo=UTC):
         raise UsageError(f"invalid timestamp {text!r}: before 1970, outside the ULID range")
     return when

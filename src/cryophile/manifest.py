@@ -42,6 +42,9 @@ MAX_FRAGMENT_SIZE = 5 * 1024**4
 MAX_FRAGMENTS = 10**9
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{16,64}")
+_KEYS = frozenset({"format", "version", "vault", "prefix", "ulid", "created", "compression",
+                   "encryption", "engine", "recipients", "fragment_size", "fragments"})
+_FRAGMENT_KEYS = frozenset({"index", "size", "sha256"})
 
 
 @dataclass(frozen=True)
@@ -101,16 +104,23 @@ def parse(data: bytes, expected: BackupId | None = None) -> Manifest:
         raise DataError(f"manifest is {len(data)} bytes, larger than any real one")
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise DataError(f"manifest is not valid UTF-8 JSON: {error}") from None
+    except (ValueError, RecursionError) as error:
+        # ValueError covers UnicodeDecodeError and JSONDecodeError, and also the
+        # int-from-string digit limit: a hostile '"size": 1111…' (5,000 digits)
+        # must be refused as data, not crash list/restore/verify.
+        raise DataError(f"manifest is not valid UTF-8 JSON: {_shorten(str(error))}") from None
     if not isinstance(document, dict):
         raise DataError("manifest is not a JSON object")
     if document.get("format") != FORMAT:
-        raise DataError(f"not a cryophile manifest (format {document.get('format')!r})")
+        raise DataError("not a cryophile manifest (format "
+                        f"{_shorten(repr(document.get('format')))})")
     version = _field(document, "version", int)
     if version != VERSION:
-        raise DataError(f"manifest version {version} is not supported (this cryophile reads "
-                        f"version {VERSION}); upgrade cryophile")
+        raise DataError(f"manifest version {_shorten(str(version))} is not supported (this "
+                        f"cryophile reads version {VERSION}); upgrade cryophile")
+    # Version 1's schema is closed: a key we never write means the document
+    # was not written by us (or was tampered with), so it is not trusted.
+    _refuse_unknown(document, _KEYS, "manifest")
     try:
         backup_id = BackupId(
             parse_vault(_field(document, "vault", str)),
@@ -125,22 +135,32 @@ def parse(data: bytes, expected: BackupId | None = None) -> Manifest:
         created = datetime.fromisoformat(_field(document, "created", str))
     except ValueError:
         raise DataError("manifest field 'created' is not a time: "
-                        f"{document['created']!r}") from None
+                        f"{_shorten(repr(document['created']))}") from None
     if created.tzinfo is None:
         raise DataError("manifest field 'created' has no UTC offset")
+    try:
+        # Normalised here, once: "9999-12-31T23:59:59-23:59" is valid ISO but
+        # overflows when converted to UTC, which list and restore do later.
+        created = created.astimezone(UTC)
+    except OverflowError:
+        raise DataError("manifest field 'created' is out of range: "
+                        f"{_shorten(repr(document['created']))}") from None
     compression = _field(document, "compression", str)
     if compression not in COMPRESSIONS:
-        raise DataError(f"manifest names unknown compression {compression!r}")
+        raise DataError(f"manifest names unknown compression {_shorten(repr(compression))}")
     if document.get("encryption") != "openpgp":
-        raise DataError(f"manifest names unknown encryption {document.get('encryption')!r}")
+        raise DataError("manifest names unknown encryption "
+                        f"{_shorten(repr(document.get('encryption')))}")
     engine = _field(document, "engine", str)
     recipients = _field(document, "recipients", list)
     for recipient in recipients:
         if not isinstance(recipient, str) or not _FINGERPRINT.fullmatch(recipient):
-            raise DataError(f"manifest has a bad recipient fingerprint {recipient!r}")
+            raise DataError("manifest has a bad recipient fingerprint "
+                            f"{_shorten(repr(recipient))}")
     fragment_size = _field(document, "fragment_size", int)
     if not 0 < fragment_size <= MAX_FRAGMENT_SIZE:
-        raise DataError(f"manifest field 'fragment_size' out of range: {fragment_size}")
+        raise DataError("manifest field 'fragment_size' out of range: "
+                        f"{_shorten(str(fragment_size))}")
     fragments = tuple(_parse_fragments(_field(document, "fragments", list), fragment_size))
     return Manifest(backup_id, created, compression, engine, tuple(recipients), fragment_size,
                     fragments)
@@ -155,20 +175,36 @@ def _parse_fragments(entries: list[Any], fragment_size: int) -> list[Fragment]:
     for position, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict):
             raise DataError(f"manifest fragment entry {position} is not an object")
+        _refuse_unknown(entry, _FRAGMENT_KEYS, f"manifest fragment entry {position}")
         index = _field(entry, "index", int, f"fragment {position}")
         if index != position:
-            raise DataError(f"manifest fragment entry {position} has index {index}; "
+            raise DataError(f"manifest fragment entry {position} has index "
+                            f"{_shorten(str(index))}; "
                             "indices must run 1, 2, 3, … without gaps")
         size = _field(entry, "size", int, f"fragment {index}")
         last = position == len(entries)
         if not (0 < size <= fragment_size if last else size == fragment_size):
-            raise DataError(f"manifest fragment {index} has size {size}; every fragment but "
+            raise DataError(f"manifest fragment {index} has size {_shorten(str(size))}; "
+                            "every fragment but "
                             f"the last has the fragment size {fragment_size}")
         digest = _field(entry, "sha256", str, f"fragment {index}")
         if not _SHA256.fullmatch(digest):
-            raise DataError(f"manifest fragment {index} has a bad sha256 {digest!r}")
+            raise DataError(f"manifest fragment {index} has a bad sha256 "
+                            f"{_shorten(repr(digest))}")
         fragments.append(Fragment(index, size, digest))
     return fragments
+
+
+def _refuse_unknown(document: dict[str, Any], known: frozenset[str], where: str) -> None:
+    """DataError naming the first key of ``document`` that is not in ``known``."""
+    unknown = sorted(set(document) - known)
+    if unknown:
+        raise DataError(f"{where} has unknown field {_shorten(repr(unknown[0]))}")
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters: error lines stay readable."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _field(document: dict[str, Any], name: str, kind: type, where: str = "manifest") -> Any:

@@ -62,15 +62,15 @@ def non_negative_seconds(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    """A whole number ≥ 1."""
-    if not text.isdigit() or int(text) < 1:
+    """A whole number ≥ 1 (ASCII digits: str.isdigit() also takes "²" and "٣")."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise UsageError(f"invalid number {text!r}: expected a whole number of at least 1")
     return int(text)
 
 
 def file_descriptor(text: str) -> int:
-    """A file descriptor number (≥ 0)."""
-    if not text.isdigit():
+    """A file descriptor number (≥ 0), in ASCII digits."""
+    if not (text.isascii() and text.isdigit()):
         raise UsageError(f"invalid file descriptor {text!r}: expected a number such as 4")
     return int(text)
 

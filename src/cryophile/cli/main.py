@@ -8,6 +8,8 @@ shown only with ``-dd``. stdout carries data only.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import os
 import signal
@@ -54,6 +56,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _path(text: str) -> Path:
+    """A path option's value; "" is refused: Path("") is the current directory,
+    and ``-S ""`` (an unset shell variable) would make it the spool."""
+    if not text:
+        # ArgumentTypeError: argparse names the option in its message.
+        raise argparse.ArgumentTypeError("empty path (an unset shell variable?)")
+    return Path(text)
+
+
 def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     # Subcommand copies use SUPPRESS defaults so an option given before the
     # subcommand is not reset by the subcommand's own (absent) default.
@@ -61,10 +72,10 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         return argparse.SUPPRESS if suppress else value
 
     group = parser.add_argument_group("global options")
-    group.add_argument("-S", "--spool", type=Path, default=default(None), metavar="DIR",
+    group.add_argument("-S", "--spool", type=_path, default=default(None), metavar="DIR",
                        help="spool directory (default: $CRYOPHILE_SPOOL, else "
                             "/var/spool/cryophile as root, else ~/.local/state/cryophile/spool)")
-    group.add_argument("-c", "--config", type=Path, default=default(None), metavar="FILE",
+    group.add_argument("-c", "--config", type=_path, default=default(None), metavar="FILE",
                        help="configuration file (default: ~/.config/cryophile/cryophile.toml, "
                             "else /etc/cryophile/cryophile.toml)")
     group.add_argument("-d", "--debug", action="count", default=default(0),
@@ -109,6 +120,7 @@ def run(argv: Sequence[str], environment: Environment | None = None) -> int:
     """Run one command line; return its exit code (never raises for user errors)."""
     environment = environment or Environment()
     try:
+        _refuse_nul(argv)
         args = build_parser().parse_args(list(argv))
         level = level_from(args.debug, args.quiet, environment.env,
                            default=getattr(args, "default_log_level", logging.WARNING))
@@ -118,12 +130,61 @@ def run(argv: Sequence[str], environment: Environment | None = None) -> int:
         return command(args, environment)
     except CryophileError as error:
         print(f"cryophile: error: {error}", file=environment.stderr)
-        return int(error.exit_code)
+        # A transient error is "try later" (75) whatever its class (errors.py).
+        return int(ExitCode.TEMPFAIL if error.transient else error.exit_code)
+    except OSError as error:
+        # Only the standard streams' failures are expected here: EPIPE when
+        # the reader of `cryophile list | head -1` left, EBADF when a stream
+        # was closed at start-up (see _standard_fds). Anything else is a bug.
+        if error.errno not in (errno.EPIPE, errno.EBADF):
+            raise
+        what = ("standard output was closed by its reader" if error.errno == errno.EPIPE
+                else "a standard stream (stdin or stdout) is closed")
+        print(f"cryophile: error: {what}", file=environment.stderr)
+        return int(ExitCode.IOERR)
     except KeyboardInterrupt:
         print("cryophile: interrupted", file=environment.stderr)
         return 130
     except SystemExit as exit_request:  # --help and --version
         return exit_request.code if isinstance(exit_request.code, int) else 0
+
+
+def _refuse_nul(argv: Sequence[str]) -> None:
+    """A NUL character cannot reach the OS in a path or name: refuse it up front.
+
+    execve() cannot pass one, but in-process callers (tests, embedders) can,
+    and os/pathlib calls would raise ValueError deep inside a command.
+    """
+    for position, argument in enumerate(argv, start=1):
+        if "\0" in argument:
+            shown = repr(argument if len(argument) <= 80 else argument[:80] + "…")
+            raise UsageError(f"argument {position} {shown} contains a NUL character")
+
+
+def _standard_fds() -> tuple[int, int]:
+    """Make fds 0-2 safe to use; return the stdin and stdout fds to read and write data.
+
+    A standard fd that was closed when we started (``cryophile backup <&-``)
+    would be handed to the next file we open (a keyring, the backup's lock):
+    backup would then read that file as its input, restore would write
+    plaintext into it. Each closed one is pointed at /dev/null, and -1 is
+    returned in its place so the commands refuse it (EBADF) instead of
+    silently reading nothing or writing nowhere.
+    """
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    for fd in sorted(closed):
+        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
+    return (-1 if 0 in closed else 0), (-1 if 1 in closed else 1)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -136,12 +197,15 @@ def main() -> NoReturn:
     signal.signal(signal.SIGTERM, _terminate)
     # Let writes to a closed pipe raise BrokenPipeError instead of killing us.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    stdin_fd, stdout_fd = _standard_fds()
     try:
-        code = run(sys.argv[1:])
+        code = run(sys.argv[1:], Environment(stdin_fd=stdin_fd, stdout_fd=stdout_fd))
     except Exception as error:
         logger.debug("internal error", exc_info=True)
         print(f"cryophile: internal error: {type(error).__name__}: {error} "
               "(please report this; run with -dd for a traceback)", file=sys.stderr)
         code = int(ExitCode.SOFTWARE)
-    sys.stdout.flush()
+    if sys.stdout is not None:  # None when fd 1 was closed at start-up
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
     sys.exit(code)

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Mapping
 
 from cryophile.config import Config, load_config
+from cryophile.errors import StorageIOError
 from cryophile.spool import Spool, default_spool_root
 
 
@@ -25,8 +26,16 @@ def open_spool(args: argparse.Namespace, env: Mapping[str, str], config: Config)
     default location is created on first use.
     """
     if args.spool is not None:
-        return Spool.open(args.spool, create_root=False)
-    configured = str(config.spool) if config.spool is not None else None
-    root = default_spool_root(env, configured)
-    explicit = bool(env.get("CRYOPHILE_SPOOL")) or configured is not None
-    return Spool.open(root, create_root=not explicit)
+        root, explicit = args.spool, True
+    else:
+        configured = str(config.spool) if config.spool is not None else None
+        root = default_spool_root(env, configured)
+        explicit = bool(env.get("CRYOPHILE_SPOOL")) or configured is not None
+    try:
+        return Spool.open(root, create_root=not explicit)
+    except OSError as error:
+        # A path the kernel refuses to even look up (ENAMETOOLONG, ELOOP) is
+        # the user's bad value: one line naming it, not an internal error.
+        shown = str(root) if len(str(root)) <= 80 else str(root)[:80] + "…"
+        raise StorageIOError(f"cannot use spool directory {shown!r}: "
+                             f"{error.strerror or error}") from None

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,8 +219,10 @@ WaitFor = Callable[[Path], None]
 
 def read_fragments(directory: Path, manifest: Manifest, wait_for: WaitFor,
                    block_size: int = BLOCK_SIZE,
-                   counters: Counters | None = None) -> Iterator[bytes]:
+                   counters: Counters | None = None) -> Generator[bytes, None, None]:
     """Yield the message, fragment by fragment, each verified before it is used.
+
+    Closing the generator early closes every fragment it opened.
 
     ``wait_for(path)`` returns once ``path`` exists (or raises, e.g. on a
     timeout). Each fragment is opened once, hashed whole, and only then read

@@ -18,6 +18,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pysequoia
@@ -61,9 +62,15 @@ class SecretKey:
     key_fingerprints: frozenset[str]
 
 
+#: Far above any real keyring (a cert with many signatures is ~100 KiB); a
+#: larger "keyring" (say /dev/zero) is refused instead of filling memory.
+MAX_KEYRING_BYTES = 16 * 1024 * 1024
+
+
 def _read_keyring(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_KEYRING_BYTES + 1)
     except FileNotFoundError:
         raise NoInputError(f"keyring {str(path)!r} does not exist") from None
     except IsADirectoryError:
@@ -72,6 +79,9 @@ def _read_keyring(path: Path) -> bytes:
         raise StorageIOError(f"cannot read keyring {str(path)!r}: {error.strerror}") from None
     if not data.strip():
         raise ConfigError(f"keyring {str(path)!r} is empty")
+    if len(data) > MAX_KEYRING_BYTES:
+        raise ConfigError(f"keyring {str(path)!r} is larger than "
+                          f"{MAX_KEYRING_BYTES // (1024 * 1024)} MiB: not a key file")
     return data
 
 
@@ -148,6 +158,7 @@ def load_recipients(paths: Iterable[Path]) -> Recipients:
             if _secrets(cert) is not None:
                 logger.warning("keyring %s holds the secret key of %s: the backup host only "
                                "needs the certificate (public key)", path, cert.fingerprint)
+            _refuse_expired_or_revoked(path, cert)
             try:
                 probe = pysequoia.encrypt(b"", [cert], armor=False)
             except BaseException as error:
@@ -173,6 +184,23 @@ def load_recipients(paths: Iterable[Path]) -> Recipients:
     if not certificates:
         raise ConfigError("no keyring given: name certificate files with -k/--keyring")
     return Recipients(tuple(certificates), tuple(dict.fromkeys(subkeys)))
+
+
+def _refuse_expired_or_revoked(path: Path, cert: pysequoia.Cert) -> None:
+    """ConfigError for a revoked or expired certificate.
+
+    pysequoia.encrypt (0.1.x) happily encrypts to both, so its probe alone
+    does not enforce "valid, unexpired, unrevoked": a backup to a key revoked
+    because it leaked, or to one that expired, would be written without a word.
+    """
+    if cert.is_revoked:
+        raise ConfigError(f"keyring {str(path)!r}: certificate {cert.fingerprint} is revoked; "
+                          "no valid, unexpired, unrevoked encryption subkey")
+    expiration = cert.expiration
+    if expiration is not None and expiration <= datetime.now(UTC):
+        raise ConfigError(f"keyring {str(path)!r}: certificate {cert.fingerprint} expired on "
+                          f"{expiration:%Y-%m-%d}; no valid, unexpired, unrevoked encryption "
+                          "subkey")
 
 
 def load_secret_keys(paths: Iterable[Path]) -> list[SecretKey]:
