@@ -211,6 +211,7 @@ class FastEngine:
     def decrypt(self, ciphertext: Iterable[Buffer], key: SecretKey,
                 passphrase: str | None) -> Iterator[bytes]:
         """See :meth:`cryophile.pipeline.openpgp.Engine.decrypt`."""
+        seipd.load_decryption()
         recorder = _Recorder(ciphertext)
         reader = StreamReader(recorder)
         try:

@@ -47,6 +47,7 @@ import concurrent.futures
 import hashlib
 import os
 import secrets
+import threading
 from collections.abc import Iterable, Iterator
 
 from cryptography.hazmat.decrepit.ciphers.modes import CFB
@@ -242,11 +243,25 @@ class _FreeList:
 Segment = tuple[bytearray, int, _FreeList]
 
 
+def load_decryption() -> None:
+    """Start importing what decryption needs (numpy, ~0.1-0.2 s) in the background.
+
+    Imported lazily because only restore needs it. The engine calls this
+    before it waits for the first ciphertext, so the import overlaps with the
+    verification of the first fragment instead of following it; a segment
+    decrypted before it is done waits on Python's import lock.
+    """
+
+    def load() -> None:
+        from cryophile.pipeline.fastpgp import cfb  # noqa: PLC0415, F401
+
+    threading.Thread(target=load, name="load-numpy", daemon=True).start()
+
+
 def _decrypt_segment(session: SessionKey, iv: bytes, pieces: list[memoryview],
                      target: bytearray) -> None:
     """CFB-decrypt consecutive ciphertext ``pieces`` (one segment) into ``target``."""
-    # Imported here: numpy costs ~0.1 s of start-up that only restore needs.
-    from cryophile.pipeline.fastpgp import cfb  # noqa: PLC0415
+    from cryophile.pipeline.fastpgp import cfb  # noqa: PLC0415 - see load_decryption
 
     cfb.decrypt_segment(session.key, iv, pieces, target)
 
