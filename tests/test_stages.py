@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cryophile.pipeline.stages import ordered_map
+from cryophile.pipeline.stages import ordered_map, tune_allocator
 
 
 def test_results_come_in_input_order_whatever_order_the_work_finishes() -> None:
@@ -57,3 +57,10 @@ def test_an_error_is_raised_in_order_and_stops_the_work() -> None:
     with pytest.raises(ValueError, match="five"):
         next(results)
     assert max(started) < 10
+
+
+def test_the_allocator_tuning_is_accepted_by_glibc() -> None:
+    # mallopt answers 0 to a parameter or value it refuses (e.g. an mmap
+    # threshold above its maximum): then backup and restore would silently
+    # run with the page-faulting defaults.
+    assert tune_allocator()

@@ -29,7 +29,7 @@ from cryophile.pipeline.compress import Codec
 from cryophile.pipeline.fragments import FragmentWriter, hash_pieces, split
 from cryophile.pipeline.keys import Recipients
 from cryophile.pipeline.openpgp import Engine
-from cryophile.pipeline.stages import Counters, counting, read_blocks, threaded
+from cryophile.pipeline.stages import Counters, counting, read_blocks, threaded, tune_allocator
 from cryophile.signing import SIGNATURE_NAME
 from cryophile.spool import LOCK_NAME, Queue, Spool, describe_os_error, write_file_durably
 
@@ -70,6 +70,7 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
     spool.
     """
     started = time.monotonic()
+    tune_allocator()
     backup_id = plan.backup_id
     lock = spool.create_backup(backup_id)
     work_dir = spool.backup_dir(Queue.BACKUP, backup_id)

@@ -35,7 +35,7 @@ from cryophile.pipeline.compress import Buffer, Codec, codec_for, detecting
 from cryophile.pipeline.fragments import read_fragments
 from cryophile.pipeline.keys import SecretKey, select_secret_keys, unlock
 from cryophile.pipeline.openpgp import Engine
-from cryophile.pipeline.stages import Counters, threaded, write_all
+from cryophile.pipeline.stages import Counters, threaded, tune_allocator, write_all
 from cryophile.spool import Queue, Spool, read_spool_file
 
 logger = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ def run_restore(spool: Spool, plan: RestorePlan, output_fd: int,
     fails decryption; TryLaterError when ``timeout`` passes while waiting.
     """
     started = time.monotonic()
+    tune_allocator()
     directory = spool.backup_dir(Queue.RESTORE, plan.backup_id)
     if plan.wait:
         # Whoever delivers (thaw) creates it too; the watcher needs it now.

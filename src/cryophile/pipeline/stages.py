@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
 import fcntl
 import os
 import queue
@@ -136,6 +137,39 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], *, workers: int,
         finally:
             for future in pending:
                 future.cancel()
+
+
+#: glibc's mallopt() parameters (malloc.h) and the values tune_allocator sets.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 * 1024 * 1024
+TRIM_THRESHOLD = 256 * 1024 * 1024
+
+
+def tune_allocator() -> bool:
+    """Keep the pipeline's freed 1-8 MiB buffers for reuse instead of handing them back.
+
+    With glibc's defaults, buffers freed by one stage's thread are often
+    returned to the kernel (heap trimming, or munmap of mmapped chunks) and
+    the next allocation faults fresh zeroed pages in: 70-100 thousand page
+    faults and ~0.5-1 s of system time per GiB restored here. Raising the
+    mmap and trim thresholds (fixed values also stop glibc's own adaptive
+    threshold) removes most of them: 17 thousand faults, 10-15 % less wall
+    time for backup and restore (``bench/``). Memory stays bounded by the
+    pipeline's queues, as before; it is only not returned early. Only for
+    the backup and restore jobs, which end when the stream does — not for
+    the long-running daemons. Returns False where there is no glibc
+    ``mallopt`` (then nothing changes).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # mallopt returns 1 on success, 0 for a parameter or value it refuses.
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def enlarge_pipe(fd: int) -> None:
