@@ -431,18 +431,27 @@ def aws_isolation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
-    """A SeaweedFS server for the whole test session."""
-    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+@contextlib.contextmanager
+def isolated_aws_environment() -> Iterator[None]:
+    """No AWS_* variable, config file or instance metadata of this machine reaches boto3.
+
+    For the servers' readiness probes, which use boto3 like the tests do.
+    """
     with pytest.MonkeyPatch.context() as patch:
-        # The readiness probe uses boto3 too: isolate it like the tests.
         for name in list(os.environ):
             if name.startswith("AWS_"):
                 patch.delenv(name)
         patch.setenv("AWS_CONFIG_FILE", os.devnull + ".missing")
         patch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull + ".missing")
         patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        yield
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """A SeaweedFS server for the whole test session."""
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    with isolated_aws_environment():
         endpoint = server.start()
     try:
         yield endpoint

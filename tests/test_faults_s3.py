@@ -45,7 +45,7 @@ import oracles
 import test_freeze_s3 as fs
 from conftest import VAULT, Cli
 from faultproxy import BODY_FAULTS, Fault, FaultProxy, Request, capped
-from s3server import S3Bucket, SeaweedFS, _new_bucket
+from s3server import S3Bucket, SeaweedFS, _new_bucket, isolated_aws_environment
 from stress import full, pick
 
 PREFIX = fs.PREFIX
@@ -316,13 +316,8 @@ def test_freeze_then_thaw_killed_during_multipart_sized_transfers_complete(
 def crashable_seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """A SeaweedFS of this module's own, which the tests kill and restart."""
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs-crash"))
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("AWS_"):
-                patch.delenv(name)
-        patch.setenv("AWS_CONFIG_FILE", os.devnull + ".missing")
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull + ".missing")
-        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # Isolated for the whole module: restart() probes the server with boto3 too.
+    with isolated_aws_environment():
         server.start()
         try:
             yield server
