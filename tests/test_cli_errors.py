@@ -21,6 +21,15 @@ from conftest import VAULT, Cli, snapshot
 SENTINEL = b"precious stream bytes that must stay in the pipe\n" * 100
 
 
+
+def left_unread(read_end: int) -> bytes:
+    """What a command left of the sentinel in its stdin pipe (b"" if it read it all)."""
+    os.set_blocking(read_end, False)
+    try:
+        return os.read(read_end, len(SENTINEL) + 1)
+    except BlockingIOError:
+        return b""
+
 def run_with_pipe(cli: Cli, args: list[str | os.PathLike[str]]) -> tuple[int, str, bytes]:
     """Run with stdin a pipe holding SENTINEL; return code, stderr and what stayed unread."""
     read_end, write_end = os.pipe()
@@ -28,11 +37,7 @@ def run_with_pipe(cli: Cli, args: list[str | os.PathLike[str]]) -> tuple[int, st
     os.close(write_end)
     try:
         result = cli.run(args, stdin=read_end)
-        os.set_blocking(read_end, False)
-        try:
-            left = os.read(read_end, len(SENTINEL) + 1)
-        except BlockingIOError:
-            left = b""
+        left = left_unread(read_end)
     finally:
         os.close(read_end)
     return result.returncode, result.stderr, left

@@ -33,7 +33,7 @@ import oracles
 from conftest import VAULT, Cli, snapshot
 from cryophile.cli.main import Environment, run
 from stress import pick
-from test_cli_errors import SENTINEL, _sign_only_cert, assert_one_line
+from test_cli_errors import SENTINEL, _sign_only_cert, assert_one_line, left_unread
 
 ULID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
 LONG = "x" * 2000
@@ -67,11 +67,7 @@ def run_inprocess(spool: Path, argv: Sequence[str], env: Mapping[str, str] | Non
             code = run(list(argv), Environment(env=environment,
                                                stdin_fd=read_end if stdin_fd is None else stdin_fd,
                                                stdout_fd=stdout.fileno(), stderr=stderr))
-        os.set_blocking(read_end, False)
-        try:
-            unread = os.read(read_end, len(SENTINEL) + 1)
-        except BlockingIOError:
-            unread = b""
+        unread = left_unread(read_end)
     finally:
         os.close(read_end)
     data = out.read_bytes()
@@ -271,11 +267,7 @@ def test_options_through_the_real_command(name: str, cli: Cli, gpg_key: oracles.
     try:
         result = cli.run(expected.args(gpg_key), stdin=read_end,
                          env={"CRYOPHILE_ASKPASS": "/bin/false", **expected.env}, timeout=120)
-        os.set_blocking(read_end, False)
-        try:
-            unread = os.read(read_end, len(SENTINEL) + 1)
-        except BlockingIOError:
-            unread = b""
+        unread = left_unread(read_end)
     finally:
         os.close(read_end)
     outcome = Outcome(result.returncode, result.stderr, result.stdout, unread)
