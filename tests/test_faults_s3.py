@@ -45,6 +45,7 @@ import oracles
 import test_freeze_s3 as fs
 from conftest import VAULT, Cli
 from faultproxy import BODY_FAULTS, Fault, FaultProxy, Request, capped
+from polling import live_files, wait_until
 from s3server import S3Bucket, SeaweedFS, _new_bucket, isolated_aws_environment
 from stress import full, pick
 
@@ -57,14 +58,6 @@ RESTORE_TIMEOUT = "180"
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def wait_until(condition: Callable[[], object], *, timeout: float, what: str,
-               interval: float = 0.005) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
 
 
 def object_requests(proxy: FaultProxy, method: str) -> int:
@@ -208,7 +201,7 @@ def thaw_killed_at_seeded_points(s3: fs.S3Freeze, proxy: FaultProxy, ulid: str,
     daemon: subprocess.Popen[bytes] | None = None
     try:
         # The request exists before any daemon starts: its first scan finds it.
-        wait_until(lambda: list((s3.cli.spool / "thaw").rglob("state.json")), timeout=60,
+        wait_until(lambda: live_files(s3.cli.spool / "thaw", "state.json"), timeout=60,
                    what="restore to file its thaw request")
         for round_number in range(rounds):
             before = object_requests(proxy, "GET")

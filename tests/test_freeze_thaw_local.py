@@ -20,6 +20,7 @@ import pytest
 
 import oracles
 from conftest import VAULT, Cli
+from polling import live_files, wait_until
 
 PREFIX = "hosts/db1"
 
@@ -122,12 +123,8 @@ def test_fragments_of_a_running_backup_go_up_but_never_the_manifest(
             writer.write(os.urandom(12 * 1024 * 1024))
             writer.flush()
             # Wait until two fragments are handed to the freeze queue.
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                ready = list((cli.spool / "freeze").rglob("chunk.*"))
-                if len(ready) >= 2:
-                    break
-                time.sleep(0.1)
+            wait_until(lambda: len(live_files(cli.spool / "freeze", "chunk.*")) >= 2,
+                       "two fragments in the freeze queue", interval=0.1)
             result = cli.run(["freeze", "--once"])
             assert result.returncode == 0, result.stderr
             ulid = next((cli.spool / "backup" / VAULT / PREFIX).iterdir()).name
@@ -158,10 +155,8 @@ def test_abandoned_backup_is_not_uploaded(cli: Cli, gpg_key: oracles.KeyPair,
             # More than a fragment: the stages and pipes between them hold a few MiB.
             writer.write(os.urandom(16 * 1024 * 1024))
             writer.flush()
-            deadline = time.monotonic() + 60
-            while not list((cli.spool / "freeze").rglob("chunk.1")):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_until(lambda: live_files(cli.spool / "freeze", "chunk.1"),
+                       "chunk.1 in the freeze queue", interval=0.1)
             backup.kill()  # before the writer closes: the backup must not see its end
             backup.wait()
     finally:

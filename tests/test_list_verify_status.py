@@ -33,6 +33,7 @@ import pytest
 
 import oracles
 from conftest import REPO, VAULT, Cli, Result
+from polling import live_files, wait_until
 from s3server import S3Bucket
 
 PREFIX = "hosts/db1"
@@ -191,13 +192,6 @@ def wipe_spool(cli: Cli) -> None:
         shutil.rmtree(child)
 
 
-def wait_until(condition: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def writer_dirs(cli: Cli) -> list[Path]:
     base = cli.spool / "backup" / VAULT / PREFIX
     return sorted(base.iterdir()) if base.exists() else []
@@ -258,7 +252,7 @@ def test_states_across_backup_freeze_wipe_restore(cli: Cli, gpg_key: oracles.Key
         with fifo_writer(tmp_path / "x.fifo", writer_x) as fifo:
             fifo.write(random.Random(3).randbytes(16 * MiB))
             fifo.flush()
-            wait_until(lambda: len(list((cli.spool / "freeze").rglob("chunk.*"))) >= 2,
+            wait_until(lambda: len(live_files(cli.spool / "freeze", "chunk.*")) >= 2,
                        "two fragments in the freeze queue")
             assert cli.run(["freeze", "--once"]).returncode == 0
             x = writer_dirs(cli)[0].name

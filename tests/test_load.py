@@ -36,6 +36,7 @@ import pytest
 import oracles
 import test_freeze_s3 as fs
 from conftest import VAULT, Cli
+from polling import live_files, wait_until
 from s3server import S3Bucket
 from stress import full, pick
 
@@ -318,13 +319,6 @@ def daemons(cli: Cli, s3_bucket: S3Bucket, tmp_path: Path) -> Iterator[
                 daemon.process.wait()
 
 
-def wait_until(condition: Callable[[], object], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_four_concurrent_backups_while_freeze_and_thaw_daemons_run(
         daemons: tuple[fs.S3Freeze, list[Daemon]], gpg_key: oracles.KeyPair,
         tmp_path: Path) -> None:
@@ -351,7 +345,7 @@ def test_four_concurrent_backups_while_freeze_and_thaw_daemons_run(
     assert len({ulid for _, ulid, _ in results}) == 4
 
     # The freeze daemon, woken by inotify, uploads everything.
-    wait_until(lambda: not list((cli.spool / "freeze").rglob("chunk.*")),
+    wait_until(lambda: not live_files(cli.spool / "freeze", "chunk.*"),
                timeout=pick(120, 1800), what="the freeze daemon to empty its queue")
     # The bucket holds exactly each backup's manifest and the fragments it lists.
     expected: dict[str, int] = {}

@@ -45,6 +45,7 @@ import pytest
 
 import oracles
 from conftest import VAULT, Cli, Result, snapshot
+from polling import live_files, wait_until
 from s3server import S3Bucket
 
 PREFIX = "hosts/db1"
@@ -106,13 +107,6 @@ def files_containing(roots: Sequence[Path], marker: bytes) -> list[Path]:
                     if marker in handle.read():
                         found.append(path)
     return found
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def file_request(cli: Cli, key: oracles.KeyPair, ulid: str, *extra: str,
@@ -274,7 +268,7 @@ def test_no_plaintext_reaches_the_disk_during_backup_and_restore(
             writer.write(data[:8 * MiB])
             writer.flush()
             # Mid-stream: the first fragment is out, the rest is in flight.
-            wait_until(lambda: bool(list(cli.spool.glob(f"freeze/{VAULT}/{PREFIX}/*/chunk.1"))),
+            wait_until(lambda: live_files(cli.spool / "freeze" / VAULT / PREFIX, "chunk.1"),
                        "the first fragment")
             places.assert_clean(marker, "during the backup")
             writer.write(data[8 * MiB:])

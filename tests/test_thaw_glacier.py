@@ -49,6 +49,7 @@ from moto.s3.responses import S3Response
 import oracles
 from conftest import VAULT, Cli, Result
 from cryophile.daemons.watch import TreeWatcher
+from polling import live_files, wait_until
 from s3server import S3Bucket
 
 PREFIX = "hosts/db1"
@@ -249,13 +250,6 @@ def stop_daemon(daemon: subprocess.Popen[bytes]) -> int:
     return daemon.wait(timeout=30)
 
 
-def wait_until(condition: Any, *, timeout: float, what: str, interval: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
-
-
 @pytest.fixture
 def data(tar_stream: bytes) -> bytes:
     """~12 MiB of random bytes and a real tar stream: three 5 MiB fragments or so."""
@@ -428,7 +422,7 @@ def test_thaw_daemon_killed_mid_way_resumes_without_downloading_twice(
     try:
         # The request is filed before the daemon starts, so its first scan
         # finds it (see test_thaw_watcher_wakes_for_directories_made_during_a_refresh).
-        wait_until(lambda: list(glacier.queue("thaw").rglob("state.json")), timeout=60,
+        wait_until(lambda: live_files(glacier.queue("thaw"), "state.json"), timeout=60,
                    what="restore to file its thaw request")
         with logs[0].open("wb") as stderr:
             daemons.append(glacier.popen(["thaw", "--poll", "0.2", "--json"],
@@ -440,7 +434,7 @@ def test_thaw_daemon_killed_mid_way_resumes_without_downloading_twice(
         present = fragments_in(target)
         assert 2 <= len(present) <= len(keys) - len(held)
         assert restore.poll() is None  # still waiting for the rest
-        assert list(glacier.queue("thaw").rglob("state.json"))
+        assert live_files(glacier.queue("thaw"), "state.json")
 
         seen = len(moto_view.served)
         with logs[1].open("wb") as stderr:
@@ -614,7 +608,7 @@ def test_restore_finishing_while_the_daemon_completes_the_request_is_no_error(
 
     reader = threading.Thread(target=pump, daemon=True)
     try:
-        wait_until(lambda: list(glacier.queue("thaw").rglob("state.json")), timeout=60,
+        wait_until(lambda: live_files(glacier.queue("thaw"), "state.json"), timeout=60,
                    what="restore to file its thaw request")
         daemon = glacier.popen(["thaw", "--poll", "0.2", "--json"], stdin=subprocess.DEVNULL,
                                stderr=write_end)
