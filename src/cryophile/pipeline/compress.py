@@ -25,8 +25,9 @@ from typing import ClassVar, Protocol
 import lz4.frame
 import zstandard
 
-from cryophile.errors import DataError, UsageError
-from cryophile.pipeline.stages import BLOCK_SIZE, ordered_map, rebatch
+from cryophile.errors import UsageError
+from cryophile.pipeline.frames import Lz4Frames, ZstdFrames, decompress_frames
+from cryophile.pipeline.stages import BLOCK_SIZE, Buffer, ordered_map, rebatch
 
 DEFAULT_ZSTD_LEVEL = 3
 #: Compressing threads: one per core (the other stages mostly wait on them).
@@ -38,7 +39,6 @@ ZSTD_FRAME = 8 * 1024 * 1024
 #: in ratio and keep the lz4 backup within its memory budget.
 LZ4_FRAME = 1024 * 1024
 
-Buffer = bytes | bytearray | memoryview
 
 
 class Codec(Protocol):
@@ -105,25 +105,11 @@ class Zstd:
         yield from _frames(self._frame, blocks, self.workers, "zstd")
 
     def decompress(self, blocks: Iterable[Buffer]) -> Iterator[bytes]:
-        """Decompress one or more concatenated frames; a cut-off frame is a DataError."""
-        context = zstandard.ZstdDecompressor()
-        frame = context.decompressobj()
-        started = False
-        try:
-            for block in blocks:
-                data = bytes(block)
-                while data:
-                    started = True
-                    yield frame.decompress(data)
-                    if not frame.eof:
-                        break
-                    data = frame.unused_data
-                    frame = context.decompressobj()
-                    started = False
-        except zstandard.ZstdError as error:
-            raise DataError(f"zstd stream is damaged: {error}") from None
-        if started and not frame.eof:
-            raise DataError("zstd stream ends in the middle of a frame (truncated)")
+        """Decompress one or more concatenated frames, on :data:`WORKERS` threads, in order.
+
+        A damaged or cut-off frame is a DataError.
+        """
+        yield from decompress_frames(ZstdFrames(), blocks, self.workers)
 
 
 class Lz4:
@@ -149,24 +135,11 @@ class Lz4:
         yield from _frames(self._frame, blocks, self.workers, "lz4")
 
     def decompress(self, blocks: Iterable[Buffer]) -> Iterator[bytes]:
-        """Decompress one or more concatenated frames; a cut-off frame is a DataError."""
-        frame = lz4.frame.LZ4FrameDecompressor()
-        started = False
-        try:
-            for block in blocks:
-                data = bytes(block)
-                while data:
-                    started = True
-                    yield frame.decompress(data)
-                    if not frame.eof:
-                        break
-                    data = frame.unused_data
-                    frame = lz4.frame.LZ4FrameDecompressor()
-                    started = False
-        except RuntimeError as error:
-            raise DataError(f"lz4 stream is damaged: {error}") from None
-        if started and not frame.eof:
-            raise DataError("lz4 stream ends in the middle of a frame (truncated)")
+        """Decompress one or more concatenated frames, on :data:`WORKERS` threads, in order.
+
+        A damaged or cut-off frame is a DataError.
+        """
+        yield from decompress_frames(Lz4Frames(), blocks, self.workers)
 
 
 def _frames(frame: Callable[[Buffer], bytes], blocks: Iterable[Buffer], workers: int,

@@ -29,11 +29,10 @@ from typing import IO, Protocol
 
 from cryophile.errors import CryophileError, DataError, ServiceError
 from cryophile.pipeline.keys import Recipients, SecretKey
-from cryophile.pipeline.stages import enlarge_pipe, read_blocks, write_all
+from cryophile.pipeline.stages import Buffer, enlarge_pipe, read_blocks, write_all
 
 logger = logging.getLogger(__name__)
 
-Buffer = bytes | bytearray | memoryview
 
 WORKER_EXIT_DATA = 65
 STDERR_LIMIT = 64 * 1024

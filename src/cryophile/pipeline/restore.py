@@ -31,11 +31,11 @@ from cryophile.errors import (
     StorageIOError,
 )
 from cryophile.manifest import Manifest, parse
-from cryophile.pipeline.compress import Buffer, Codec, codec_for, detecting
+from cryophile.pipeline.compress import Codec, codec_for, detecting
 from cryophile.pipeline.fragments import read_fragments
 from cryophile.pipeline.keys import SecretKey, select_secret_keys, unlock
 from cryophile.pipeline.openpgp import Engine
-from cryophile.pipeline.stages import Counters, threaded, tune_allocator, write_all
+from cryophile.pipeline.stages import Buffer, Counters, threaded, tune_allocator, write_all
 from cryophile.spool import Queue, Spool, read_spool_file
 
 logger = logging.getLogger(__name__)
