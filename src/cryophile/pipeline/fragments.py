@@ -243,11 +243,14 @@ def read_fragments(directory: Path, manifest: Manifest, wait_for: WaitFor,
                 fd, ahead = ahead.result(), None
             else:
                 wait_for(path)
+                # The next fragment, if there, is verified on the other core
+                # meanwhile: at the start both cores would otherwise wait on
+                # one SHA-256 pass.
+                ahead = _start_next(directory, manifest, position)
                 fd = _open_verified(path, fragment, count)
             try:
-                if position + 1 < count:
-                    ahead = _VerifiedAhead.start_if_present(
-                        directory, manifest.fragments[position + 1], count)
+                if ahead is None:
+                    ahead = _start_next(directory, manifest, position)
                 yield from _blocks(fd, path, fragment.size, block_size, counters)
             finally:
                 os.close(fd)
@@ -256,6 +259,14 @@ def read_fragments(directory: Path, manifest: Manifest, wait_for: WaitFor,
     finally:
         if ahead is not None:
             ahead.discard()
+
+
+def _start_next(directory: Path, manifest: Manifest, position: int) -> _VerifiedAhead | None:
+    """Start verifying the fragment after ``position`` when it is there already."""
+    if position + 1 >= len(manifest.fragments):
+        return None
+    return _VerifiedAhead.start_if_present(directory, manifest.fragments[position + 1],
+                                           len(manifest.fragments))
 
 
 def _blocks(fd: int, path: Path, size: int, block_size: int,
