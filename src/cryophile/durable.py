@@ -7,8 +7,10 @@ or not there at all. Directories are created 0700: what they hold is private.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 DIR_MODE = 0o700
@@ -77,3 +79,34 @@ def replace_file(path: Path, data: bytes) -> None:
         os.close(fd)
     os.replace(temporary, path)
     fsync_dir(path.parent)
+
+
+#: sync_file_range(2) flag: start writing the range's dirty pages, do not wait.
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` bytes of ``fd`` from ``offset`` to disk now.
+
+    Only a hint, and it does not wait: durability still comes from fsync. A
+    large file written in one go and then fsynced makes the disk idle while
+    it is written and the fsync long (0.4-0.5 s per 256 MiB here), and on
+    ext4 that flush also stalls writers of other files. Started in steps as
+    the file grows, the writing happens meanwhile and the fsync finds little
+    left. Does nothing where the call does not exist (not Linux, not glibc).
+    """
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)

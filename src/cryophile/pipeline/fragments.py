@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryophile.backup_id import fragment_name
-from cryophile.durable import FILE_MODE
+from cryophile.durable import FILE_MODE, start_writeback
 from cryophile.errors import DataError, StorageIOError
 from cryophile.manifest import Fragment, Manifest
 from cryophile.pipeline.stages import BLOCK_SIZE, Counters
@@ -35,6 +35,10 @@ from cryophile.spool import describe_os_error, publish
 logger = logging.getLogger(__name__)
 
 Buffer = bytes | bytearray | memoryview
+
+#: Written bytes of a fragment are sent on to the disk in steps of this size
+#: (:func:`cryophile.durable.start_writeback`).
+WRITEBACK_STEP = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class FragmentWriter:
         self._fd: int | None = None
         self._index = 0
         self._written = 0
+        self._sent = 0  # bytes of the open fragment already sent on to the disk
         self._publishing: list[concurrent.futures.Future[None]] = []
         #: Fragments whose .part file exists and is not (yet) published.
         self._unpublished: set[int] = set()
@@ -152,6 +157,9 @@ class FragmentWriter:
             raise self._error(self._index, error) from None
         self._written += len(data)
         self.counters.bytes_out += len(data)
+        if self._written - self._sent >= WRITEBACK_STEP:
+            start_writeback(self._fd, self._sent, self._written - self._sent)
+            self._sent = self._written
 
     def _error(self, index: int, error: OSError) -> StorageIOError:
         return StorageIOError(f"cannot write fragment {index} to the spool "
@@ -168,6 +176,7 @@ class FragmentWriter:
     def _open(self, index: int) -> None:
         self._index = index
         self._written = 0
+        self._sent = 0
         self._unpublished.add(index)
         try:
             self._fd = os.open(self._part(index),
