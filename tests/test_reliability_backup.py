@@ -532,7 +532,7 @@ def test_spool_disk_full_fails_cleanly_and_the_id_works_again(
     elif full == "tmpfs-blocks":
         data = random.Random(4).randbytes(40 * MiB)
         with tmpfs(cli.spool, "size=16m"):
-            # Three fragments fit, the fourth cannot be reserved: full midway.
+            # Three fragments fit, the fourth does not: full midway.
             failed = run_backup(cli, gpg_key, ulid, data)
             assert_failed_cleanly(cli, ulid, failed, "No space left on device")
             assert_not_frozen(cli, ulid)

@@ -349,8 +349,13 @@ def secret_file(tmp_path: Path, name: str, text: str) -> Path:
 
 @pytest.fixture
 def protected_backup(cli: Cli, gpg_key_protected: oracles.KeyPair) -> tuple[str, bytes]:
-    """A 16 MiB backup to the protected key, staged in the restore queue."""
-    data = random.Random(3).randbytes(16 * MiB)
+    """A 48 MiB backup to the protected key, staged in the restore queue.
+
+    Larger than what restore holds in flight (two 8 MiB zstd frames being
+    decompressed, the queues before them), so the decryptor is still at work
+    when the test samples the process tree mid-stream.
+    """
+    data = random.Random(3).randbytes(48 * MiB)
     ulid = cli.backup(gpg_key_protected, data)
     cli.stage_for_restore(ulid)
     return ulid, data

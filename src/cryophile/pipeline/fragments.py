@@ -39,6 +39,7 @@ Buffer = bytes | bytearray | memoryview
 #: Written bytes of a fragment are sent on to the disk in steps of this size
 #: (:func:`cryophile.durable.start_writeback`).
 WRITEBACK_STEP = 8 * 1024 * 1024
+WRITEBACK_ALIGN = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,14 @@ def hash_pieces(pieces: Iterable[Piece], digests: dict[int, str]) -> Iterator[Pi
 class FragmentWriter:
     """Writes pieces into ``work_dir`` as ``chunk.N.part`` and publishes them to ``queue_dir``.
 
-    Space for each fragment is reserved up front when possible, so a full disk
-    fails early; the file is cut to its real size before it is published.
-    Publishing (ftruncate, fsync, link into the queue) runs in a thread of its
-    own, in fragment order, so that the next fragment is written while the
-    last one is flushed to disk: fsync waits ~0.4 s per 256 MiB here, which on
-    the writing thread would stall the whole pipeline.
+    Everything that waits for the disk runs in a publishing thread of its own,
+    in order, while the writing thread goes on: starting the writeback of
+    what was written (every :data:`WRITEBACK_STEP`), and publishing each
+    complete fragment (fsync, link into the queue). Block allocation happens
+    there too (the file system allocates at writeback): reserving a whole
+    fragment with ``posix_fallocate`` when it opens made the writer wait for
+    ext4 to read block bitmaps from disk, 0.1-0.5 s per fragment here. A full
+    disk still fails the write that does not fit (ENOSPC at ``write``).
     """
 
     def __init__(self, work_dir: Path, queue_dir: Path, fragment_size: int,
@@ -122,6 +125,7 @@ class FragmentWriter:
         self._written = 0
         self._sent = 0  # bytes of the open fragment already sent on to the disk
         self._publishing: list[concurrent.futures.Future[None]] = []
+        self._publisher: concurrent.futures.ThreadPoolExecutor | None = None
         #: Fragments whose .part file exists and is not (yet) published.
         self._unpublished: set[int] = set()
 
@@ -135,6 +139,7 @@ class FragmentWriter:
         # thread: after write() no fragment is half-published.
         with concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="publish") as publisher:
+            self._publisher = publisher
             for piece in pieces:
                 if self._fd is None:
                     self._open(piece.index)
@@ -145,6 +150,7 @@ class FragmentWriter:
                     assert fd is not None
                     self._publishing.append(
                         publisher.submit(self._publish, fd, self._index, self._written))
+        self._publisher = None
         self._check_published()
 
     def _write_piece(self, data: Buffer) -> None:
@@ -158,8 +164,14 @@ class FragmentWriter:
         self._written += len(data)
         self.counters.bytes_out += len(data)
         if self._written - self._sent >= WRITEBACK_STEP:
-            start_writeback(self._fd, self._sent, self._written - self._sent)
-            self._sent = self._written
+            # Whole pages only: the next write into a page under writeback
+            # would wait for the disk.
+            end = self._written - self._written % WRITEBACK_ALIGN
+            # In the publishing thread, before this fragment's publish (which
+            # closes the fd): starting writeback allocates blocks, which can wait.
+            assert self._publisher is not None
+            self._publisher.submit(start_writeback, self._fd, self._sent, end - self._sent)
+            self._sent = end
 
     def _error(self, index: int, error: OSError) -> StorageIOError:
         return StorageIOError(f"cannot write fragment {index} to the spool "
@@ -183,18 +195,11 @@ class FragmentWriter:
                                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         except OSError as error:
             raise self._error(index, error) from None
-        try:
-            os.posix_fallocate(self._fd, 0, self.fragment_size)
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise self._error(index, error) from None
-            # EOPNOTSUPP and friends: the file system cannot reserve; write anyway.
 
     def _publish(self, fd: int, index: int, size: int) -> None:
-        """Cut, flush and link fragment ``index`` (runs in the publishing thread)."""
+        """Flush and link fragment ``index`` (runs in the publishing thread)."""
         try:
             try:
-                os.ftruncate(fd, size)
                 os.fsync(fd)
             finally:
                 os.close(fd)
