@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from ulid import ULID
@@ -50,14 +51,22 @@ def fragment_size(text: str) -> int:
     return size
 
 
+#: Longest duration an option takes: a year ("inf" or 1e300 would overflow the
+#: clocks and sleeps they are handed to).
+MAX_SECONDS = 366 * 24 * 3600
+
+
 def non_negative_seconds(text: str) -> float:
-    """A duration in seconds (≥ 0)."""
+    """A duration in seconds, 0 to :data:`MAX_SECONDS`."""
     try:
         value = float(text)
     except ValueError:
         raise UsageError(f"invalid number of seconds {text!r}") from None
     if not value >= 0:
         raise UsageError(f"invalid number of seconds {text!r}: must be 0 or more")
+    if not value <= MAX_SECONDS:  # also inf
+        raise UsageError(f"invalid number of seconds {text!r}: at most {MAX_SECONDS} "
+                         "(366 days)")
     return value
 
 
@@ -66,6 +75,16 @@ def positive_int(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise UsageError(f"invalid number {text!r}: expected a whole number of at least 1")
     return int(text)
+
+
+def whole_number_up_to(maximum: int) -> Callable[[str], int]:
+    """An option type: a whole number from 1 to ``maximum``."""
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > maximum:
+            raise UsageError(f"invalid number {text!r}: at most {maximum}")
+        return value
+    return parse
 
 
 def file_descriptor(text: str) -> int:

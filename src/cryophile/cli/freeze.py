@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 from cryophile.cli.arguments import (
     add_selection_options,
     non_negative_seconds,
-    positive_int,
     selection_from,
+    whole_number_up_to,
 )
 from cryophile.cli.daemon import add_daemon_options, pass_exit_code, serve_until_signalled
 from cryophile.cli.resources import open_config, open_spool
-from cryophile.daemons.freeze import DEFAULT_PARALLEL, RESCAN_SECONDS, Freezer
+from cryophile.daemons.freeze import DEFAULT_PARALLEL, MAX_PARALLEL, RESCAN_SECONDS, Freezer
 from cryophile.metrics import recorder
 from cryophile.vault.factory import open_vault
 
@@ -52,8 +52,10 @@ def register(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--once", action="store_true",
                         help="one pass over the queue, then exit")
     add_selection_options(parser)
-    parser.add_argument("-j", "--parallel", type=positive_int, default=DEFAULT_PARALLEL,
-                        metavar="N", help=f"uploads in parallel (default {DEFAULT_PARALLEL})")
+    parser.add_argument("-j", "--parallel", type=whole_number_up_to(MAX_PARALLEL),
+                        default=DEFAULT_PARALLEL, metavar="N",
+                        help=f"uploads in parallel, 1 to {MAX_PARALLEL} "
+                             f"(default {DEFAULT_PARALLEL})")
     parser.add_argument("--rescan", type=non_negative_seconds, default=RESCAN_SECONDS,
                         metavar="SECONDS", help="daemon: rescan period (default 60)")
     add_daemon_options(parser)

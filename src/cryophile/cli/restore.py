@@ -17,10 +17,11 @@ from cryophile.cli.arguments import (
     backup_id_from,
     file_descriptor,
     non_negative_seconds,
-    positive_int,
+    whole_number_up_to,
 )
 from cryophile.cli.progress import add_progress_option, progress_line
 from cryophile.cli.resources import open_config, open_spool
+from cryophile.config import MAX_DAYS
 from cryophile.daemons.freeze import Selection
 from cryophile.daemons.thaw import (
     FIRST_POLL_SECONDS,
@@ -93,8 +94,9 @@ def register(commands: Any) -> argparse.ArgumentParser:
                              "tier, expected wait) and exit")
     parser.add_argument("--tier", choices=sorted(RESTORE_TIERS), default=None,
                         help="Glacier retrieval tier (default: the vault's, else Bulk)")
-    parser.add_argument("--days", type=positive_int, default=None, metavar="N",
-                        help="keep restored copies this many days (default: the vault's)")
+    parser.add_argument("--days", type=whole_number_up_to(MAX_DAYS), default=None, metavar="N",
+                        help=f"keep restored copies this many days, 1 to {MAX_DAYS} (default: "
+                             "the vault's)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the fragments in the restore queue after a successful "
                              "restore")

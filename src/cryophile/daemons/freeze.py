@@ -52,6 +52,8 @@ from cryophile.vault.factory import MANIFEST_STORAGE_CLASS, OpenedVault
 logger = logging.getLogger(__name__)
 
 DEFAULT_PARALLEL = 4
+#: Most uploads at once (each holds a connection and up to a 16 MiB part).
+MAX_PARALLEL = 64
 RESCAN_SECONDS = 60.0
 IN_FLIGHT_NAME = ".uploading.json"
 
