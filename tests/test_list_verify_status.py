@@ -33,6 +33,7 @@ import pytest
 
 import oracles
 from conftest import REPO, VAULT, Cli, Result
+from cryophile.spool import Queue, Spool
 from polling import live_files, wait_until
 from s3server import S3Bucket
 
@@ -646,3 +647,25 @@ def test_glacier_thawing_state_and_verify_not_checkable(
     assert thaw["restoring"] == fragments
     assert thaw["cold"] == thaw["downloaded"] == 0
     assert thaw["days"] == 2
+
+
+
+def test_list_and_status_create_nothing_and_need_no_spool(cli: Cli, tmp_path: Path) -> None:
+    # A mistyped -S, or a monitoring user's first run: read-only commands must not
+    # leave queue directories behind, nor create the default spool.
+    elsewhere = tmp_path / "not-a-spool"
+    elsewhere.mkdir()
+    for command in (["status"], ["status", "--json"], ["list"], ["list", "--json"]):
+        result = cli.run([*command, "-S", elsewhere])
+        assert result.returncode == 0, result.stderr
+        assert list(elsewhere.iterdir()) == [], command
+    status = json.loads(cli.run(["status", "--json", "-S", elsewhere]).stdout)
+    assert status["backup"] == status["freeze"] == status["thaw"] == status["restore"] == []
+    # The default location (root: /var/spool/cryophile) is not created by them either.
+    missing = tmp_path / "default" / "spool"
+    spool = Spool.open(missing, create_root=True, read_only=True)
+    assert not list(spool.backups(Queue.FREEZE))
+    assert not missing.exists()
+    # A command that writes still creates its queues.
+    assert cli.run(["freeze", "--once", "-S", elsewhere]).returncode == 0
+    assert (elsewhere / "freeze").is_dir()

@@ -67,13 +67,17 @@ class Spool:
         self.root = root
 
     @classmethod
-    def open(cls, root: Path, *, create_root: bool) -> Spool:
+    def open(cls, root: Path, *, create_root: bool, read_only: bool = False) -> Spool:
         """Check the spool and create its queue directories (0700).
 
         ``create_root`` creates a missing root (the default location); an
         explicitly named spool must exist. Raises StorageIOError naming the
         path when the spool is missing, not a directory, or not writable.
+        ``read_only`` (list, status) creates nothing and needs no write
+        permission: a missing default root or queue is simply empty.
         """
+        if read_only and not root.exists() and create_root:
+            return cls(root)
         if not root.exists():
             if not create_root:
                 raise StorageIOError(f"spool directory {str(root)!r} does not exist")
@@ -85,21 +89,27 @@ class Spool:
         if not root.is_dir():
             raise StorageIOError(f"spool {str(root)!r} is not a directory")
         spool = cls(root)
+        if read_only:
+            spool._refuse_linked_queues()
+            return spool
         try:
             for queue in Queue:
                 with contextlib.suppress(FileExistsError):
                     spool.queue_dir(queue).mkdir(mode=DIR_MODE)
         except OSError as error:
             raise StorageIOError(f"spool {str(root)!r} is not writable: {error.strerror}") from None
-        for queue in Queue:
-            # A queue that is a symlink would make backup write, freeze upload and
-            # restore delete wherever it points: refuse it (the root may be a link).
-            if spool.queue_dir(queue).is_symlink():
-                raise StorageIOError(f"spool queue {str(spool.queue_dir(queue))!r} is a "
-                                     "symbolic link; refusing to follow it")
+        spool._refuse_linked_queues()
         if not os.access(root, os.W_OK | os.X_OK):
             raise StorageIOError(f"spool {str(root)!r} is not writable")
         return spool
+
+    def _refuse_linked_queues(self) -> None:
+        for queue in Queue:
+            # A queue that is a symlink would make backup write, freeze upload and
+            # restore delete wherever it points: refuse it (the root may be a link).
+            if self.queue_dir(queue).is_symlink():
+                raise StorageIOError(f"spool queue {str(self.queue_dir(queue))!r} is a "
+                                     "symbolic link; refusing to follow it")
 
     def queue_dir(self, queue: Queue) -> Path:
         """The directory of one queue."""

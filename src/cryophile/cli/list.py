@@ -97,7 +97,7 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     only_vault = parse_vault(args.vault) if args.vault is not None else None
     prefix = normalize_prefix(args.prefix) if args.prefix is not None else None
     config = open_config(args)
-    spool = open_spool(args, environment.env, config)
+    spool = open_spool(args, environment.env, config, read_only=True)
     vault_ids = [only_vault] if only_vault is not None else known_vaults(spool, config)
     inventory = take_inventory(spool, lambda vault_id: open_vault(vault_id, config, spool.root),
                                vault_ids, prefix=prefix, only_vault=only_vault)

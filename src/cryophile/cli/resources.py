@@ -19,11 +19,14 @@ def open_config(args: argparse.Namespace) -> Config:
     return load_config(args.config)
 
 
-def open_spool(args: argparse.Namespace, env: Mapping[str, str], config: Config) -> Spool:
+def open_spool(args: argparse.Namespace, env: Mapping[str, str], config: Config, *,
+               read_only: bool = False) -> Spool:
     """The spool named by ``-S``, else ``CRYOPHILE_SPOOL``, the config, or the default.
 
     A spool named explicitly (``-S`` or ``CRYOPHILE_SPOOL``) must exist; the
-    default location is created on first use.
+    default location is created on first use, except by ``read_only``
+    commands, which create nothing (``cryophile status -S /tmp`` must not
+    leave queue directories in /tmp).
     """
     if args.spool is not None:
         root, explicit = args.spool, True
@@ -32,7 +35,7 @@ def open_spool(args: argparse.Namespace, env: Mapping[str, str], config: Config)
         root = default_spool_root(env, configured)
         explicit = bool(env.get("CRYOPHILE_SPOOL")) or configured is not None
     try:
-        return Spool.open(root, create_root=not explicit)
+        return Spool.open(root, create_root=not explicit, read_only=read_only)
     except OSError as error:
         # A path the kernel refuses to even look up (ENAMETOOLONG, ELOOP) is
         # the user's bad value: one line naming it, not an internal error.

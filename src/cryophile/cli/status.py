@@ -175,7 +175,7 @@ def format_status(document: dict[str, Any]) -> str:
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Scan the spool and print what waits in it."""
     config = open_config(args)
-    spool = open_spool(args, environment.env, config)
+    spool = open_spool(args, environment.env, config, read_only=True)
     document = build_status(str(spool.root), scan_spool(spool))
     document["uploading"] = uploads_in_flight(spool)
     output = json.dumps(document, indent=1) + "\n" if args.json else format_status(document)
