@@ -211,6 +211,30 @@ def _damaged(form: Format, source: Input, what: str) -> DataError:
     return DataError(f"{form.name} stream is damaged at offset {source.offset}: {what}")
 
 
+class _StreamingDecompressor(Protocol):
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes | None: ...
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+def _stream(form: Format, source: Input, frame: _StreamingDecompressor,
+            errors: type[Exception]) -> Iterator[bytes]:
+    """Decompress the one frame at the position as the stream goes by; give back the rest."""
+    try:
+        for data in source.blocks():
+            yield frame.decompress(data)
+            if frame.eof:
+                source.give_back(frame.unused_data or b"")
+                return
+    except errors as error:
+        raise DataError(f"{form.name} stream is damaged: {error}") from None
+    raise _truncated(form)
+
+
 def _require(form: Format, source: Input, count: int) -> None:
     if not source.fill(count):
         raise _truncated(form)
@@ -269,16 +293,8 @@ class ZstdFrames:
         return data
 
     def stream_frame(self, source: Input) -> Iterator[bytes]:
-        frame = zstandard.ZstdDecompressor().decompressobj()
-        try:
-            for data in source.blocks():
-                yield frame.decompress(data)
-                if frame.eof:
-                    source.give_back(frame.unused_data or b"")
-                    return
-        except zstandard.ZstdError as error:
-            raise DataError(f"zstd stream is damaged: {error}") from None
-        raise _truncated(self)
+        return _stream(self, source, zstandard.ZstdDecompressor().decompressobj(),
+                       zstandard.ZstdError)
 
 
 class Lz4Frames:
@@ -323,13 +339,4 @@ class Lz4Frames:
         return data
 
     def stream_frame(self, source: Input) -> Iterator[bytes]:
-        frame = lz4.frame.LZ4FrameDecompressor()
-        try:
-            for data in source.blocks():
-                yield frame.decompress(data)
-                if frame.eof:
-                    source.give_back(frame.unused_data or b"")
-                    return
-        except RuntimeError as error:
-            raise DataError(f"lz4 stream is damaged: {error}") from None
-        raise _truncated(self)
+        return _stream(self, source, lz4.frame.LZ4FrameDecompressor(), RuntimeError)
