@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import oracles
+from cryophile.spool import Spool
 
 pytest_plugins = ["s3server"]
 
@@ -139,6 +140,14 @@ def cli(spool: Path, tmp_path: Path) -> Cli:
     home = tmp_path / "home"
     home.mkdir()
     return Cli(spool, home)
+
+
+def prepare_spool(root: Path) -> None:
+    """Create the spool's queue directories, as the first command that writes does.
+
+    (``list`` and ``status`` create nothing: they cannot prepare a spool.)
+    """
+    Spool.open(root, create_root=True)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:

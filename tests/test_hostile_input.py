@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import oracles
-from conftest import VAULT, Cli, snapshot
+from conftest import VAULT, Cli, prepare_spool, snapshot
 from cryophile.cli.main import Environment, run
 from stress import pick
 from test_cli_errors import SENTINEL, _sign_only_cert, assert_one_line, left_unread
@@ -88,9 +88,9 @@ def state_of(spool: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def ready_spool(spool: Path) -> Path:
-    """A spool whose queue directories exist (every command creates them on first use)."""
+    """A spool whose queue directories exist (a writing command creates them on first use)."""
     (spool.parent / "home").mkdir(exist_ok=True)
-    assert run_inprocess(spool, ["status"]).code == 0
+    prepare_spool(spool)
     return spool
 
 
@@ -267,7 +267,7 @@ SUBPROCESS_CASES = sorted(name for name, c in OPTION_CASES.items()
 def test_options_through_the_real_command(name: str, cli: Cli, gpg_key: oracles.KeyPair,
                                           ) -> None:
     expected = OPTION_CASES[name]
-    assert cli.run(["status"]).returncode == 0
+    prepare_spool(cli.spool)
     before = state_of(cli.spool)
     read_end, write_end = os.pipe()
     os.write(write_end, SENTINEL)
@@ -596,7 +596,7 @@ def test_hostile_default_config_through_the_real_command(cli: Cli, gpg_key: orac
     config = cli.home / ".config" / "cryophile" / "cryophile.toml"
     config.parent.mkdir(parents=True)
     config.write_bytes(CONFIGS["huge-lock-days"][0] or b"")
-    assert cli.run(["status", "-c", "/dev/null"]).returncode == 0  # queue dirs exist
+    prepare_spool(cli.spool)
     before = state_of(cli.spool)
     read_end, write_end = os.pipe()
     os.write(write_end, SENTINEL)
@@ -678,7 +678,7 @@ def test_backup_refuses_expired_revoked_and_foreign_keyrings(ready_spool: Path,
 def test_backup_refuses_a_bad_keyring_among_good_ones(cli: Cli, gpg_key: oracles.KeyPair,
                                                       bad_keys: BadKeys) -> None:
     """The real command: one revoked certificate spoils the backup, nothing is written."""
-    assert cli.run(["status"]).returncode == 0
+    prepare_spool(cli.spool)
     before = state_of(cli.spool)
     result = cli.run(["backup", "-v", VAULT, "-k", gpg_key.cert, "-k", bad_keys.revoked],
                      stdin=b"data")
@@ -772,7 +772,7 @@ def test_closed_stdin_is_refused_not_backed_up_empty(cli: Cli,
                                                      gpg_key: oracles.KeyPair) -> None:
     """Before the fix the next file opened (the backup's own lock) became fd 0 and an
     empty backup was written with exit 0."""
-    assert cli.run(["status"]).returncode == 0
+    prepare_spool(cli.spool)
     before = state_of(cli.spool)
     result = _with_closed(0, cli, ["backup", "-v", VAULT, "-k", str(gpg_key.cert)])
     stderr = result.stderr.decode()
