@@ -9,6 +9,9 @@ recorded as GLACIER, and on SeaweedFS (a real S3 server) in GLACIER.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from cryophile.retention import (
     early_deletion,
     plan_retention,
 )
+from polling import live_files, wait_until
 from s3server import S3Bucket
 from test_list_verify_status import configure_s3_vault
 
@@ -301,3 +305,125 @@ def test_prune_on_seaweedfs(cli: Cli, gpg_key: oracles.KeyPair, s3_bucket: S3Buc
     assert keys
     assert all(key.startswith(f"{DB}/{ulids[2]}/") for key in keys)
 
+
+
+# -- prune --abandoned ----------------------------------------------------------------------
+
+
+def _writer(cli: Cli, key: oracles.KeyPair, fifo: Path, when: str) -> subprocess.Popen[bytes]:
+    """A backup reading from ``fifo`` (5 MiB fragments, no compression), named by ``when``;
+    its stderr goes to ``fifo`` with the suffix ``.log``."""
+    os.mkfifo(fifo)
+    with fifo.with_suffix(".log").open("wb") as log:  # the child keeps its own copy
+        return subprocess.Popen([sys.executable, "-m", "cryophile", "backup", "-v", VAULT,
+                                 "-p", DB, "-k", str(key.cert), "-s", "5M", "-C", "none",
+                                 "-t", when, "-i", str(fifo)], env=cli.environment(),
+                                stdout=subprocess.DEVNULL, stderr=log)
+
+
+def _fragments_queued(cli: Cli, count: int) -> None:
+    wait_until(lambda: len(live_files(cli.spool / "freeze", "chunk.*")) >= count,
+               f"{count} fragment(s) in the freeze queue", interval=0.05)
+
+
+def test_prune_abandoned_removes_a_dead_writers_leftovers_everywhere_and_nothing_else(
+        cli: Cli, gpg_key: oracles.KeyPair, tmp_path: Path) -> None:
+    vault_dir = cli.spool.parent / f"{cli.spool.name}-vaults" / VAULT
+    complete = _backup_at(cli, gpg_key, "2024-01-01T00:00:00Z")
+    # A writer killed mid-stream after a freezer uploaded two of its fragments.
+    dead_time = "2024-02-01T00:00:00Z"
+    dead = _writer(cli, gpg_key, tmp_path / "dead.fifo", dead_time)
+    with (tmp_path / "dead.fifo").open("wb") as writer:
+        writer.write(os.urandom(16 * 1024 * 1024))
+        writer.flush()
+        _fragments_queued(cli, 2)
+        assert cli.run(["freeze", "--once"]).returncode == 0
+        writer.write(os.urandom(6 * 1024 * 1024))
+        writer.flush()
+        _fragments_queued(cli, 1)
+        dead.kill()
+        dead.wait()
+    dead_ulid = next((cli.spool / "backup" / VAULT / DB).iterdir()).name
+    uploaded = sorted(path.name for path in (vault_dir / DB / dead_ulid).iterdir())
+    assert uploaded
+    assert "chunk.0" not in uploaded
+    # A writer that is alive, and a backup directory whose lock is not made yet.
+    alive = _writer(cli, gpg_key, tmp_path / "alive.fifo", "2024-03-01T00:00:00Z")
+    starting = cli.spool / "backup" / VAULT / DB / "01HQX5R0000000000000000000"
+    try:
+        with (tmp_path / "alive.fifo").open("wb") as writer:
+            writer.write(b"still writing")
+            writer.flush()
+            wait_until(lambda: len(list((cli.spool / "backup" / VAULT / DB).iterdir())) == 2,
+                       "the live writer's directory")
+            starting.mkdir()
+            status = json.loads(cli.run(["status", "--json"]).stdout)
+            assert f"{VAULT}/{DB}/{dead_ulid}" in status["abandoned"]
+            before = snapshot(cli.spool), snapshot(vault_dir)
+
+            plan = _prune(cli, "--abandoned", "--dry-run")
+            assert (snapshot(cli.spool), snapshot(vault_dir)) == before
+            entries = {entry["id"]: entry for entry in plan["abandoned"]}
+            assert set(entries) == {f"{VAULT}/{DB}/{dead_ulid}",
+                                    f"{VAULT}/{DB}/{starting.name}"}
+            dead_entry = entries[f"{VAULT}/{DB}/{dead_ulid}"]
+            assert dead_entry["action"] == "remove"
+            assert dead_entry["vault_objects"] == len(uploaded)
+            assert dead_entry["spool_fragments"] >= 1
+            assert entries[f"{VAULT}/{DB}/{starting.name}"]["action"] == "left"
+            assert "no lock file" in entries[f"{VAULT}/{DB}/{starting.name}"]["reason"]
+
+            human = cli.run(["prune", "-v", VAULT, "--abandoned"])
+            assert human.returncode == 0, human.stderr
+            assert f"{VAULT}/{DB}/{dead_ulid}: removed" in human.stdout.decode()
+            assert not (cli.spool / "freeze" / VAULT / DB / dead_ulid).exists()
+            assert not (cli.spool / "backup" / VAULT / DB / dead_ulid).exists()
+            assert not (vault_dir / DB / dead_ulid).exists()
+            assert starting.is_dir()
+            writer.write(b" and done")
+        assert alive.wait(timeout=60) == 0, (tmp_path / "alive.log").read_text()
+    finally:
+        if alive.poll() is None:
+            alive.kill()
+            alive.wait()
+    starting.rmdir()
+    assert cli.run(["freeze", "--once"]).returncode == 0
+    listed = _listed(cli)
+    assert listed[f"{VAULT}/{DB}/{complete}"] == "frozen"
+    assert f"{VAULT}/{DB}/{dead_ulid}" not in listed
+    assert list(listed.values()).count("frozen") == 2  # the complete one and the live one
+    # The id is free again: the same cron line now works.
+    again = cli.backup(gpg_key, b"the retried backup\n" * 100, "-t", dead_time, prefix=DB)
+    assert again == dead_ulid
+    assert _prune(cli, "--abandoned")["abandoned"] == []
+
+
+def test_prune_abandoned_takes_no_policy(cli: Cli) -> None:
+    result = cli.run(["prune", "-v", VAULT, "--abandoned", "--keep-last", "1"])
+    assert result.returncode == 64
+    assert "--abandoned takes no retention policy" in result.stderr
+
+
+def test_prune_abandoned_never_follows_a_symlink_in_the_spool(cli: Cli, tmp_path: Path) -> None:
+    # What a dead writer leaves, by hand: backup/ID with its (released) lock, and a
+    # freeze/ID that someone replaced with a link to a directory outside the spool.
+    ulid = "01HQX5R0000000000000000001"
+    work = cli.spool / "backup" / VAULT / DB / ulid
+    work.mkdir(parents=True)
+    (work / ".lock").write_bytes(b"")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "chunk.1").write_bytes(b"not yours")
+    queued = cli.spool / "freeze" / VAULT / DB / ulid
+    queued.parent.mkdir(parents=True)
+    queued.symlink_to(outside)
+    result = cli.run(["prune", "-v", VAULT, "--abandoned"])
+    assert result.returncode == 65, result.stderr
+    assert "symbolic link" in result.stdout.decode()
+    assert (outside / "chunk.1").read_bytes() == b"not yours"
+    assert queued.is_symlink()
+    assert (work / ".lock").exists()
+    # Without the link it goes.
+    queued.unlink()
+    assert _prune(cli, "--abandoned")["totals"] == {"removed": 1, "left": 0}
+    assert not work.exists()

@@ -187,8 +187,8 @@ class Spool:
         if (not work.is_dir() or is_being_written(work / LOCK_NAME)
                 or (queued / fragment_name(0)).exists()):
             return ""
-        return (f"; its writer died before the manifest: remove {work} and {queued} to "
-                "use this id again")
+        return (f"; its writer died before the manifest: remove {work} and {queued} "
+                f"('cryophile prune -v {backup_id.vault} --abandoned') to use this id again")
 
     def _unclaim(self, backup_id: BackupId, lock: BackupLock | None) -> None:
         """Undo a claim that could not be finished: the lock, ``backup/ID`` and the

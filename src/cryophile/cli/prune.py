@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryophile import abandoned
 from cryophile.backup_id import BackupId, normalize_prefix, parse_ulid, parse_vault
 from cryophile.cli.list import format_table
 from cryophile.cli.resources import open_config, open_spool
@@ -66,6 +67,11 @@ storage class's minimum duration (GLACIER, GLACIER_IR 90 days, DEEP_ARCHIVE 180,
 STANDARD_IA, ONEZONE_IA 30; counted from when the backup was written) are kept
 for now unless --allow-early-deletion. A delete the vault refuses (object lock,
 permissions) is reported and the others go on.
+
+With --abandoned (instead of a policy): remove the backups this spool lists as
+abandoned (their writer died before the manifest; see `cryophile status`): the
+fragments a freezer uploaded of them, then SPOOL/freeze/ID and SPOOL/backup/ID,
+holding the backup's lock, so a live writer is never touched.
 """
 
 EXAMPLES = """\
@@ -73,6 +79,7 @@ examples:
   cryophile prune -v VAULT --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --dry-run
   cryophile prune -v VAULT -p hosts/db1 --keep-last 3
   cryophile prune -v VAULT --keep-monthly 6 -n --json | jq '.backups[] | select(.action=="remove")'
+  cryophile prune -v VAULT --abandoned --dry-run
 exit status: 0 done (backups too young to delete are kept and named on stderr);
 69 the vault refused a delete (object lock, permissions), 75 it was unreachable
 (what could be deleted was); 65 a manifest in the vault is unreadable (that
@@ -109,6 +116,10 @@ def register(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--allow-early-deletion", action="store_true",
                         help="also delete backups younger than their storage class's minimum "
                              "duration (billed as if stored that long)")
+    parser.add_argument("--abandoned", action="store_true",
+                        help="instead of a retention policy: remove the backups in this spool "
+                             "whose writer died before the manifest (status lists them as "
+                             "abandoned), with what a freezer uploaded of them")
     parser.add_argument("--json", action="store_true",
                         help="print the plan or result as one JSON object (schema in the README)")
     parser.set_defaults(run=run)
@@ -360,6 +371,11 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     vault_id = parse_vault(args.vault)
     prefix = normalize_prefix(args.prefix) if args.prefix is not None else None
     policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
+    if args.abandoned:
+        if not policy.empty or args.allow_early_deletion:
+            raise UsageError("--abandoned takes no retention policy (--keep-*, "
+                             "--allow-early-deletion): run prune once for each")
+        return _prune_abandoned(args, environment, vault_id, prefix)
     if policy.empty:
         raise UsageError("give at least one of --keep-last, --keep-daily, --keep-weekly, "
                          "--keep-monthly (with none, every backup would be deleted)")
@@ -393,4 +409,50 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
                   file=environment.stderr)
     if not outcome.errors:
         return 0
+    return int(refused[0].exit_code if refused else ExitCode.TEMPFAIL)
+
+
+def _prune_abandoned(args: argparse.Namespace, environment: Environment, vault_id: uuid.UUID,
+                     prefix: str | None) -> int:
+    """``prune --abandoned``: remove the spool's abandoned backups, vault objects first."""
+    config = open_config(args)
+    spool = open_spool(args, environment.env, config)
+    opened = open_vault(vault_id, config, spool.root)
+    items = abandoned.find(spool, vault_id, prefix)
+    errors: list[CryophileError] = []
+    for item in items:
+        try:
+            abandoned.remove(spool, opened.vault, item, dry_run=args.dry_run)
+        except CryophileError as error:
+            item.action, item.reason = abandoned.LEFT, str(error)
+            errors.append(error)
+            continue
+        if item.action == abandoned.REMOVED:
+            logger.info("removed abandoned backup %s: %d fragment(s) from the spool, "
+                        "%d object(s) from the vault", item.backup_id, item.spool_fragments,
+                        item.vault_objects)
+    gone = [item for item in items if item.action in (abandoned.REMOVE, abandoned.REMOVED)]
+    if args.json:
+        document = {"vault": str(vault_id), "dry_run": args.dry_run,
+                    "abandoned": [item.as_json() for item in items],
+                    "totals": {"removed": len(gone), "left": len(items) - len(gone)}}
+        write_all(environment.stdout_fd, (json.dumps(document, indent=1) + "\n").encode())
+    else:
+        lines = []
+        for item in items:
+            what = (f"{item.spool_fragments} fragment(s), {human_bytes(item.spool_bytes)} in the "
+                    f"spool, {item.vault_objects} object(s) in the vault")
+            if item.action == abandoned.LEFT:
+                lines.append(f"{item.backup_id}: left alone: {item.reason}")
+            else:
+                verb = "would remove" if args.dry_run else "removed"
+                lines.append(f"{item.backup_id}: {verb} ({what})")
+        verb = "would remove" if args.dry_run else "removed"
+        lines.append(f"{verb} {len(gone)} abandoned backup(s)"
+                     + (" (dry run: nothing deleted)" if args.dry_run else "")
+                     + (f"; left {len(items) - len(gone)}" if len(gone) < len(items) else ""))
+        write_all(environment.stdout_fd, ("\n".join(lines) + "\n").encode())
+    if not errors:
+        return 0
+    refused = [error for error in errors if not error.transient]
     return int(refused[0].exit_code if refused else ExitCode.TEMPFAIL)

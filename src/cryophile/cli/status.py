@@ -164,8 +164,8 @@ def format_status(document: dict[str, Any]) -> str:
                        f"fragment(s), {human_bytes(e['bytes'])}"))
     if document["abandoned"]:
         lines.append(f"abandoned: {len(document['abandoned'])} backup(s) without a manifest "
-                     "whose writer is gone; nothing will upload them. Remove their "
-                     "directories in SPOOL/backup/ and SPOOL/freeze/:")
+                     "whose writer is gone; nothing will upload them. Remove them with "
+                     "'cryophile prune -v VAULT --abandoned':")
         lines.extend(f"  {backup}" for backup in document["abandoned"])
     else:
         lines.append("abandoned: none")
