@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 from cryophile.backup_id import BackupId, fragment_name
 from cryophile.durable import remove_empty_dirs
+from cryophile.errors import StorageIOError
 from cryophile.inventory import BackupState, scan_spool
 from cryophile.signing import SIGNATURE_NAME
-from cryophile.spool import LOCK_NAME, Queue, Spool, refuse_symlinks
+from cryophile.spool import LOCK_NAME, Queue, Spool, describe_os_error, refuse_symlinks
 from cryophile.vault.base import Vault
 
 REMOVE, REMOVED, LEFT = "remove", "removed", "left"
@@ -118,10 +119,17 @@ def remove(spool: Spool, vault: Vault, item: Abandoned, *, dry_run: bool) -> Non
             return
         for key in keys:
             vault.delete(key)
-        _remove_tree(queued)
-        remove_empty_dirs(queued.parent, spool.queue_dir(Queue.FREEZE))
-        _remove_tree(work)  # the lock file too: our fd keeps the lock till the end
-        remove_empty_dirs(work.parent, spool.queue_dir(Queue.BACKUP))
+        try:
+            _remove_tree(queued)
+            remove_empty_dirs(queued.parent, spool.queue_dir(Queue.FREEZE))
+            if lock is not None:
+                # Only a backup/ID whose lock we hold: without one, the id was free
+                # the moment freeze/ID went, and a new writer may have claimed it.
+                _remove_tree(work)  # its lock file too; our fd keeps the lock meanwhile
+                remove_empty_dirs(work.parent, spool.queue_dir(Queue.BACKUP))
+        except OSError as error:
+            raise StorageIOError(f"cannot remove {backup_id} from the spool: "
+                                 f"{describe_os_error(error)}") from None
         item.action = REMOVED
     finally:
         if lock is not None:
