@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from cryophile.retention import (
 )
 from polling import live_files, wait_until
 from s3server import S3Bucket
-from test_list_verify_status import configure_s3_vault
+from test_list_verify_status import backup_from_fifo, configure_s3_vault
 
 DB = "hosts/db1"
 WEB = "hosts/web1"
@@ -310,17 +308,6 @@ def test_prune_on_seaweedfs(cli: Cli, gpg_key: oracles.KeyPair, s3_bucket: S3Buc
 # -- prune --abandoned ----------------------------------------------------------------------
 
 
-def _writer(cli: Cli, key: oracles.KeyPair, fifo: Path, when: str) -> subprocess.Popen[bytes]:
-    """A backup reading from ``fifo`` (5 MiB fragments, no compression), named by ``when``;
-    its stderr goes to ``fifo`` with the suffix ``.log``."""
-    os.mkfifo(fifo)
-    with fifo.with_suffix(".log").open("wb") as log:  # the child keeps its own copy
-        return subprocess.Popen([sys.executable, "-m", "cryophile", "backup", "-v", VAULT,
-                                 "-p", DB, "-k", str(key.cert), "-s", "5M", "-C", "none",
-                                 "-t", when, "-i", str(fifo)], env=cli.environment(),
-                                stdout=subprocess.DEVNULL, stderr=log)
-
-
 def _fragments_queued(cli: Cli, count: int) -> None:
     wait_until(lambda: len(live_files(cli.spool / "freeze", "chunk.*")) >= count,
                f"{count} fragment(s) in the freeze queue", interval=0.05)
@@ -332,8 +319,8 @@ def test_prune_abandoned_removes_a_dead_writers_leftovers_everywhere_and_nothing
     complete = _backup_at(cli, gpg_key, "2024-01-01T00:00:00Z")
     # A writer killed mid-stream after a freezer uploaded two of its fragments.
     dead_time = "2024-02-01T00:00:00Z"
-    dead = _writer(cli, gpg_key, tmp_path / "dead.fifo", dead_time)
-    with (tmp_path / "dead.fifo").open("wb") as writer:
+    with (backup_from_fifo(cli, gpg_key, tmp_path / "dead.fifo", "-t", dead_time) as dead,
+          (tmp_path / "dead.fifo").open("wb") as writer):
         writer.write(os.urandom(16 * 1024 * 1024))
         writer.flush()
         _fragments_queued(cli, 2)
@@ -348,9 +335,9 @@ def test_prune_abandoned_removes_a_dead_writers_leftovers_everywhere_and_nothing
     assert uploaded
     assert "chunk.0" not in uploaded
     # A writer that is alive, and a backup directory whose lock is not made yet.
-    alive = _writer(cli, gpg_key, tmp_path / "alive.fifo", "2024-03-01T00:00:00Z")
     starting = cli.spool / "backup" / VAULT / DB / "01HQX5R0000000000000000000"
-    try:
+    with backup_from_fifo(cli, gpg_key, tmp_path / "alive.fifo",
+                          "-t", "2024-03-01T00:00:00Z") as alive:
         with (tmp_path / "alive.fifo").open("wb") as writer:
             writer.write(b"still writing")
             writer.flush()
@@ -381,11 +368,7 @@ def test_prune_abandoned_removes_a_dead_writers_leftovers_everywhere_and_nothing
             assert not (vault_dir / DB / dead_ulid).exists()
             assert starting.is_dir()
             writer.write(b" and done")
-        assert alive.wait(timeout=60) == 0, (tmp_path / "alive.log").read_text()
-    finally:
-        if alive.poll() is None:
-            alive.kill()
-            alive.wait()
+        assert alive.wait(timeout=60) == 0
     starting.rmdir()
     assert cli.run(["freeze", "--once"]).returncode == 0
     listed = _listed(cli)

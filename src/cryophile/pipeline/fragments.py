@@ -29,12 +29,10 @@ from cryophile.backup_id import fragment_name
 from cryophile.durable import FILE_MODE, start_writeback
 from cryophile.errors import DataError, StorageIOError
 from cryophile.manifest import Fragment, Manifest
-from cryophile.pipeline.stages import BLOCK_SIZE, Counters
+from cryophile.pipeline.stages import BLOCK_SIZE, Buffer, Counters
 from cryophile.spool import describe_os_error, publish
 
 logger = logging.getLogger(__name__)
-
-Buffer = bytes | bytearray | memoryview
 
 #: Written bytes of a fragment are sent on to the disk in steps of this size
 #: (:func:`cryophile.durable.start_writeback`).

@@ -44,7 +44,6 @@ from cryophile.pipeline.fastpgp.packets import (
     TAG_SEIPD,
     TAG_SKESK,
     BodyReader,
-    Buffer,
     PublicKey,
     StreamReader,
     UnsupportedError,
@@ -63,6 +62,7 @@ from cryophile.pipeline.fastpgp.pkesk import (
 from cryophile.pipeline.fastpgp.secretkey import SecretKeyPacket, secret_keys, unlock
 from cryophile.pipeline.keys import Recipients, SecretKey
 from cryophile.pipeline.openpgp import ReferenceEngine
+from cryophile.pipeline.stages import Buffer
 
 logger = logging.getLogger(__name__)
 

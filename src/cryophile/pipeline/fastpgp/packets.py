@@ -31,8 +31,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from cryophile.errors import DataError
-
-Buffer = bytes | bytearray | memoryview
+from cryophile.pipeline.stages import Buffer
 
 # Packet tags (RFC 4880 §4.3; 20 and 21 from RFC 9580).
 TAG_PKESK = 1

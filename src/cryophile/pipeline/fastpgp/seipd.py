@@ -61,13 +61,12 @@ from cryophile.pipeline.fastpgp.packets import (
     TAG_MDC,
     TAG_SEIPD,
     BodyReader,
-    Buffer,
     StreamReader,
     new_length,
     truncated,
 )
 from cryophile.pipeline.fastpgp.pkesk import SessionKey
-from cryophile.pipeline.stages import threaded
+from cryophile.pipeline.stages import Buffer, threaded
 
 SEIPD_VERSION_1 = 1
 BLOCK = 16
