@@ -57,7 +57,11 @@ class Codec(Protocol):
         ...
 
     def decompress(self, blocks: Iterable[Buffer]) -> Iterator[bytes]:
-        """Decompress; raise DataError if the stream is damaged or ends early."""
+        """Decompress; raise DataError if the stream is damaged or ends early.
+
+        Blocks must not change after they are handed over (they may be kept
+        without a copy).
+        """
         ...
 
 
@@ -160,6 +164,8 @@ def _frames(frame: Callable[[Buffer], bytes], blocks: Iterable[Buffer], workers:
 
 
 NAMES = ("none", "lz4", "zstd")
+#: Both magics are 4 octets.
+MAGIC_SIZE = 4
 
 
 def codec_for(name: str, level: int | None = None) -> Codec:
@@ -184,13 +190,18 @@ def detect(head: bytes) -> Codec:
 
 
 def detecting(blocks: Iterable[Buffer]) -> tuple[Codec, Iterator[Buffer]]:
-    """Peek at the first block to :func:`detect` the codec; return it and the whole stream."""
+    """Peek at the first blocks to :func:`detect` the codec; return it and the whole stream."""
     iterator = iter(blocks)
-    first = next(iterator, b"")
+    head: list[Buffer] = []
+    # The magic may span blocks: a decryptor's items can be a few octets long.
+    while sum(len(block) for block in head) < MAGIC_SIZE:
+        block = next(iterator, None)
+        if block is None:
+            break
+        head.append(block)
 
     def whole() -> Iterator[Buffer]:
-        if first:
-            yield first
+        yield from head
         yield from iterator
 
-    return detect(bytes(first[:4])), whole()
+    return detect(b"".join(block[:MAGIC_SIZE] for block in head)[:MAGIC_SIZE]), whole()

@@ -50,9 +50,10 @@ LZ4_UNCOMPRESSED = 0x80000000
 class Input:
     """The stream being decompressed: its blocks, taken from the source on demand.
 
-    Blocks are kept as they came (a list of pieces, not one growing buffer:
-    appending to a buffer the size of a frame copies it again and again);
-    :meth:`take` copies a frame out once.
+    Blocks are kept as they came, without a copy (a list of pieces, not one
+    growing buffer: appending to a buffer the size of a frame copies it again
+    and again), so they must not change once handed over; :meth:`take`
+    copies a frame out once.
     """
 
     def __init__(self, blocks: Iterable[Buffer]) -> None:
@@ -67,8 +68,8 @@ class Input:
             block = next(self._blocks, None)
             if block is None:
                 return False
-            # bytes(…) copies only what may change later (a reused buffer).
-            self._pieces.append(memoryview(bytes(block)))
+            # Kept as it is, not copied: blocks never change once handed over.
+            self._pieces.append(memoryview(block).cast("B"))
             self._available += len(block)
         return True
 

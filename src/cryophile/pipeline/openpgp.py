@@ -51,12 +51,13 @@ class Engine(Protocol):
         ...
 
     def decrypt(self, ciphertext: Iterable[Buffer], key: SecretKey,
-                passphrase: str | None) -> Iterator[bytes]:
+                passphrase: str | None) -> Iterator[Buffer]:
         """Decrypt a message with ``key``; yield the plaintext of its literal packet.
 
-        Raises DataError when the message is damaged, truncated or fails its
-        integrity check (MDC): the caller must then treat everything already
-        yielded as incomplete.
+        Items yielded never change afterwards (the consumer may keep them
+        without copying), and may be of any size. Raises DataError when the
+        message is damaged, truncated or fails its integrity check (MDC): the
+        caller must then treat everything already yielded as incomplete.
         """
         ...
 

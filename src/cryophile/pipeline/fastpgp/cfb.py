@@ -24,20 +24,39 @@ piece boundaries.
 Contract: :func:`decrypt_segment` writes exactly what
 ``Cipher(AES(key), CFB(iv)).decryptor().update(b"".join(pieces))`` returns
 into ``target``. Both numpy and OpenSSL release the GIL on these buffers.
+:func:`new_buffer` gives targets that need no clearing.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-import numpy
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+# numpy's OpenBLAS starts a pool of threads when numpy is imported, and they
+# spin between calls: ~0.1 CPU-s per restore wasted on a 2-core machine, for
+# a library this module never calls (only numpy's own bitwise_xor). Must be
+# set before numpy is first imported; a value the user set is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy
 
 BLOCK = 16
 
 
+def new_buffer(size: int) -> memoryview:
+    """A writable buffer of ``size`` octets whose content is undefined.
+
+    For targets of :func:`decrypt_segment`, which overwrites them: unlike
+    ``bytearray(size)``, nothing is zeroed first. A fresh buffer per segment
+    (malloc reuses the freed ones) lets a segment's plaintext be handed on
+    without a copy.
+    """
+    return numpy.empty(size, dtype=numpy.uint8).data
+
+
 def decrypt_segment(key: bytes, iv: bytes, pieces: Sequence[memoryview],
-                    target: bytearray) -> int:
+                    target: bytearray | memoryview) -> int:
     """CFB-decrypt the concatenation of ``pieces`` (with ``iv``) into ``target``; return its size.
 
     ``target`` must hold the whole segment plus 2 × BLOCK octets (OpenSSL's

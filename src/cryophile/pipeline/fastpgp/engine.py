@@ -209,7 +209,7 @@ class FastEngine:
         return seipd.encrypt(plaintext, session, lead)
 
     def decrypt(self, ciphertext: Iterable[Buffer], key: SecretKey,
-                passphrase: str | None) -> Iterator[bytes]:
+                passphrase: str | None) -> Iterator[Buffer]:
         """See :meth:`cryophile.pipeline.openpgp.Engine.decrypt`."""
         seipd.load_decryption()
         recorder = _Recorder(ciphertext)

@@ -30,7 +30,8 @@ ciphertext is cut into 1 MiB segments (multiples of 16 octets from the start
 of the CFB stream) and each segment is decrypted with the last ciphertext
 block of the segment before it as IV, one segment per core at a time, by
 :mod:`.cfb` (AES from ``cryptography``, its independent block calls batched
-as one ECB call; see there why).
+as one ECB call; see there why), into a buffer of its own. The literal data
+reaches the caller as views of those buffers, never copied.
 
 SEIPD v1 withholds nothing: plaintext is yielded as it is decrypted, and the
 MDC is checked only at the end, where a mismatch, a truncation or trailing
@@ -207,8 +208,11 @@ def _quick_check(prefix: Buffer) -> None:
                         "(the prefix quick check failed)")
 
 
-def decrypt(reader: StreamReader, body: BodyReader, session: SessionKey) -> Iterator[bytes]:
+def decrypt(reader: StreamReader, body: BodyReader,
+            session: SessionKey) -> Iterator[memoryview]:
     """The literal data of a SEIPD v1 body whose version octet was already read.
+
+    The views yielded stay valid and unchanged (the caller may keep them).
 
     Raises DataError at the end when the MDC does not match, the message is
     truncated, or anything follows the SEIPD packet.
@@ -217,29 +221,9 @@ def decrypt(reader: StreamReader, body: BodyReader, session: SessionKey) -> Iter
     return threaded(_literal_data(segments), name="openpgp-mdc")
 
 
-class _FreeList:
-    """Buffers of one size for reuse; never blocks (allocates when empty).
-
-    The bounded queues between the stages bound how many are in use.
-    """
-
-    def __init__(self, size: int, keep: int) -> None:
-        self.size = size
-        self.keep = keep
-        self._free: collections.deque[bytearray] = collections.deque()
-
-    def get(self) -> bytearray:
-        try:
-            return self._free.popleft()
-        except IndexError:
-            return bytearray(self.size)
-
-    def put(self, buffer: bytearray) -> None:
-        if len(self._free) < self.keep:
-            self._free.append(buffer)
-
-
-Segment = tuple[bytearray, int, _FreeList]
+#: A decrypted segment: a buffer of its own (never reused, so the literal
+#: data in it is handed on without a copy) and how much of it is plaintext.
+Segment = tuple[memoryview, int]
 
 
 def load_decryption() -> None:
@@ -258,7 +242,7 @@ def load_decryption() -> None:
 
 
 def _decrypt_segment(session: SessionKey, iv: bytes, pieces: list[memoryview],
-                     target: bytearray) -> None:
+                     target: memoryview) -> None:
     """CFB-decrypt consecutive ciphertext ``pieces`` (one segment) into ``target``."""
     from cryophile.pipeline.fastpgp import cfb  # noqa: PLC0415 - see load_decryption
 
@@ -290,13 +274,14 @@ def _last_block(pieces: list[memoryview]) -> bytes:
 
 def _decrypted_segments(reader: StreamReader, body: BodyReader,
                         session: SessionKey) -> Iterator[Segment]:
-    """Plaintext segments ``(buffer, size, free list)`` in order; buffers go back to the list.
+    """Plaintext segments ``(buffer, size)`` in order.
 
     The ciphertext is never copied: each segment is a list of views of the
-    input blocks, decrypted straight into a reused plaintext buffer.
+    input blocks, decrypted straight into a fresh plaintext buffer.
     """
-    plaintexts = _FreeList(SEGMENT + 2 * BLOCK, 8)
-    in_flight: collections.deque[tuple[concurrent.futures.Future[None], bytearray,
+    from cryophile.pipeline.fastpgp import cfb  # noqa: PLC0415 - see load_decryption
+
+    in_flight: collections.deque[tuple[concurrent.futures.Future[None], memoryview,
                                        int]] = collections.deque()
     iv = bytes(BLOCK)
     with concurrent.futures.ThreadPoolExecutor(CFB_WORKERS,
@@ -305,7 +290,7 @@ def _decrypted_segments(reader: StreamReader, body: BodyReader,
             while True:
                 pieces, size = _gather(body)
                 if size:
-                    target = plaintexts.get()
+                    target = cfb.new_buffer(SEGMENT + 2 * BLOCK)
                     future = workers.submit(_decrypt_segment, session, iv, pieces, target)
                     in_flight.append((future, target, size))
                     # Only the last segment can be shorter than SEGMENT (a
@@ -314,7 +299,7 @@ def _decrypted_segments(reader: StreamReader, body: BodyReader,
                 while in_flight and (len(in_flight) >= CFB_IN_FLIGHT or not size):
                     future, target, done = in_flight.popleft()
                     future.result()
-                    yield target, done, plaintexts
+                    yield target, done
                 if not size:
                     break
         finally:
@@ -470,17 +455,16 @@ class _PlaintextParser:
                             "modified or damaged")
 
 
-def _literal_data(segments: Iterable[Segment]) -> Iterator[bytes]:
-    """Literal data in ≈ 1 MiB ``bytes``; the MDC check runs after the last segment."""
+def _literal_data(segments: Iterable[Segment]) -> Iterator[memoryview]:
+    """Literal data as views of the segments' buffers; the MDC check runs after the last one.
+
+    No copy: a segment's buffer is never written again once decrypted, so the
+    consumer may keep the views (this thread does SHA-1, the one sequential
+    step of decryption, and nothing more per octet).
+    """
     parser = _PlaintextParser()
-    for buffer, size, free in segments:
-        view = memoryview(buffer)[:size]
-        data = parser.feed(view)
-        # One copy into bytes: the caller may keep it; the buffer goes back.
-        out = b"".join(data) if len(data) != 1 else bytes(data[0])
-        del data
-        view.release()
-        free.put(buffer)
-        if out:
-            yield out
+    for buffer, size in segments:
+        for data in parser.feed(buffer[:size]):
+            if data:
+                yield data
     parser.finish()
