@@ -29,7 +29,14 @@ from cryophile.pipeline.compress import Codec
 from cryophile.pipeline.fragments import FragmentWriter, hash_pieces, split
 from cryophile.pipeline.keys import Recipients
 from cryophile.pipeline.openpgp import Engine
-from cryophile.pipeline.stages import Counters, counting, read_blocks, threaded, tune_allocator
+from cryophile.pipeline.stages import (
+    Counters,
+    counting,
+    enlarge_pipe,
+    read_blocks,
+    threaded,
+    tune_allocator,
+)
 from cryophile.signing import SIGNATURE_NAME
 from cryophile.spool import LOCK_NAME, Queue, Spool, describe_os_error, write_file_durably
 
@@ -137,6 +144,9 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
 
 
 def _reading(fd: int, block_size: int) -> Iterator[bytearray]:
+    # A 1 MiB pipe lets the producer (zfs send, tar) run further ahead, and
+    # hands over whole blocks in fewer reads.
+    enlarge_pipe(fd)
     try:
         yield from read_blocks(fd, block_size)
     except OSError as error:

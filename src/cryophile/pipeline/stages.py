@@ -17,6 +17,7 @@ import ctypes
 import fcntl
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -190,12 +191,57 @@ def enlarge_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, BLOCK_SIZE)
 
 
+#: How far ahead of the reader a regular file is asked for (posix_fadvise).
+READ_AHEAD = 64 * 1024 * 1024
+READ_AHEAD_STEP = 16 * 1024 * 1024
+
+
+class _ReadAhead:
+    """Asks the kernel to read a regular file ahead of its sequential reader.
+
+    Without it, every page the page cache lacks (never read, or reclaimed
+    since) makes the reader wait for the disk while the stages behind it run
+    dry: ~0.1-0.25 s of stalls per GiB on the development machine, whose page
+    cache is reclaimed proactively. WILLNEED reads asynchronously, into the
+    page cache, so it costs no memory of this process.
+    """
+
+    def __init__(self, fd: int, position: int) -> None:
+        self.fd = fd
+        self.position = position
+        self.advised = position
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, position, 0, os.POSIX_FADV_SEQUENTIAL)
+        self.advance(0)
+
+    @classmethod
+    def start(cls, fd: int) -> _ReadAhead | None:
+        """A read-ahead for ``fd`` when it is a regular file, else None."""
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return cls(fd, os.lseek(fd, 0, os.SEEK_CUR))
+        except OSError:
+            return None
+
+    def advance(self, count: int) -> None:
+        """The reader consumed ``count`` more bytes."""
+        self.position += count
+        while self.advised < self.position + READ_AHEAD:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self.fd, self.advised, READ_AHEAD_STEP,
+                                 os.POSIX_FADV_WILLNEED)
+            self.advised += READ_AHEAD_STEP
+
+
 def read_blocks(fd: int, block_size: int = BLOCK_SIZE) -> Iterator[bytearray]:
     """Read ``fd`` to its end in whole blocks (the last one may be short).
 
     Pipes deliver at most a pipe buffer per read; blocks are filled across
-    reads so that later stages always get large items.
+    reads so that later stages always get large items. A regular file is
+    read ahead by the kernel (:class:`_ReadAhead`).
     """
+    ahead = _ReadAhead.start(fd)
     while True:
         block = bytearray(block_size)
         view = memoryview(block)
@@ -206,6 +252,8 @@ def read_blocks(fd: int, block_size: int = BLOCK_SIZE) -> Iterator[bytearray]:
                 break
             filled += count
         view.release()
+        if ahead is not None:
+            ahead.advance(filled)
         if filled == 0:
             return
         if filled < block_size:
