@@ -29,7 +29,7 @@ from cryophile.backup_id import fragment_name
 from cryophile.durable import FILE_MODE, start_writeback
 from cryophile.errors import DataError, StorageIOError
 from cryophile.manifest import Fragment, Manifest
-from cryophile.pipeline.stages import BLOCK_SIZE, Buffer, Counters
+from cryophile.pipeline.stages import BLOCK_SIZE, Buffer, Counters, ReadAhead
 from cryophile.spool import describe_os_error, publish
 
 logger = logging.getLogger(__name__)
@@ -366,10 +366,15 @@ def sha256_of_fd(fd: int, stop: threading.Event | None = None) -> str:
     hasher = hashlib.sha256()
     buffer = bytearray(BLOCK_SIZE)
     view = memoryview(buffer)
+    # A fragment thawed or written long ago may have left the page cache: the
+    # disk then reads on while this thread hashes.
+    ahead = ReadAhead.start(fd)
     while count_read := os.readv(fd, [view]):
         if stop is not None and stop.is_set():
             raise InterruptedError("stopped")
         hasher.update(view[:count_read])
+        if ahead is not None:
+            ahead.advance(count_read)
     return hasher.hexdigest()
 
 

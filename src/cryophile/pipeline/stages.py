@@ -196,7 +196,7 @@ READ_AHEAD = 64 * 1024 * 1024
 READ_AHEAD_STEP = 16 * 1024 * 1024
 
 
-class _ReadAhead:
+class ReadAhead:
     """Asks the kernel to read a regular file ahead of its sequential reader.
 
     Without it, every page the page cache lacks (never read, or reclaimed
@@ -215,7 +215,7 @@ class _ReadAhead:
         self.advance(0)
 
     @classmethod
-    def start(cls, fd: int) -> _ReadAhead | None:
+    def start(cls, fd: int) -> ReadAhead | None:
         """A read-ahead for ``fd`` when it is a regular file, else None."""
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -239,9 +239,9 @@ def read_blocks(fd: int, block_size: int = BLOCK_SIZE) -> Iterator[bytearray]:
 
     Pipes deliver at most a pipe buffer per read; blocks are filled across
     reads so that later stages always get large items. A regular file is
-    read ahead by the kernel (:class:`_ReadAhead`).
+    read ahead by the kernel (:class:`ReadAhead`).
     """
-    ahead = _ReadAhead.start(fd)
+    ahead = ReadAhead.start(fd)
     while True:
         block = bytearray(block_size)
         view = memoryview(block)
