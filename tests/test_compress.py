@@ -61,6 +61,22 @@ def test_detection_by_magic() -> None:
     assert detect(b"plain").name == "none"
 
 
+def test_detection_when_the_magic_is_split_across_blocks() -> None:
+    # The fast engine hands plaintext on as views cut where the literal
+    # packet's chunks end: the first item may be shorter than the magic.
+    for name in ("zstd", "lz4"):
+        stream = b"".join(codec_for(name).compress([b"x" * 100]))
+        pieces = [memoryview(stream)[:1], memoryview(stream)[1:3], memoryview(stream)[3:]]
+        codec, whole = detecting(iter(pieces))
+        assert codec.name == name
+        assert b"".join(whole) == stream
+        assert b"".join(codec.decompress(pieces)) == b"x" * 100
+    for short in (b"", b"\x28\xb5"):
+        codec, whole = detecting(iter([short]))
+        assert codec.name == "none"
+        assert b"".join(whole) == short
+
+
 def test_bad_names_and_levels() -> None:
     with pytest.raises(UsageError, match="gzip"):
         codec_for("gzip")
