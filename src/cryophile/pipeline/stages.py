@@ -201,9 +201,10 @@ class ReadAhead:
 
     Without it, every page the page cache lacks (never read, or reclaimed
     since) makes the reader wait for the disk while the stages behind it run
-    dry: ~0.1-0.25 s of stalls per GiB on the development machine, whose page
-    cache is reclaimed proactively. WILLNEED reads asynchronously, into the
-    page cache, so it costs no memory of this process.
+    dry: 0.5-0.9 s of waits per GiB of backup input on the development
+    machine, whose page cache is reclaimed proactively (0.1-0.3 s with it).
+    WILLNEED reads asynchronously, into the page cache, so it costs no memory
+    of this process. Advice is only advice: errors are ignored.
     """
 
     def __init__(self, fd: int, position: int) -> None:
