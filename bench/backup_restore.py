@@ -16,6 +16,11 @@ process of the command (sampled from /proc every 20 ms), then the ratios
 DIY time ÷ cryophile time against the targets: issue 7's for ``--engine fast``
 (the default), issue 2's for ``--engine reference``.
 
+``--diy-guarantees`` also times the DIY pipelines given what cryophile
+guarantees and they do not — ``sync`` of every fragment after the backup,
+``sha256sum -c`` of every fragment before the restore — and reports those
+ratios too, without a target.
+
 ``--rss-scaling`` runs only cryophile backup and restore at two input sizes
 (default 512M and 4G) and reports how much the peak RSS grows.
 
@@ -89,6 +94,10 @@ DIY_BACKUP = "DIY backup"
 CRYO_RESTORE = "cryophile restore"
 DIY_RESTORE = "DIY restore"
 COMMANDS = (CRYO_BACKUP, DIY_BACKUP, CRYO_RESTORE, DIY_RESTORE)
+# --diy-guarantees: the DIY pipelines given what cryophile guarantees and they do not.
+DIY_BACKUP_SYNCED = "DIY backup + sync"
+DIY_RESTORE_VERIFIED = "DIY verify+restore"
+GUARANTEE_COMMANDS = (DIY_BACKUP_SYNCED, DIY_RESTORE_VERIFIED)
 
 GPG_KEY_PARAMETERS = """\
 Key-Type: eddsa
@@ -538,6 +547,11 @@ class Setup:
     interval: float
     agent_pids: list[int]
     engine: str = "fast"
+    diy_guarantees: bool = False
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        return COMMANDS + (GUARANTEE_COMMANDS if self.diy_guarantees else ())
 
     @property
     def spool(self) -> Path:
@@ -546,6 +560,11 @@ class Setup:
     @property
     def diy_out(self) -> Path:
         return self.workdir / "diy"
+
+    @property
+    def diy_sums(self) -> Path:
+        """``sha256sum`` of the DIY fragments (absolute paths), for the verified DIY restore."""
+        return self.workdir / "diy.sha256"
 
     def stderr(self, name: str) -> Path:
         return self.workdir / (name.replace(" ", "-") + ".stderr")
@@ -579,20 +598,27 @@ def _compressor(setup: Setup) -> tuple[str, str]:
     return "cat", "cat"
 
 
-def diy_backup_argv(setup: Setup) -> list[str]:
+def diy_backup_argv(setup: Setup, *, synced: bool = False) -> list[str]:
+    """The DIY backup; ``synced``: then fsync every fragment, as cryophile does before
+    publishing one (GNU ``sync FILE…`` fsyncs each file)."""
     compress, _ = _compressor(setup)
     q = shlex.quote
+    out = q(str(setup.diy_out))
     script = (f"{compress} < {q(str(setup.input))}"
               f" | gpg --homedir {q(str(setup.keys.homedir))} --batch -e --compress-algo none"
               f" --recipient-file {q(str(setup.keys.cert))}"
-              f" | split -b {setup.fragment_size} - {q(str(setup.diy_out))}/chunk.")
+              f" | split -b {setup.fragment_size} - {out}/chunk."
+              + (f" && sync -- {out}/chunk.*" if synced else ""))
     return ["bash", "-o", "pipefail", "-c", script]
 
 
-def diy_restore_argv(setup: Setup, *, to_null: bool = True) -> list[str]:
+def diy_restore_argv(setup: Setup, *, to_null: bool = True, verified: bool = False) -> list[str]:
+    """The DIY restore; ``verified``: first check every fragment's SHA-256, as cryophile
+    does before it uses a fragment."""
     _, decompress = _compressor(setup)
     q = shlex.quote
-    script = (f"cat {q(str(setup.diy_out))}/chunk.*"
+    check = f"sha256sum --quiet --strict -c {q(str(setup.diy_sums))} && " if verified else ""
+    script = (f"{check}cat {q(str(setup.diy_out))}/chunk.*"
               f" | gpg --homedir {q(str(setup.keys.homedir))} --batch -q -d"
               f" | {decompress}" + (" > /dev/null" if to_null else ""))
     return ["bash", "-o", "pipefail", "-c", script]
@@ -628,18 +654,33 @@ def run_cryophile_restore(setup: Setup, ulid: str) -> Measurement:
                     interval=setup.interval)
 
 
-def run_diy_backup(setup: Setup) -> tuple[Measurement, int]:
+def run_diy_backup(setup: Setup, *, synced: bool = False) -> tuple[Measurement, int]:
+    name = DIY_BACKUP_SYNCED if synced else DIY_BACKUP
     fresh_dir(setup.diy_out)
-    result = measured(DIY_BACKUP, diy_backup_argv(setup), stdin=None, stdout_to_null=True,
-                      stderr_path=setup.stderr(DIY_BACKUP), interval=setup.interval)
-    stored = sum(path.stat().st_size for path in setup.diy_out.glob("chunk.*"))
+    result = measured(name, diy_backup_argv(setup, synced=synced), stdin=None,
+                      stdout_to_null=True, stderr_path=setup.stderr(name),
+                      interval=setup.interval)
+    chunks = sorted(setup.diy_out.glob("chunk.*"))
+    stored = sum(path.stat().st_size for path in chunks)
+    if synced:
+        # Untimed: the sums a careful user would have kept beside the fragments.
+        setup.diy_sums.write_text("".join(f"{_sha256_of(path)}  {path}\n" for path in chunks))
     return result, stored
 
 
-def run_diy_restore(setup: Setup) -> Measurement:
-    return measured(DIY_RESTORE, diy_restore_argv(setup), stdin=None, stdout_to_null=True,
-                    stderr_path=setup.stderr(DIY_RESTORE), extra_pids=setup.agent_pids,
-                    interval=setup.interval)
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_diy_restore(setup: Setup, *, verified: bool = False) -> Measurement:
+    name = DIY_RESTORE_VERIFIED if verified else DIY_RESTORE
+    return measured(name, diy_restore_argv(setup, verified=verified), stdin=None,
+                    stdout_to_null=True, stderr_path=setup.stderr(name),
+                    extra_pids=setup.agent_pids, interval=setup.interval)
 
 
 def verify(setup: Setup, ulid: str) -> dict[str, str]:
@@ -768,6 +809,10 @@ def one_round(setup: Setup, *, cryophile_first: bool, verify_restores: bool
             result, ulid, stored[CRYO_BACKUP] = run_cryophile_backup(setup)
         else:
             result, stored[DIY_BACKUP] = run_diy_backup(setup)
+            if setup.diy_guarantees:
+                done(result)
+                # Overwrites the plain DIY fragments: same sizes, another session key.
+                result, stored[DIY_BACKUP_SYNCED] = run_diy_backup(setup, synced=True)
         done(result)
     if verify_restores:
         hashes = verify(setup, ulid)
@@ -777,6 +822,8 @@ def one_round(setup: Setup, *, cryophile_first: bool, verify_restores: bool
             done(run_cryophile_restore(setup, ulid))
         else:
             done(run_diy_restore(setup))
+            if setup.diy_guarantees:
+                done(run_diy_restore(setup, verified=True))
     shutil.rmtree(setup.spool)
     shutil.rmtree(setup.diy_out)
     return results, stored, hashes
@@ -788,10 +835,11 @@ def compare_mode(args: argparse.Namespace, workdir: Path, cryophile: str) -> int
     sha = build_input(input_path, size)
     keys = make_key(workdir)
     setup = Setup(cryophile, workdir, input_path, size, sha, keys, args.fragment_size,
-                  args.compression, args.level, args.interval, [], args.engine)
+                  args.compression, args.level, args.interval, [], args.engine,
+                  args.diy_guarantees)
     try:
         setup.agent_pids = launch_agent(keys.homedir)
-        runs: dict[str, list[Measurement]] = {name: [] for name in COMMANDS}
+        runs: dict[str, list[Measurement]] = {name: [] for name in setup.commands}
         stored: dict[str, int] = {}
         hashes: dict[str, str] = {}
         attempts = 0
@@ -816,7 +864,8 @@ def compare_mode(args: argparse.Namespace, workdir: Path, cryophile: str) -> int
     finally:
         kill_agent(keys.homedir)
 
-    summaries = {name: Summary(name, runs[name], size, stored.get(name)) for name in COMMANDS}
+    summaries = {name: Summary(name, runs[name], size, stored.get(name))
+                 for name in setup.commands}
     backup_ratio = summaries[DIY_BACKUP].median / summaries[CRYO_BACKUP].median
     restore_ratio = summaries[DIY_RESTORE].median / summaries[CRYO_RESTORE].median
     backup_rss = summaries[CRYO_BACKUP].peak_mib
@@ -832,6 +881,24 @@ def compare_mode(args: argparse.Namespace, workdir: Path, cryophile: str) -> int
         ("cryophile restore peak RSS", f"{restore_rss:.1f} MiB",
          f"≤ {goal.restore_rss_mib:.0f} MiB", restore_rss <= goal.restore_rss_mib),
     ]
+    # No target: what the ratios are when the DIY side fsyncs and verifies too.
+    guarantee_ratios: dict[str, float] = {}
+    if setup.diy_guarantees:
+        guarantee_ratios = {
+            "backup ratio against DIY + sync": (summaries[DIY_BACKUP_SYNCED].median
+                                                / summaries[CRYO_BACKUP].median),
+            "restore ratio against DIY verify+restore": (summaries[DIY_RESTORE_VERIFIED].median
+                                                         / summaries[CRYO_RESTORE].median),
+        }
+    commands = {
+        CRYO_BACKUP: shlex.join(cryophile_backup_argv(setup)) + " < INPUT",
+        DIY_BACKUP: diy_backup_argv(setup)[-1],
+        CRYO_RESTORE: shlex.join(cryophile_restore_argv(setup, "ULID")) + " > /dev/null",
+        DIY_RESTORE: diy_restore_argv(setup)[-1],
+    }
+    if setup.diy_guarantees:
+        commands[DIY_BACKUP_SYNCED] = diy_backup_argv(setup, synced=True)[-1]
+        commands[DIY_RESTORE_VERIFIED] = diy_restore_argv(setup, verified=True)[-1]
     if args.json:
         print(json.dumps({
             "mode": "compare",
@@ -847,15 +914,12 @@ def compare_mode(args: argparse.Namespace, workdir: Path, cryophile: str) -> int
             "runs": args.runs,
             "noisy_rounds_discarded": discarded,
             "cpus": os.cpu_count(),
-            "commands": {
-                CRYO_BACKUP: shlex.join(cryophile_backup_argv(setup)) + " < INPUT",
-                DIY_BACKUP: diy_backup_argv(setup)[-1],
-                CRYO_RESTORE: shlex.join(cryophile_restore_argv(setup, "ULID")) + " > /dev/null",
-                DIY_RESTORE: diy_restore_argv(setup)[-1],
-            },
+            "commands": commands,
             "results": {name: summary.as_json() for name, summary in summaries.items()},
             "targets": {label: {"value": value, "target": target, "pass": ok}
                         for label, value, target, ok in targets},
+            "guarantee_ratios": {label: round(ratio, 3)
+                                 for label, ratio in guarantee_ratios.items()},
         }, indent=2, ensure_ascii=False))
         return 0
 
@@ -875,6 +939,10 @@ def compare_mode(args: argparse.Namespace, workdir: Path, cryophile: str) -> int
         "",
         *(f"{label:<44} {value:>10}   target {target:<10} {verdict(ok)}"
           for label, value, target, ok in targets),
+        *(["", "the DIY side given cryophile's guarantees (no target): every fragment fsynced;"
+           " every fragment's SHA-256 checked before use",
+           *(f"{label:<44} {ratio:>10.2f}" for label, ratio in guarantee_ratios.items())]
+          if guarantee_ratios else []),
         "",
         "peak RSS breakdown (the sample at which the summed RSS was highest):",
     ]
@@ -1009,6 +1077,11 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"the cryophile command (default {DEFAULT_CRYOPHILE})")
     parser.add_argument("--interval", type=float, default=0.02,
                         help="RSS sampling interval in seconds (default 0.02)")
+    parser.add_argument("--diy-guarantees", action="store_true",
+                        help="also time the DIY pipelines with cryophile's guarantees: backup"
+                             " followed by 'sync' of every fragment, restore preceded by"
+                             " 'sha256sum -c' of every fragment; reports their ratios (no"
+                             " target)")
     parser.add_argument("--rss-scaling", action="store_true",
                         help="measure cryophile's peak RSS at two input sizes instead")
     parser.add_argument("--scaling-sizes", type=lambda text: [parse_size(part)
