@@ -669,11 +669,8 @@ def run_diy_backup(setup: Setup, *, synced: bool = False) -> tuple[Measurement, 
 
 
 def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as file:
-        while block := file.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def run_diy_restore(setup: Setup, *, verified: bool = False) -> Measurement:

@@ -59,7 +59,7 @@ def write_backup(tmp_path: Path, data: bytes, size: int) -> tuple[Path, Manifest
     work, queue = tmp_path / "work", tmp_path / "queue"
     work.mkdir()
     queue.mkdir()
-    writer = FragmentWriter(work, queue, size)
+    writer = FragmentWriter(work, queue)
     digests: dict[int, str] = {}
     writer.write(hash_pieces(split([data[i:i + 1000] for i in range(0, len(data), 1000)], size),
                              digests))
@@ -115,7 +115,7 @@ def test_a_fragment_that_cannot_be_published_fails_the_write_and_leaves_no_part(
     work.mkdir()
     queue.mkdir()
     (queue / "chunk.2").write_bytes(b"somebody else's")
-    writer = FragmentWriter(work, queue, 4096)
+    writer = FragmentWriter(work, queue)
     data = os.urandom(3 * 4096 + 10)
     with pytest.raises(AlreadyExistsError, match=r"chunk\.2 already exists"):
         writer.write(split([data[i:i + 1000] for i in range(0, len(data), 1000)], 4096))

@@ -83,7 +83,7 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
     work_dir = spool.backup_dir(Queue.BACKUP, backup_id)
     freeze_dir = spool.backup_dir(Queue.FREEZE, backup_id)
     counters = counters if counters is not None else Counters()
-    writer = FragmentWriter(work_dir, freeze_dir, plan.fragment_size, counters)
+    writer = FragmentWriter(work_dir, freeze_dir, counters)
     completed = False
     try:
         input_fd = open_input()

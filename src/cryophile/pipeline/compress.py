@@ -40,7 +40,6 @@ ZSTD_FRAME = 8 * 1024 * 1024
 LZ4_FRAME = 1024 * 1024
 
 
-
 class Codec(Protocol):
     """One compression algorithm."""
 

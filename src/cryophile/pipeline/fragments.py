@@ -108,11 +108,10 @@ class FragmentWriter:
     disk still fails the write that does not fit (ENOSPC at ``write``).
     """
 
-    def __init__(self, work_dir: Path, queue_dir: Path, fragment_size: int,
+    def __init__(self, work_dir: Path, queue_dir: Path,
                  counters: Counters | None = None) -> None:
         self.work_dir = work_dir
         self.queue_dir = queue_dir
-        self.fragment_size = fragment_size
         self.counters = counters if counters is not None else Counters()
         #: Size of every published fragment; complete once :meth:`write` returned.
         self.sizes: dict[int, int] = {}

@@ -221,11 +221,6 @@ def decrypt(reader: StreamReader, body: BodyReader,
     return threaded(_literal_data(segments), name="openpgp-mdc")
 
 
-#: A decrypted segment: a buffer of its own (never reused, so the literal
-#: data in it is handed on without a copy) and how much of it is plaintext.
-Segment = tuple[memoryview, int]
-
-
 def load_decryption() -> None:
     """Start importing what decryption needs (numpy, ~0.1-0.2 s) in the background.
 
@@ -273,11 +268,12 @@ def _last_block(pieces: list[memoryview]) -> bytes:
 
 
 def _decrypted_segments(reader: StreamReader, body: BodyReader,
-                        session: SessionKey) -> Iterator[Segment]:
-    """Plaintext segments ``(buffer, size)`` in order.
+                        session: SessionKey) -> Iterator[memoryview]:
+    """Plaintext segments in order, each a view of a buffer of its own.
 
     The ciphertext is never copied: each segment is a list of views of the
-    input blocks, decrypted straight into a fresh plaintext buffer.
+    input blocks, decrypted straight into a fresh plaintext buffer, which is
+    never written again (so the literal data in it is handed on without a copy).
     """
     from cryophile.pipeline.fastpgp import cfb  # noqa: PLC0415 - see load_decryption
 
@@ -299,7 +295,7 @@ def _decrypted_segments(reader: StreamReader, body: BodyReader,
                 while in_flight and (len(in_flight) >= CFB_IN_FLIGHT or not size):
                     future, target, done = in_flight.popleft()
                     future.result()
-                    yield target, done
+                    yield target[:done]
                 if not size:
                     break
         finally:
@@ -455,7 +451,7 @@ class _PlaintextParser:
                             "modified or damaged")
 
 
-def _literal_data(segments: Iterable[Segment]) -> Iterator[memoryview]:
+def _literal_data(segments: Iterable[memoryview]) -> Iterator[memoryview]:
     """Literal data as views of the segments' buffers; the MDC check runs after the last one.
 
     No copy: a segment's buffer is never written again once decrypted, so the
@@ -463,8 +459,8 @@ def _literal_data(segments: Iterable[Segment]) -> Iterator[memoryview]:
     step of decryption, and nothing more per octet).
     """
     parser = _PlaintextParser()
-    for buffer, size in segments:
-        for data in parser.feed(buffer[:size]):
+    for segment in segments:
+        for data in parser.feed(segment):
             if data:
                 yield data
     parser.finish()
