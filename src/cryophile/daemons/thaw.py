@@ -42,7 +42,6 @@ from typing import Any
 
 from cryophile.backup_id import BackupId, fragment_name
 from cryophile.daemons.freeze import Selection
-from cryophile.daemons.watch import TreeWatcher
 from cryophile.durable import DIR_MODE, FILE_MODE, make_dirs, remove_empty_dirs, replace_file
 from cryophile.errors import (
     CryophileError,
@@ -65,6 +64,7 @@ from cryophile.spool import (
 )
 from cryophile.vault.base import COLD_STORAGE_CLASSES, ObjectInfo, RestoreState
 from cryophile.vault.factory import OpenedVault
+from cryophile.watch import TreeWatcher
 
 logger = logging.getLogger(__name__)
 

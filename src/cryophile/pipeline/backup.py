@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryophile.backup_id import BackupId, fragment_name
+from cryophile.destination import Destination
 from cryophile.durable import remove_empty_dirs
 from cryophile.errors import StorageIOError
 from cryophile.manifest import Fragment, Manifest
@@ -39,6 +40,7 @@ from cryophile.pipeline.stages import (
 )
 from cryophile.signing import SIGNATURE_NAME
 from cryophile.spool import LOCK_NAME, Queue, Spool, describe_os_error, write_file_durably
+from cryophile.uploads import UploadRecords
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ class BackupPlan:
     # Signs the manifest bytes (--sign-key): a detached signature published
     # as chunk.0.sig *before* chunk.0, so the "complete" marker comes last.
     sign: Callable[[bytes], bytes] | None = None
+    # Where the backup is bound for: recorded in the spool when it is queued,
+    # so that freeze never sends it anywhere else (cryophile.uploads).
+    destination: Destination | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,13 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
     tune_allocator()
     backup_id = plan.backup_id
     lock = spool.create_backup(backup_id)
+    records = UploadRecords(spool)
+    if plan.destination is not None:
+        try:
+            records.claim(backup_id, plan.destination)
+        except BaseException:
+            spool.abandon_claim(backup_id, lock)
+            raise
     work_dir = spool.backup_dir(Queue.BACKUP, backup_id)
     freeze_dir = spool.backup_dir(Queue.FREEZE, backup_id)
     counters = counters if counters is not None else Counters()
@@ -133,6 +145,9 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             remove_empty_dirs(freeze_dir, spool.queue_dir(Queue.FREEZE))
+            # What a freezer uploaded meanwhile stays recorded: the freezer removes
+            # it from the vault again. A record with nothing uploaded just goes.
+            records.release(backup_id)
         lock.release()
         with contextlib.suppress(FileNotFoundError):
             (work_dir / LOCK_NAME).unlink()

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryophile.backup_id import BackupId, fragment_name
-from cryophile.daemons.watch import DirectoryWatcher, wait_for_file
 from cryophile.durable import make_dirs
 from cryophile.errors import (
     CryophileError,
@@ -37,6 +36,7 @@ from cryophile.pipeline.keys import SecretKey, select_secret_keys, unlock
 from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.stages import Buffer, Counters, threaded, tune_allocator, write_all
 from cryophile.spool import Queue, Spool, read_spool_file
+from cryophile.watch import DirectoryWatcher, wait_for_file
 
 logger = logging.getLogger(__name__)
 
