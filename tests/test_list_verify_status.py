@@ -236,9 +236,10 @@ def fifo_writer(fifo: Path, reader: subprocess.Popen[bytes]) -> Iterator[Any]:
 
 def restore_request(cli: Cli, key: oracles.KeyPair, ulid: str,
                     env: dict[str, str] | None = None) -> None:
-    """File a thaw request the way a user does: a restore that gives up waiting at once."""
+    """File a thaw request the way a user does: a restore that leaves the thaw to the
+    daemon and gives up waiting at once."""
     result = cli.run(["restore", "-v", VAULT, "-p", PREFIX, "-u", ulid, "-k", key.secret,
-                      "--timeout", "0"], env=env)
+                      "--no-thaw", "--timeout", "0"], env=env)
     assert result.returncode == 75, result.stderr
 
 

@@ -38,13 +38,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from cryophile.backup_id import BackupId, fragment_name, normalize_prefix, parse_ulid, parse_vault
+from cryophile import thaw_request
+from cryophile.backup_id import (
+    SIGNATURE_NAME,
+    BackupId,
+    fragment_name,
+    normalize_prefix,
+    parse_ulid,
+    parse_vault,
+)
+from cryophile.catalog import fetch_manifest
 from cryophile.config import Config
-from cryophile.daemons.thaw import FragmentState, fetch_manifest, load_state
 from cryophile.errors import CryophileError, DataError, NoInputError, UsageError
 from cryophile.manifest import Manifest, parse
-from cryophile.signing import SIGNATURE_NAME, signature_key
 from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written
+from cryophile.thaw_request import FragmentState
 from cryophile.vault.base import Vault
 from cryophile.vault.factory import OpenedVault, default_vault_root
 
@@ -112,7 +120,7 @@ class ThawRecord:
     days: int | None
     requested: str | None
     fragments_total: int | None
-    counts: Mapping[str, int]
+    counts: Mapping[FragmentState, int]
 
     @property
     def state(self) -> BackupState:
@@ -246,29 +254,21 @@ def _freeze_record(spool: Spool, backup_id: BackupId) -> FreezeRecord:
 def _thaw_record(spool: Spool, backup_id: BackupId) -> ThawRecord:
     directory = spool.backup_dir(Queue.THAW, backup_id)
     try:
-        state = load_state(directory)
+        request = thaw_request.load(directory)
     except DataError as error:
-        state = {"status": "failed", "error": str(error)}
-    fragments = state.get("fragments")
-    entries = fragments.values() if isinstance(fragments, dict) else ()
-    counts = {FragmentState.COLD: 0, FragmentState.RESTORING: 0, FragmentState.DOWNLOADED: 0}
-    for entry in entries:
-        name = entry.get("state") if isinstance(entry, dict) else None
-        if name in counts:
-            counts[name] += 1
-    total: int | None = len(fragments) if isinstance(fragments, dict) and fragments else None
+        return ThawRecord(status="failed", error=str(error), tier=None, days=None,
+                          requested=None, fragments_total=None,
+                          counts=dict.fromkeys(FragmentState, 0))
+    counts = request.counts()
+    total: int | None = len(request.fragments) if request.fragments else None
     if total is None:
         # The thaw daemon publishes the manifest before it plans the request.
         manifest, _ = _read_local_manifest(spool.backup_dir(Queue.RESTORE, backup_id),
                                            backup_id)
         total = len(manifest.fragments) if manifest is not None else None
-    days = state.get("days")
     return ThawRecord(
-        status=str(state.get("status") or "active"),
-        error=str(state["error"]) if state.get("error") else None,
-        tier=str(state["tier"]) if state.get("tier") else None,
-        days=days if isinstance(days, int) and not isinstance(days, bool) else None,
-        requested=_time_text(state.get("created")),
+        status=request.status.value, error=request.error, tier=request.tier,
+        days=request.days, requested=_time_text(request.created),
         fragments_total=total, counts=counts)
 
 
@@ -316,7 +316,7 @@ class VaultListing:
         first (the backup stops being complete), its signature, then the fragments."""
         keys = [self.backup_id.object_key(index) for index in sorted(self.indices)]
         if self.signed:
-            keys.insert(1 if self.has_manifest else 0, signature_key(self.backup_id))
+            keys.insert(1 if self.has_manifest else 0, self.backup_id.signature_key)
         return keys
 
 

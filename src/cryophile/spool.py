@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import stat
@@ -128,6 +129,12 @@ class Spool:
     def uploads_dir(self) -> Path:
         """``SPOOL/uploads``: the upload records (:mod:`cryophile.uploads`)."""
         return self.root / UPLOADS_DIR
+
+    def restore_lock_path(self, backup_id: BackupId) -> Path:
+        """``SPOOL/run/restore/<hash>.lock``: held by the one restore of ``backup_id``
+        running on this spool (a hash: prefixes hold slashes and may be long)."""
+        digest = hashlib.sha256(str(backup_id).encode()).hexdigest()[:32]
+        return self.run_dir / "restore" / f"{digest}.lock"
 
     @property
     def run_dir(self) -> Path:

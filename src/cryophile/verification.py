@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryophile.backup_id import BackupId, fragment_name
-from cryophile.daemons.thaw import fetch_manifest, fetch_signature
+from cryophile.catalog import fetch_manifest, fetch_signature
 from cryophile.errors import DataError, ExitCode, NoInputError, TryLaterError
 from cryophile.manifest import Fragment, Manifest
 from cryophile.pipeline.compress import codec_for
@@ -26,7 +26,7 @@ from cryophile.pipeline.keys import SecretKey
 from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.restore import choose_key
 from cryophile.pipeline.stages import threaded
-from cryophile.signing import TrustedSigners, signature_key, signature_problem
+from cryophile.signing import TrustedSigners, signature_problem
 from cryophile.units import human_bytes
 from cryophile.vault.base import ObjectInfo, RestoreState
 from cryophile.vault.factory import OpenedVault
@@ -166,7 +166,7 @@ class Verifier:
         """Record whether the manifest carries a valid signature from ``self.signers``."""
         assert self.signers is not None
         backup_id = report.backup_id
-        where = f"manifest signature ({signature_key(backup_id)})"
+        where = f"manifest signature ({backup_id.signature_key})"
         try:
             signature = fetch_signature(self.opened, backup_id, self.scratch)
         except DataError as error:

@@ -154,17 +154,25 @@ class TreeWatcher:
         return wake
 
 
+#: How often a waiter says it is still waiting, and for what.
+NOTICE_SECONDS = 60.0
+
+
 def wait_for_file(watcher: DirectoryWatcher, path: Path, *, deadline: float | None,
                   on_wait: Callable[[Path], None] | None = None,
                   check: Callable[[], None] | None = None,
-                  rescan: float = RESCAN_SECONDS) -> None:
+                  still_waiting: Callable[[Path, float], None] | None = None,
+                  rescan: float = RESCAN_SECONDS, notice: float = NOTICE_SECONDS) -> None:
     """Return once ``path`` exists; raise TryLaterError when ``deadline`` (monotonic) passes.
 
     ``on_wait`` is called once, when the file is not there on the first look;
-    ``check`` at every look, to raise when whatever should deliver the file
-    has given up.
+    ``still_waiting(path, seconds)`` every ``notice`` seconds after that (a
+    person at the terminal must never face silence); ``check`` at every look,
+    to raise when whatever should deliver the file has given up.
     """
     announced = False
+    started = time.monotonic()
+    next_notice = started + notice
     while not path.exists():
         if check is not None:
             check()
@@ -176,5 +184,8 @@ def wait_for_file(watcher: DirectoryWatcher, path: Path, *, deadline: float | No
         if deadline is not None and now >= deadline:
             raise TryLaterError(f"gave up waiting for {path}: it has not arrived yet; "
                                 "run restore again later")
+        if still_waiting is not None and now >= next_notice:
+            still_waiting(path, now - started)
+            next_notice = now + notice
         timeout = rescan if deadline is None else min(rescan, deadline - now)
         watcher.sleep(max(timeout, 0.01))

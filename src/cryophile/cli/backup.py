@@ -87,7 +87,7 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     """Check everything, then back up. The input is opened last."""
     backup_id = backup_id_from(args, new=True)
     config = open_config(args)
-    if config.vault(backup_id.vault) is None and config.source is not None:
+    if config.vault(backup_id.vault) is None and config.vaults:
         # A typo in -v: refused before anything else is looked at.
         destination_for(backup_id.vault, config, Path())
     vault = config.vault(backup_id.vault)

@@ -53,11 +53,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ulid import ULID
-
 from cryophile import presence
 from cryophile.backoff import Backoff
-from cryophile.backup_id import BackupId, fragment_name
+from cryophile.backup_id import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    BackupId,
+    Selection,
+    parse_fragment_name,
+)
 from cryophile.durable import fsync_dir, remove_empty_dirs, replace_file
 from cryophile.errors import (
     AlreadyExistsError,
@@ -69,10 +73,10 @@ from cryophile.errors import (
 )
 from cryophile.manifest import Manifest, parse
 from cryophile.pipeline.fragments import sha256_of_file
-from cryophile.signing import SIGNATURE_NAME, signature_key
 from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written, read_spool_file
+from cryophile.storage_classes import MANIFEST_STORAGE_CLASS
 from cryophile.uploads import UploadRecord, UploadRecords, describe_objects
-from cryophile.vault.factory import MANIFEST_STORAGE_CLASS, OpenedVault
+from cryophile.vault.factory import OpenedVault
 from cryophile.watch import TreeWatcher
 
 logger = logging.getLogger(__name__)
@@ -92,29 +96,11 @@ def _delivered(name: str, is_directory: bool) -> bool:
     manifest, its signature, a new backup directory), never what freeze writes."""
     if is_directory:
         return True
-    stem, _, number = name.partition(".")
-    return stem == "chunk" and (number.isdigit() or name == SIGNATURE_NAME)
+    return name == SIGNATURE_NAME or parse_fragment_name(name) is not None
 
 
 class _Stopped(Exception):  # noqa: N818 - a signal, not an error
     """SIGTERM arrived: start no other upload."""
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which backups to work on: all, one vault, one prefix in it, or one backup."""
-
-    vault: uuid.UUID | None = None
-    prefix: str | None = None
-    ulid: ULID | None = None
-
-    def matches(self, backup_id: BackupId) -> bool:
-        """True when ``backup_id`` is selected."""
-        if self.vault is not None and backup_id.vault != self.vault:
-            return False
-        if self.prefix is not None and backup_id.prefix != self.prefix:
-            return False
-        return self.ulid is None or backup_id.ulid == self.ulid
 
 
 @dataclass
@@ -256,7 +242,7 @@ class Freezer:
         _refuse_symlinked_entries(directory)
         opened = self._vault(backup_id.vault)
         self._check_destination(backup_id, opened)
-        manifest_path = directory / fragment_name(0)
+        manifest_path = directory / MANIFEST_NAME
         manifest = self._read_manifest(manifest_path, backup_id)
         present = _fragments_in(directory)
         if manifest is None:
@@ -290,11 +276,11 @@ class Freezer:
             # Before the manifest: in the vault too, chunk.0 marks "complete", and
             # a signed backup must never be seen complete without its signature.
             report.uploaded_bytes += self._upload_one(
-                opened, signature_key(backup_id), signature_path,
+                opened, backup_id.signature_key, signature_path,
                 sha256_of_file(signature_path), MANIFEST_STORAGE_CLASS, backup_id, stop)
             report.uploaded += 1
         manifest_sha = sha256_of_file(manifest_path)
-        key = backup_id.object_key(0)
+        key = backup_id.manifest_key
         report.uploaded_bytes += self._upload_one(opened, key, manifest_path, manifest_sha,
                                                   MANIFEST_STORAGE_CLASS, backup_id, stop)
         report.uploaded += 1
@@ -339,7 +325,7 @@ class Freezer:
         if record is None:
             return
         current = {backup_id.object_key(f.index) for f in manifest.fragments}
-        current |= {backup_id.object_key(0), signature_key(backup_id)}
+        current |= {backup_id.manifest_key, backup_id.signature_key}
         stale = {key: sha for key, sha in record.objects.items() if key not in current}
         removed = self._delete_own(opened, stale)
         if removed:
@@ -376,7 +362,7 @@ class Freezer:
                     f"of it is in {record.destination.describe()}, not in "
                     f"{opened.destination.describe()}: run freeze with the configuration "
                     "the backup was made with to remove it")
-            if opened.vault.stat(backup_id.object_key(0)) is None:
+            if opened.vault.stat(backup_id.manifest_key) is None:
                 deleted = self._delete_own(opened, dict(record.objects))
                 logger.warning("backup %s was withdrawn by its writer; removed %s from %s",
                                backup_id, describe_objects(deleted) if deleted else "nothing",
@@ -616,8 +602,8 @@ def _fragments_in(directory: Path) -> dict[int, Path]:
     fragments: dict[int, Path] = {}
     with contextlib.suppress(FileNotFoundError):
         for path in directory.iterdir():
-            name, _, number = path.name.partition(".")
-            if name == "chunk" and number.isdigit() and int(number) > 0:
-                fragments[int(number)] = path
+            index = parse_fragment_name(path.name)
+            if index is not None and index > 0:
+                fragments[index] = path
     return fragments
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cryophile.backup_id import BackupId, fragment_name
+from cryophile.backup_id import MANIFEST_NAME, SIGNATURE_NAME, BackupId
 from cryophile.destination import Destination
 from cryophile.durable import remove_empty_dirs
 from cryophile.errors import StorageIOError
@@ -38,7 +38,6 @@ from cryophile.pipeline.stages import (
     threaded,
     tune_allocator,
 )
-from cryophile.signing import SIGNATURE_NAME
 from cryophile.spool import LOCK_NAME, Queue, Spool, describe_os_error, write_file_durably
 from cryophile.uploads import UploadRecords
 
@@ -128,8 +127,8 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
             if plan.sign is not None:
                 write_file_durably(work_dir / f"{SIGNATURE_NAME}.part",
                                    freeze_dir / SIGNATURE_NAME, plan.sign(manifest_bytes))
-            write_file_durably(work_dir / f"{fragment_name(0)}.part",
-                               freeze_dir / fragment_name(0), manifest_bytes)
+            write_file_durably(work_dir / f"{MANIFEST_NAME}.part",
+                               freeze_dir / MANIFEST_NAME, manifest_bytes)
         except OSError as error:
             # Name the place and say "full" like a fragment's error does.
             raise StorageIOError(f"cannot write the manifest to the spool ({freeze_dir}): "
@@ -140,7 +139,7 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
         if not completed:
             # The manifest first: one linked before its directory fsync failed
             # must never outlive the fragments it lists.
-            for path in [freeze_dir / fragment_name(0), *writer.published,
+            for path in [freeze_dir / MANIFEST_NAME, *writer.published,
                          freeze_dir / SIGNATURE_NAME]:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()

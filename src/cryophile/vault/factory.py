@@ -3,10 +3,11 @@
 The embedded default is a local directory vault, one per vault id, in a data
 directory beside the spool (``SPOOL-vaults/<uuid>`` next to ``SPOOL``), so
 the whole quick start runs without any cloud account or configuration. It
-serves only when there is no configuration file at all: once a file exists,
-an id it does not list is a configuration error naming the ids it does list
-(a typo in ``-v`` must never send a backup to a directory on this host while
-the user believes it went off-site).
+serves only when no configuration file lists vaults: once one does, an id it
+does not list is a configuration error naming the ids it does list (a typo
+in ``-v`` must never send a backup to a directory on this host while the user
+believes it went off-site). A file with only global settings (``spool``,
+``sign_key``, ...) leaves the embedded vaults as they are.
 Retry and logging policy live in the vault implementations' clients, composed
 here in one place.
 """
@@ -26,8 +27,6 @@ from cryophile.vault.base import Vault
 from cryophile.vault.local import DirectoryVault
 
 logger = logging.getLogger(__name__)
-
-MANIFEST_STORAGE_CLASS = "STANDARD"
 
 
 @dataclass(frozen=True)
@@ -49,12 +48,12 @@ def default_vault_root(spool_root: Path, vault_id: uuid.UUID) -> Path:
 
 
 def open_vault(vault_id: uuid.UUID, config: Config, spool_root: Path) -> OpenedVault:
-    """The vault ``vault_id`` names: configured, or (without any configuration file)
-    the embedded directory default. Raises ConfigError for an id the configuration
-    file does not list."""
+    """The vault ``vault_id`` names: configured, or (when no configuration file lists
+    vaults) the embedded directory default. Raises ConfigError for an id the
+    configuration's vaults do not include."""
     entry = config.vault(vault_id)
     if entry is None:
-        if config.source is not None:
+        if config.vaults:
             raise unknown_vault(vault_id, config)
         root = default_vault_root(spool_root, vault_id)
         return OpenedVault(vault_id, DirectoryVault(root, create=True), "STANDARD", "Bulk", 1,
@@ -70,7 +69,7 @@ def destination_for(vault_id: uuid.UUID, config: Config, spool_root: Path) -> De
     entry = config.vault(vault_id)
     if entry is not None:
         return destination_of(entry)
-    if config.source is not None:
+    if config.vaults:
         raise unknown_vault(vault_id, config)
     return Destination.directory(str(default_vault_root(spool_root, vault_id)), embedded=True)
 
@@ -86,11 +85,11 @@ def destination_of(entry: VaultConfig) -> Destination:
 
 def unknown_vault(vault_id: uuid.UUID, config: Config) -> ConfigError:
     """The error for an id that a configuration file does not list."""
-    listed = ", ".join(str(entry.id) for entry in config.vaults) or "none"
+    listed = ", ".join(str(entry.id) for entry in config.vaults)
     return ConfigError(
         f"vault {vault_id} is not in the configuration {config.source} (it lists: {listed}); "
         "check -v for a typo, or add a [[vault]] entry for it (the embedded directory vault "
-        "serves only when there is no configuration file at all)")
+        "serves only when no configuration file lists vaults)")
 
 
 def announce_embedded(vault_id: uuid.UUID, destination: Destination) -> None:
