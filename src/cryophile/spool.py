@@ -6,6 +6,7 @@ Layout (DESIGN.md §1)::
     SPOOL/freeze/<vault>/<prefix>/<ULID>/chunk.N        complete, waiting for upload
     SPOOL/thaw/<vault>/<prefix>/<ULID>/...              restore requests and their state
     SPOOL/restore/<vault>/<prefix>/<ULID>/chunk.N       downloaded, waiting for restore
+    SPOOL/prune/<vault>.json                            deletions under way (prune's journal)
 
 A consumer only ever sees complete files: a file is written under a name no
 consumer looks at, fsynced, then hard-linked into place (a link never clobbers
@@ -21,6 +22,7 @@ import fcntl
 import logging
 import os
 import stat
+import uuid
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -222,6 +224,11 @@ class Spool:
                 continue
             dirnames.clear()
             yield BackupId(vault, prefix, ulid)
+
+    def prune_journal(self, vault_id: uuid.UUID) -> Path:
+        """``SPOOL/prune/<vault>.json``: the deletions ``prune`` has begun in one vault
+        (see :class:`cryophile.prune.Journal`)."""
+        return self.root / "prune" / f"{vault_id}.json"
 
 
 _CREATE_ATTEMPTS = 5
