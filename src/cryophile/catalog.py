@@ -53,13 +53,8 @@ def fetch_manifest(opened: OpenedVault, backup_id: BackupId,
         raise DataError(f"{key} is {info.size} bytes, more than any manifest "
                         f"({MAX_MANIFEST_BYTES} at most): not a cryophile manifest")
     if info.restore_state in (RestoreState.COLD, RestoreState.RESTORING):
-        raise TryLaterError(
-            f"the manifest {key} of backup {backup_id} is in {info.storage_class} (moved "
-            f"there by a lifecycle rule?): cryophile keeps manifests in "
-            f"{MANIFEST_STORAGE_CLASS} so that listing and restores never wait for them; "
-            f"restore it (aws s3api restore-object --key {key} …) or copy it back to "
-            f"{MANIFEST_STORAGE_CLASS}, and exclude */{MANIFEST_NAME} and "
-            f"*/{SIGNATURE_NAME} from the rule")
+        raise TryLaterError(_archived_advice(opened, backup_id, info.storage_class,
+                                             info.restore_state))
     part = _scratch_file(scratch, MANIFEST_NAME)
     try:
         for attempt in range(1, MANIFEST_ATTEMPTS + 1):
@@ -81,6 +76,28 @@ def fetch_manifest(opened: OpenedVault, backup_id: BackupId,
     finally:
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
+
+
+def _archived_advice(opened: OpenedVault, backup_id: BackupId, storage_class: str | None,
+                     state: RestoreState) -> str:
+    """What to do about a manifest that something (a lifecycle rule) moved to an
+    archive class: manifests are always uploaded to STANDARD."""
+    key = backup_id.manifest_key
+    bucket = opened.destination.bucket
+    if bucket is not None:
+        restore = (f"aws s3api restore-object --bucket {bucket} --key {key} "
+                   "--restore-request Days=1")
+        copy = (f"aws s3api copy-object --bucket {bucket} --key {key} --copy-source "
+                f"{bucket}/{key} --storage-class {MANIFEST_STORAGE_CLASS}")
+    else:
+        restore, copy = "the vault's restore", "a copy onto itself"
+    if state is RestoreState.RESTORING:
+        advice = f"a restore of it is under way; then copy it back to STANDARD ({copy})"
+    else:
+        advice = f"restore it ({restore}), then copy it back to STANDARD ({copy})"
+    return (f"manifest {MANIFEST_NAME} of {backup_id} is in {storage_class} (a lifecycle "
+            f"rule?): cryophile keeps manifests in {MANIFEST_STORAGE_CLASS}; {advice}; and "
+            f"exclude */{MANIFEST_NAME} and */{SIGNATURE_NAME} from the rule")
 
 
 def fetch_signature(opened: OpenedVault, backup_id: BackupId, scratch: Path) -> bytes | None:

@@ -36,7 +36,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from cryophile.backup_id import (
     normalize_prefix,
     parse_ulid,
     parse_vault,
+    rfc3339,
 )
 from cryophile.catalog import fetch_manifest
 from cryophile.config import Config
@@ -64,7 +65,7 @@ from cryophile.errors import (
 from cryophile.manifest import Manifest, parse
 from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written
 from cryophile.thaw_request import FragmentState
-from cryophile.vault.base import RestoreState, Vault
+from cryophile.vault.base import Vault
 from cryophile.vault.factory import OpenedVault, default_vault_root
 
 logger = logging.getLogger(__name__)
@@ -92,11 +93,6 @@ class BackupState(StrEnum):
     THAWING = "thawing"
     THAW_FAILED = "thaw_failed"
     RESTORED = "restored"
-
-
-def rfc3339(when: datetime) -> str:
-    """``when`` in UTC, RFC 3339 with a ``Z``, as manifests write it."""
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def within(prefix: str, selected: str | None) -> bool:
@@ -396,58 +392,14 @@ class VaultRecord:
         return BackupState.DAMAGED if self.error is not None else BackupState.FROZEN
 
 
-def read_manifest(opened: OpenedVault, backup_id: BackupId,
-                  scratch: Path) -> tuple[Manifest, bytes]:
-    """The manifest of ``backup_id`` from the vault and its bytes, as ``fetch_manifest``
-    gives them; an archived manifest's TryLaterError says what to do about it.
-
-    Raises NoInputError (no manifest), DataError (damaged), TryLaterError
-    (archived), ServiceError (the vault refuses, or fails: VaultUnavailableError).
-    """
-    try:
-        return fetch_manifest(opened, backup_id, scratch)
-    except TryLaterError as error:
-        raise archived_manifest_error(opened, backup_id, error) from error
-
-
 def unreadable_reason(error: TryLaterError | ServiceError) -> str:
     """Why an object of a backup could not be read now, for a person (the error names
     the object)."""
     if isinstance(error, TryLaterError):
-        return str(error)  # from read_manifest: says what to do
+        return str(error)  # from fetch_manifest: says what to do
     if error.transient:
         return f"the vault failed on it; try again later: {error}"
     return f"the vault refused it: {error}"
-
-
-def archived_manifest_error(opened: OpenedVault, backup_id: BackupId,
-                            error: TryLaterError) -> TryLaterError:
-    """A TryLaterError for a manifest that the vault keeps in an archive class, saying
-    how to get it back; manifests are always uploaded to STANDARD, so something moved it."""
-    key = backup_id.object_key(0)
-    try:
-        info = opened.vault.stat(key)
-    except CryophileError:
-        info = None
-    if info is None:
-        return TryLaterError(f"manifest {fragment_name(0)} of {backup_id}: {error}")
-    from cryophile.vault.s3 import S3Vault  # noqa: PLC0415 - boto3 loads slowly; only S3 needs it
-
-    if isinstance(opened.vault, S3Vault):
-        bucket = opened.vault.bucket
-        restore = (f"aws s3api restore-object --bucket {bucket} --key {key} "
-                   "--restore-request Days=1")
-        copy = (f"aws s3api copy-object --bucket {bucket} --key {key} --copy-source "
-                f"{bucket}/{key} --storage-class STANDARD")
-    else:
-        restore, copy = "the vault's restore", "a copy onto itself"
-    if info.restore_state is RestoreState.RESTORING:
-        advice = f"a restore of it is under way; then copy it back to STANDARD ({copy})"
-    else:
-        advice = f"restore it ({restore}), then copy it back to STANDARD ({copy})"
-    return TryLaterError(
-        f"manifest {fragment_name(0)} of {backup_id} is in {info.storage_class} (a "
-        f"lifecycle rule?): cryophile keeps manifests in STANDARD; {advice}")
 
 
 def describe_in_vault(opened: OpenedVault, listing: VaultListing, scratch: Path,
@@ -470,7 +422,7 @@ def describe_in_vault(opened: OpenedVault, listing: VaultListing, scratch: Path,
             return VaultRecord(listing, None, storage_class,
                                "no manifest in the vault: an upload in progress or abandoned")
         if manifest is None:
-            manifest, _ = read_manifest(opened, backup_id, scratch)
+            manifest, _ = fetch_manifest(opened, backup_id, scratch)
     except DataError as error:
         return VaultRecord(listing, None, storage_class,
                            f"the manifest in the vault is damaged: {error}")

@@ -10,6 +10,7 @@ Layout (DESIGN.md §1)::
                                                         (:mod:`cryophile.uploads`)
     SPOOL/run/<daemon>.pid                              a running daemon's presence
                                                         (:mod:`cryophile.presence`)
+    SPOOL/prune/<vault>.json                            deletions under way (prune's journal)
 
 A consumer only ever sees complete files: a file is written under a name no
 consumer looks at, fsynced, then hard-linked into place (a link never clobbers
@@ -32,6 +33,7 @@ import hashlib
 import logging
 import os
 import stat
+import uuid
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -264,6 +266,11 @@ class Spool:
                 continue
             dirnames.clear()
             yield BackupId(vault, prefix, ulid)
+
+    def prune_journal(self, vault_id: uuid.UUID) -> Path:
+        """``SPOOL/prune/<vault>.json``: the deletions ``prune`` has begun in one vault
+        (see :class:`cryophile.prune.Journal`)."""
+        return self.root / "prune" / f"{vault_id}.json"
 
 
 _CREATE_ATTEMPTS = 5

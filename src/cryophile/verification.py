@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryophile.backup_id import BackupId, fragment_name
-from cryophile.catalog import fetch_signature
+from cryophile.catalog import fetch_manifest, fetch_signature
 from cryophile.errors import (
     CryophileError,
     DataError,
@@ -27,7 +27,7 @@ from cryophile.errors import (
     TryLaterError,
     exit_code_of,
 )
-from cryophile.inventory import read_manifest, unreadable_reason
+from cryophile.inventory import unreadable_reason
 from cryophile.manifest import Fragment, Manifest
 from cryophile.pipeline.compress import codec_for
 from cryophile.pipeline.fragments import read_fragments, sha256_of_file
@@ -144,7 +144,7 @@ class Verifier:
         report = Report(backup_id)
         where = f"manifest ({backup_id.object_key(0)})"
         try:
-            manifest, data = read_manifest(self.opened, backup_id, self.scratch)
+            manifest, data = fetch_manifest(self.opened, backup_id, self.scratch)
         except DataError as error:
             report.findings.append(Finding(f"{where}: {error}", damaged=True, index=0))
             return report

@@ -6,10 +6,10 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from cryophile.backup_id import normalize_prefix, parse_vault
+from cryophile.backup_id import normalize_prefix, parse_vault, rfc3339
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.errors import ExitCode, exit_code_of
-from cryophile.inventory import Entry, known_vaults, rfc3339, take_inventory
+from cryophile.inventory import Entry, known_vaults, take_inventory
 from cryophile.pipeline.stages import write_all
 from cryophile.units import human_bytes
 from cryophile.vault.factory import open_vault
