@@ -65,6 +65,7 @@ from cryophile.errors import (
 from cryophile.manifest import Manifest, parse
 from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written
 from cryophile.thaw_request import FragmentState
+from cryophile.uploads import UploadRecords
 from cryophile.vault.base import Vault
 from cryophile.vault.factory import OpenedVault, default_vault_root
 
@@ -262,7 +263,20 @@ def _freeze_record(spool: Spool, backup_id: BackupId) -> FreezeRecord:
     files = dict(_chunk_files(directory))
     manifest, error = _read_local_manifest(directory, backup_id)
     fragments = {index: size for index, size in files.items() if index > 0}
+    if error is None:
+        error = _upload_error(spool, backup_id)
     return FreezeRecord(manifest, len(fragments), sum(fragments.values()), error)
+
+
+def _upload_error(spool: Spool, backup_id: BackupId) -> str | None:
+    """The error that stopped the last upload attempt of ``backup_id`` (its upload record)."""
+    try:
+        record = UploadRecords(spool).load(backup_id)
+    except CryophileError as error:
+        return str(error)
+    if record is None or record.error is None:
+        return None
+    return f"{record.error} (since {record.error_at})" if record.error_at else record.error
 
 
 def _thaw_record(spool: Spool, backup_id: BackupId) -> ThawRecord:
@@ -533,8 +547,9 @@ class Inventory:
 
 
 def known_vaults(spool: Spool, config: Config) -> list[uuid.UUID]:
-    """Every vault id the spool's queues mention, every configured vault, and every
-    embedded directory vault beside the spool (so a wiped spool still finds its backups).
+    """Every vault id the spool's queues mention and every configured vault; when no
+    configuration lists vaults, every embedded directory vault beside the spool too
+    (so a wiped spool still finds its backups).
     """
     found: set[uuid.UUID] = {entry.id for entry in config.vaults}
     for queue in Queue:
@@ -542,6 +557,8 @@ def known_vaults(spool: Spool, config: Config) -> list[uuid.UUID]:
             for child in spool.queue_dir(queue).iterdir():
                 with contextlib.suppress(UsageError):
                     found.add(parse_vault(child.name))
+    if config.vaults:
+        return sorted(found)  # the embedded vaults do not serve then (vault.factory)
     embedded = default_vault_root(spool.root, uuid.UUID(int=0)).parent
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for child in embedded.iterdir():

@@ -38,7 +38,7 @@ import shlex
 import tempfile
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ from cryophile.retention import (
 from cryophile.signing import TrustedSigners, signature_problem
 from cryophile.spool import Queue, Spool
 from cryophile.units import human_bytes
+from cryophile.uploads import UploadRecords
 from cryophile.vault.factory import OpenedVault
 
 logger = logging.getLogger(__name__)
@@ -410,7 +411,7 @@ def prune_abandoned(opened: OpenedVault, spool: Spool, prefix: str | None, *,
     outcome = AbandonedOutcome(abandoned.find(spool, opened.vault_id, prefix))
     for item in outcome.items:
         try:
-            abandoned.remove(spool, opened.vault, item, dry_run=dry_run)
+            abandoned.remove(spool, opened.vault, opened.destination, item, dry_run=dry_run)
         except CryophileError as error:
             item.action, item.reason = abandoned.LEFT, str(error)
             outcome.errors.append(error)
@@ -420,3 +421,103 @@ def prune_abandoned(opened: OpenedVault, spool: Spool, prefix: str | None, *,
                         "%d object(s) from the vault", item.backup_id, item.spool_fragments,
                         item.vault_objects)
     return outcome
+
+
+# -- prune --incomplete -------------------------------------------------------------------
+
+
+@dataclass
+class Incomplete:
+    """Objects of a backup without a manifest in the vault, and what became of them."""
+
+    backup_id: BackupId
+    objects: int
+    #: When its newest object was stored (None: unknown, or it could not be read).
+    newest: datetime | None = None
+    action: Action = Action.REMOVE
+    reason: str | None = None  # why it was left alone
+
+    def as_json(self) -> dict[str, Any]:
+        """One entry of ``prune --incomplete --json``."""
+        return {**self.backup_id.as_json(), "objects": self.objects,
+                "newest": rfc3339(self.newest) if self.newest is not None else None,
+                "action": self.action.value, "reason": self.reason}
+
+
+@dataclass
+class IncompleteOutcome:
+    """What ``prune --incomplete`` found and did."""
+
+    items: list[Incomplete] = field(default_factory=list)
+    errors: list[CryophileError] = field(default_factory=list)
+
+
+def prune_incomplete(opened: OpenedVault, spool: Spool, prefix: str | None, *,
+                     older_than: timedelta, now: datetime,
+                     dry_run: bool) -> IncompleteOutcome:
+    """Remove the vault's fragments of backups without a manifest (below ``prefix``)
+    that no spool here claims and whose newest object is older than ``older_than``.
+
+    Such objects are left by a host whose spool was lost mid-backup: nothing
+    else will ever complete or remove them. A backup this spool still holds
+    (queued, abandoned, or with an upload record) is left alone (``freeze`` or
+    ``prune --abandoned`` deal with it); so is one whose newest object is
+    younger than ``older_than``, which another host may still be uploading,
+    and one whose objects' ages the vault does not tell. A listing that cannot
+    be read raises, with nothing deleted.
+    """
+    try:
+        listings = list_vault(opened.vault, opened.vault_id, prefix)
+    except CryophileError as error:
+        raise type(error)(f"cannot list vault {opened.vault_id}: {error}; prune deleted "
+                          "nothing") from error
+    records = UploadRecords(spool)
+    outcome = IncompleteOutcome()
+    for backup_id, listing in sorted(listings.items(), key=lambda item: str(item[0])):
+        if listing.has_manifest or not within(backup_id.prefix, prefix):
+            continue
+        keys = listing.object_keys()
+        item = Incomplete(backup_id, len(keys))
+        outcome.items.append(item)
+        try:
+            _judge_incomplete(opened, spool, records, item, keys, older_than, now)
+            if item.action is Action.REMOVE and not dry_run:
+                if opened.vault.stat(backup_id.manifest_key) is not None:
+                    item.action, item.reason = Action.KEEP, "its manifest arrived meanwhile"
+                    continue
+                for key in keys:
+                    opened.vault.delete(key)
+                item.action = Action.REMOVED
+                logger.info("removed %d object(s) of incomplete backup %s", len(keys),
+                            backup_id)
+        except CryophileError as error:
+            item.action, item.reason = Action.KEEP, str(error)
+            outcome.errors.append(error)
+    return outcome
+
+
+def _judge_incomplete(opened: OpenedVault, spool: Spool, records: UploadRecords,
+                      item: Incomplete, keys: list[str], older_than: timedelta,
+                      now: datetime) -> None:
+    backup_id = item.backup_id
+    if (spool.backup_dir(Queue.BACKUP, backup_id).exists()
+            or spool.backup_dir(Queue.FREEZE, backup_id).exists()
+            or records.load(backup_id) is not None):
+        item.action = Action.KEEP
+        item.reason = ("this spool is still working on it (see 'cryophile status'; "
+                       "'prune --abandoned' removes it if its writer died)")
+        return
+    stamps = []
+    for key in keys:
+        info = opened.vault.stat(key)
+        if info is None:
+            continue  # gone since the listing
+        if info.modified is None:
+            item.action, item.reason = Action.KEEP, f"the vault does not say when {key} was stored"
+            return
+        stamps.append(info.modified)
+    item.newest = max(stamps, default=None)
+    if item.newest is not None and now - item.newest < older_than:
+        item.action = Action.KEEP
+        item.reason = (f"its newest object was stored {rfc3339(item.newest)}, less than "
+                       f"--older-than ago: an upload may still be running")

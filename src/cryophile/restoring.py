@@ -275,17 +275,15 @@ def _waiting_for(spool: Spool, backup_id: BackupId, path: Path, seconds: float,
 
 @contextlib.contextmanager
 def _one_restore_at_a_time(spool: Spool, backup_id: BackupId) -> Iterator[None]:
-    """Hold this backup's restore lock; TryLaterError when another restore has it."""
+    """Hold this backup's restore lock; TryLaterError when another restore has it.
+
+    The lock file goes when the restore ends (a refused restore leaves the
+    spool as it was). So a lock taken on a file that was unlinked meanwhile
+    is worth nothing: it is taken again on the file the path names now.
+    """
     path = spool.restore_lock_path(backup_id)
-    make_dirs(path.parent)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    fd = _locked_file(path, backup_id)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            raise TryLaterError(f"another restore of {backup_id} is running (pid {other}); "
-                                "wait for it to finish, then run restore again") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
@@ -293,8 +291,37 @@ def _one_restore_at_a_time(spool: Spool, backup_id: BackupId) -> Iterator[None]:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+            remove_empty_dirs(path.parent, spool.root)
     finally:
         os.close(fd)
+
+
+def _locked_file(path: Path, backup_id: BackupId) -> int:
+    """An fd of ``path`` holding its exclusive lock, the file still linked there."""
+    while True:
+        make_dirs(path.parent)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         FILE_MODE)
+        except FileNotFoundError:
+            continue  # the directory went with the last restore's lock: make it again
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise TryLaterError(f"another restore of {backup_id} is running (pid {other}); "
+                                "wait for it to finish, then run restore again") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the restore that held it finished and removed it: start over
 
 
 @contextlib.contextmanager

@@ -10,6 +10,9 @@ Layout (DESIGN.md §1)::
                                                         (:mod:`cryophile.uploads`)
     SPOOL/run/<daemon>.pid                              a running daemon's presence
                                                         (:mod:`cryophile.presence`)
+    SPOOL/run/uploading.json                            a freezer's uploads now
+                                                        (:mod:`cryophile.in_flight`)
+    SPOOL/run/restore/<hash>.lock                       held by the one restore of a backup
     SPOOL/prune/<vault>.json                            deletions under way (prune's journal)
 
 A consumer only ever sees complete files: a file is written under a name no
@@ -142,6 +145,11 @@ class Spool:
     def run_dir(self) -> Path:
         """``SPOOL/run``: presence files of running daemons (:mod:`cryophile.presence`)."""
         return self.root / RUN_DIR
+
+    @property
+    def in_flight_path(self) -> Path:
+        """``SPOOL/run/uploading.json``: a freezer's uploads now (:mod:`cryophile.in_flight`)."""
+        return self.run_dir / "uploading.json"
 
     def _refuse_linked_queues(self) -> None:
         for queue in Queue:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,9 @@ from cryophile.destination import Destination
 from cryophile.durable import make_dirs, remove_empty_dirs, replace_file
 from cryophile.errors import ConfigError, DataError, StorageIOError, UsageError
 from cryophile.spool import Spool, describe_os_error, read_spool_file, refuse_symlinks
+from cryophile.vault.base import Vault
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _SUFFIX = ".json"
@@ -257,6 +261,33 @@ class UploadRecords:
         """Drop the record: the backup is complete in its vault (or gone entirely)."""
         with self._locked():
             self._remove(backup_id)
+
+
+def delete_own(vault: Vault, objects: Mapping[str, str]) -> list[str]:
+    """Delete each object of ``objects`` (key → the SHA-256 this spool uploaded under it)
+    that still holds what this spool uploaded; return the keys deleted.
+
+    An object whose checksum differs is not ours (another host wrote that key
+    since) and is left alone. An incomplete multipart upload of the key that a
+    killed freezer left is aborted too.
+    """
+    deleted = []
+    for key, sha256 in sorted(objects.items()):
+        abort_incomplete(vault, key)
+        info = vault.stat(key)
+        if info is not None and info.sha256 == sha256:
+            vault.delete(key)
+            deleted.append(key)
+    return deleted
+
+
+def abort_incomplete(vault: Vault, key: str) -> None:
+    """Abort multipart uploads of ``key`` that a killed freezer left (S3 only)."""
+    abort = getattr(vault, "abort_incomplete_uploads", None)
+    if abort is not None:
+        aborted = abort(key)
+        if aborted:
+            logger.info("aborted %d incomplete upload(s) of %s", aborted, key)
 
 
 def _now() -> str:

@@ -12,7 +12,7 @@ from cryophile.errors import ExitCode, exit_code_of
 from cryophile.inventory import Entry, known_vaults, take_inventory
 from cryophile.pipeline.stages import write_all
 from cryophile.units import human_bytes
-from cryophile.vault.factory import open_vault
+from cryophile.vault.factory import open_vault, unknown_vault
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
@@ -38,11 +38,12 @@ the fragments, and state:
   thaw_failed     the restore request failed (the error says why)
   restored        complete in SPOOL/restore/, ready for `cryophile restore`
 
-Without -v: the vaults the spool mentions, every configured vault and every
-embedded directory vault beside the spool. -p selects a prefix and everything
-below it. Reads only queue directories, manifests (plain JSON) and one `stat`
-of fragment 1 per backup: no secret key, no fragment download, no Glacier
-restore.
+Without -v: the vaults the spool mentions and every configured vault (with no
+configuration file listing vaults: every embedded directory vault beside the
+spool). A -v that the configuration does not list is an error (exit 78). -p
+selects a prefix and everything below it. Reads only queue directories,
+manifests (plain JSON) and one `stat` of fragment 1 per backup: no secret key,
+no fragment download, no Glacier restore.
 """
 
 EXAMPLES = """\
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     only_vault = parse_vault(args.vault) if args.vault is not None else None
     prefix = normalize_prefix(args.prefix) if args.prefix is not None else None
     config = open_config(args)
+    if only_vault is not None and config.vaults and config.vault(only_vault) is None:
+        raise unknown_vault(only_vault, config)  # a typo in -v is not "no backups found"
     spool = open_spool(args, environment.env, config, read_only=True)
     vault_ids = [only_vault] if only_vault is not None else known_vaults(spool, config)
     inventory = take_inventory(spool, lambda vault_id: open_vault(vault_id, config, spool.root),

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from cryophile import abandoned
 from cryophile.backup_id import normalize_prefix, parse_vault, rfc3339
+from cryophile.cli.arguments import duration
 from cryophile.cli.list import format_table
 from cryophile.cli.resources import open_config, open_spool
-from cryophile.errors import CryophileError, ExitCode, UsageError
+from cryophile.errors import CryophileError, ExitCode, UsageError, exit_code_of
 from cryophile.pipeline.stages import write_all
 from cryophile.prune import (
     KEPT_ACTIONS,
@@ -22,6 +23,7 @@ from cryophile.prune import (
     Outcome,
     PruneRequest,
     prune_abandoned,
+    prune_incomplete,
     removal_hint,
     run_prune,
 )
@@ -67,8 +69,15 @@ permissions) is reported and the others go on.
 
 With --abandoned (instead of a policy): remove the backups this spool lists as
 abandoned (their writer died before the manifest; see `cryophile status`): the
-fragments a freezer uploaded of them, then SPOOL/freeze/ID and SPOOL/backup/ID,
-holding the backup's lock, so a live writer is never touched.
+objects this spool's upload record says a freezer uploaded of them (objects
+under the same id that this spool did not upload, another host's, are counted
+and left alone), then SPOOL/freeze/ID, SPOOL/backup/ID and the record, holding
+the backup's lock, so a live writer is never touched.
+
+With --incomplete --older-than DURATION (instead of a policy): remove the
+vault's objects of backups without a manifest that no spool here claims (left
+by a host that lost its spool mid-backup), once their newest object is older
+than DURATION (7d, 36h, 1w2d), so that no upload can still be running.
 """
 
 EXAMPLES = """\
@@ -77,6 +86,7 @@ examples:
   cryophile prune -v VAULT -p hosts/db1 --keep-last 3 --signed-by host-sign.cert
   cryophile prune -v VAULT --keep-monthly 6 -n --json | jq '.backups[] | select(.action=="remove")'
   cryophile prune -v VAULT --abandoned --dry-run
+  cryophile prune -v VAULT --incomplete --older-than 7d
 exit status: 0 done (backups too young to delete, and future-dated ones, are kept
 and named); 65 a manifest or signature in the vault is unreadable, 75 the vault
 was unreachable while reading it (in both cases nothing is deleted); 65 untrusted
@@ -122,6 +132,14 @@ def register(commands: Any) -> argparse.ArgumentParser:
                         help="instead of a retention policy: remove the backups in this spool "
                              "whose writer died before the manifest (status lists them as "
                              "abandoned), with what a freezer uploaded of them")
+    parser.add_argument("--incomplete", action="store_true",
+                        help="instead of a retention policy: remove fragments in the vault of "
+                             "backups without a manifest that no spool here claims (left by a "
+                             "host that lost its spool); needs --older-than")
+    parser.add_argument("--older-than", type=duration, default=None, metavar="DURATION",
+                        help="with --incomplete: only backups whose newest object was stored "
+                             "longer ago than this (e.g. 7d, 36h), so that no upload can "
+                             "still be running")
     parser.add_argument("--json", action="store_true",
                         help="print the plan or result as one JSON object (schema in the README)")
     parser.set_defaults(run=run)
@@ -276,11 +294,22 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     vault_id = parse_vault(args.vault)
     prefix = normalize_prefix(args.prefix) if args.prefix is not None else None
     policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
-    if args.abandoned:
+    if args.abandoned and args.incomplete:
+        raise UsageError("--abandoned and --incomplete clean up different things: run prune "
+                         "once for each")
+    if args.older_than is not None and not args.incomplete:
+        raise UsageError("--older-than goes with --incomplete")
+    if args.abandoned or args.incomplete:
+        option = "--abandoned" if args.abandoned else "--incomplete"
         if not policy.empty or args.allow_early_deletion or args.signed_by is not None:
-            raise UsageError("--abandoned takes no retention policy (--keep-*, "
+            raise UsageError(f"{option} takes no retention policy (--keep-*, "
                              "--allow-early-deletion, --signed-by): run prune once for each")
-        return _prune_abandoned(args, environment, vault_id, prefix)
+        if args.abandoned:
+            return _prune_abandoned(args, environment, vault_id, prefix)
+        if args.older_than is None:
+            raise UsageError("--incomplete needs --older-than DURATION (e.g. 7d): objects "
+                             "younger than that may belong to an upload still running")
+        return _prune_incomplete(args, environment, vault_id, prefix)
     if policy.empty:
         raise UsageError("give at least one of --keep-last, --keep-daily, --keep-weekly, "
                          "--keep-monthly (with none, every backup would be deleted)")
@@ -322,7 +351,10 @@ def _prune_abandoned(args: argparse.Namespace, environment: Environment, vault_i
         lines = []
         for item in items:
             what = (f"{item.spool_fragments} fragment(s), {human_bytes(item.spool_bytes)} in the "
-                    f"spool, {item.vault_objects} object(s) in the vault")
+                    f"spool, {item.vault_objects} object(s) it uploaded to the vault")
+            if item.foreign_objects:
+                what += (f"; {item.foreign_objects} other object(s) under its id, not uploaded "
+                         "from this spool (another host's?), left alone")
             if item.action == abandoned.LEFT:
                 lines.append(f"{item.backup_id}: left alone: {item.reason}")
             else:
@@ -338,3 +370,34 @@ def _prune_abandoned(args: argparse.Namespace, environment: Environment, vault_i
         return 0
     refused = [error for error in errors if not error.transient]
     return int(refused[0].exit_code if refused else ExitCode.TEMPFAIL)
+
+
+def _prune_incomplete(args: argparse.Namespace, environment: Environment, vault_id: uuid.UUID,
+                      prefix: str | None) -> int:
+    """``prune --incomplete --older-than D``: remove old fragments nobody will complete."""
+    config = open_config(args)
+    spool = open_spool(args, environment.env, config)
+    opened = open_vault(vault_id, config, spool.root)
+    outcome = prune_incomplete(opened, spool, prefix, older_than=args.older_than,
+                               now=datetime.now(UTC), dry_run=args.dry_run)
+    gone = [item for item in outcome.items if item.action in (Action.REMOVE, Action.REMOVED)]
+    verb = "would remove" if args.dry_run else "removed"
+    if args.json:
+        document = {"vault": str(vault_id), "dry_run": args.dry_run,
+                    "incomplete": [item.as_json() for item in outcome.items],
+                    "totals": {"removed": len(gone), "left": len(outcome.items) - len(gone)}}
+        write_all(environment.stdout_fd, (json.dumps(document, indent=1) + "\n").encode())
+    else:
+        lines = []
+        for item in outcome.items:
+            if item in gone:
+                lines.append(f"{item.backup_id}: {verb} {item.objects} object(s) without a "
+                             "manifest")
+            else:
+                lines.append(f"{item.backup_id}: left alone: {item.reason}")
+        lines.append(f"{verb} {len(gone)} incomplete backup(s)"
+                     + (" (dry run: nothing deleted)" if args.dry_run else "")
+                     + (f"; left {len(outcome.items) - len(gone)}"
+                        if len(gone) < len(outcome.items) else ""))
+        write_all(environment.stdout_fd, ("\n".join(lines) + "\n").encode())
+    return int(exit_code_of(outcome.errors))

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import json
 import logging
 import os
 import threading
@@ -50,7 +49,6 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from cryophile import presence
@@ -62,7 +60,7 @@ from cryophile.backup_id import (
     Selection,
     parse_fragment_name,
 )
-from cryophile.durable import fsync_dir, remove_empty_dirs, replace_file
+from cryophile.durable import fsync_dir, remove_empty_dirs
 from cryophile.errors import (
     AlreadyExistsError,
     ConfigError,
@@ -71,11 +69,18 @@ from cryophile.errors import (
     ServiceError,
     StorageIOError,
 )
+from cryophile.in_flight import InFlight
 from cryophile.manifest import Manifest, parse
 from cryophile.pipeline.fragments import sha256_of_file
 from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written, read_spool_file
 from cryophile.storage_classes import MANIFEST_STORAGE_CLASS
-from cryophile.uploads import UploadRecord, UploadRecords, describe_objects
+from cryophile.uploads import (
+    UploadRecord,
+    UploadRecords,
+    abort_incomplete,
+    delete_own,
+    describe_objects,
+)
 from cryophile.vault.factory import OpenedVault
 from cryophile.watch import TreeWatcher
 
@@ -85,7 +90,6 @@ DEFAULT_PARALLEL = 4
 #: Most uploads at once (each holds a connection and up to a 16 MiB part).
 MAX_PARALLEL = 64
 RESCAN_SECONDS = 60.0
-IN_FLIGHT_NAME = ".uploading.json"
 #: Back-off of a backup whose pass failed: 5 s, 10 s, 20 s, … at most 5 minutes.
 FIRST_RETRY_SECONDS = 5.0
 MAX_RETRY_SECONDS = 300.0
@@ -137,7 +141,7 @@ class Freezer:
         self.on_pass = on_pass  # told every pass's report (metrics)
         self.records = UploadRecords(spool)
         self._vaults: dict[uuid.UUID, OpenedVault] = {}
-        self._in_flight = InFlight(spool.queue_dir(Queue.FREEZE) / IN_FLIGHT_NAME)
+        self._in_flight = InFlight(spool.in_flight_path)
         self._backoff: Backoff[BackupId] = Backoff(FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS)
 
     def _vault(self, vault_id: uuid.UUID) -> OpenedVault:
@@ -327,24 +331,12 @@ class Freezer:
         current = {backup_id.object_key(f.index) for f in manifest.fragments}
         current |= {backup_id.manifest_key, backup_id.signature_key}
         stale = {key: sha for key, sha in record.objects.items() if key not in current}
-        removed = self._delete_own(opened, stale)
+        removed = delete_own(opened.vault, stale)
         if removed:
             logger.info("backup %s: removed %s left in the vault by an earlier attempt "
                         "under this id", backup_id, describe_objects(removed),
                         extra={"backup": str(backup_id), "event": "stale-removed"})
         self.records.forget(backup_id, stale, drop_if_unused=False)
-
-    def _delete_own(self, opened: OpenedVault, objects: dict[str, str]) -> list[str]:
-        """Delete each object that still holds what this spool uploaded under its key;
-        return the keys deleted. Objects changed since (not ours) are left alone."""
-        deleted = []
-        for key, sha256 in sorted(objects.items()):
-            _abort_incomplete(opened, key)
-            info = opened.vault.stat(key)
-            if info is not None and info.sha256 == sha256:
-                opened.vault.delete(key)
-                deleted.append(key)
-        return deleted
 
     def _clean_withdrawn(self, backup_id: BackupId, report: PassReport) -> None:
         """A record without a queued backup: its writer withdrew it (or it is complete)."""
@@ -363,7 +355,7 @@ class Freezer:
                     f"{opened.destination.describe()}: run freeze with the configuration "
                     "the backup was made with to remove it")
             if opened.vault.stat(backup_id.manifest_key) is None:
-                deleted = self._delete_own(opened, dict(record.objects))
+                deleted = delete_own(opened.vault, record.objects)
                 logger.warning("backup %s was withdrawn by its writer; removed %s from %s",
                                backup_id, describe_objects(deleted) if deleted else "nothing",
                                opened.vault, extra={"backup": str(backup_id),
@@ -441,13 +433,13 @@ class Freezer:
         previous = self.records.note_upload(backup_id, key, sha256)
         if previous == sha256:
             # Sent before and not confirmed (a killed freezer): its parts may linger.
-            _abort_incomplete(opened, key)
+            abort_incomplete(opened.vault, key)
         with self._in_flight.upload(key, size):
             try:
                 opened.vault.put(key, path, sha256=sha256, storage_class=storage_class)
             except AlreadyExistsError:
-                if previous is None or previous == sha256 or not self._delete_own(
-                        opened, {key: previous}):
+                if previous is None or previous == sha256 or not delete_own(
+                        opened.vault, {key: previous}):
                     raise self._foreign(opened, backup_id, key) from None
                 logger.info("replaced %s, left by an earlier attempt under this id", key,
                             extra={"backup": str(backup_id), "event": "stale-replaced",
@@ -493,62 +485,6 @@ class Freezer:
                             f"bytes with {sha256}")
 
 
-class InFlight:
-    """The uploads running now, published in ``SPOOL/freeze/.uploading.json`` for ``status``.
-
-    The file names the daemon's pid, so a reader can tell a live daemon's
-    list from the leftover of one that was killed; it is removed when no
-    upload runs.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._uploads: dict[str, dict[str, object]] = {}
-
-    @contextlib.contextmanager
-    def upload(self, key: str, size: int) -> Iterator[None]:
-        """Mark ``key`` (``size`` bytes) as being uploaded while the block runs."""
-        with self._lock:
-            started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-            self._uploads[key] = {"key": key, "bytes": size, "started": started}
-            self._publish()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._uploads.pop(key, None)
-                self._publish()
-
-    def clear(self) -> None:
-        """Remove the file and its temporaries as a killed freezer may have left them."""
-        for leftover in [self.path, *self.path.parent.glob(f".{self.path.name}.*.tmp")]:
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
-    def _publish(self) -> None:
-        # Progress information only: failing to write it must not fail an upload.
-        try:
-            if self._uploads:
-                document = {"pid": os.getpid(), "uploads": list(self._uploads.values())}
-                replace_file(self.path, json.dumps(document).encode())
-            else:
-                self.path.unlink(missing_ok=True)
-        except OSError as error:
-            logger.debug("cannot update %s: %s", self.path, error)
-
-
-def uploads_in_flight(spool: Spool) -> list[dict[str, object]]:
-    """The uploads a live freeze process runs now on ``spool`` (empty when none)."""
-    try:
-        document = json.loads((spool.queue_dir(Queue.FREEZE) / IN_FLIGHT_NAME).read_bytes())
-        os.kill(int(document["pid"]), 0)
-        uploads = document["uploads"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # none, unreadable, or left by a freeze that is gone
-    return [entry for entry in uploads if isinstance(entry, dict)]
-
-
 @contextlib.contextmanager
 def _pass_lock(directory: Path) -> Iterator[None]:
     # flock on the queue directory itself: no lock file to leave behind.
@@ -577,15 +513,6 @@ def _exceptions(futures: Iterable[Future[int]]) -> Iterable[CryophileError]:
             yield StorageIOError(f"local I/O error: {error}")
         else:
             raise error
-
-
-def _abort_incomplete(opened: OpenedVault, key: str) -> None:
-    """Abort multipart uploads of ``key`` that a killed freezer left (S3 only)."""
-    abort = getattr(opened.vault, "abort_incomplete_uploads", None)
-    if abort is not None:
-        aborted = abort(key)
-        if aborted:
-            logger.info("aborted %d incomplete upload(s) of %s", aborted, key)
 
 
 def _refuse_symlinked_entries(directory: Path) -> None:

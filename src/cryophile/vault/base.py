@@ -74,7 +74,8 @@ class ObjectInfo:
     ``sha256`` is the lower-case hex SHA-256 of the whole content, or None when
     the vault cannot tell (an object some other tool uploaded without one).
     ``restore_expiry`` is set only for ``RestoreState.RESTORED`` (and even then
-    only when the server says when the copy expires).
+    only when the server says when the copy expires). ``modified`` is when the
+    object was stored (S3 ``Last-Modified``, a file's mtime), None when unknown.
     """
 
     size: int
@@ -82,6 +83,7 @@ class ObjectInfo:
     storage_class: str
     restore_state: RestoreState
     restore_expiry: datetime | None = None
+    modified: datetime | None = None
 
 
 @runtime_checkable

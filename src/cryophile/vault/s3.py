@@ -280,6 +280,7 @@ class S3Vault:
             storage_class=storage_class,
             restore_state=state,
             restore_expiry=expiry,
+            modified=head.get("LastModified"),
         )
 
     def request_restore(self, key: str, *, days: int, tier: str) -> RestoreState:
