@@ -45,7 +45,14 @@ class Destination:
         return cls("dir", path=path.rstrip("/") or "/", embedded=embedded)
 
     def same_place(self, other: Destination) -> bool:
-        """True when both name the same bucket or directory."""
+        """True when both name the same bucket or directory.
+
+        Two embedded vaults are the same place wherever they are: the embedded
+        vault is defined as the directory beside the spool, so it moves with a
+        spool that is moved (or copied to a new disk).
+        """
+        if self.embedded and other.embedded:
+            return True
         return (self.provider, self.bucket, self.endpoint, self.path) == (
             other.provider, other.bucket, other.endpoint, other.path)
 

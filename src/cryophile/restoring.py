@@ -282,6 +282,8 @@ def _one_restore_at_a_time(spool: Spool, backup_id: BackupId) -> Iterator[None]:
     is worth nothing: it is taken again on the file the path names now.
     """
     path = spool.restore_lock_path(backup_id)
+    # What this restore creates, it removes: SPOOL/run too, unless it was there.
+    keep = spool.run_dir if spool.run_dir.exists() else spool.root
     fd = _locked_file(path, backup_id)
     try:
         os.ftruncate(fd, 0)
@@ -291,7 +293,7 @@ def _one_restore_at_a_time(spool: Spool, backup_id: BackupId) -> Iterator[None]:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            remove_empty_dirs(path.parent, spool.root)
+            remove_empty_dirs(path.parent, keep)
     finally:
         os.close(fd)
 
