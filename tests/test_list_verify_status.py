@@ -92,9 +92,14 @@ STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["spool", "backup", "freeze", "thaw", "restore", "abandoned", "totals",
-                 "uploading"],
+                 "uploading", "daemons", "withdrawn"],
     "properties": {
         "spool": {"type": "string"},
+        "daemons": {"type": "object", "additionalProperties": False,
+                    "required": ["freeze", "thaw"],
+                    "properties": {"freeze": {"type": ["integer", "null"]},
+                                   "thaw": {"type": ["integer", "null"]}}},
+        "withdrawn": {"type": "array", "items": _record({"objects": _COUNT})},
         "uploading": {"type": "array", "items": {
             "type": "object", "additionalProperties": False,
             "required": ["key", "bytes", "started"],
