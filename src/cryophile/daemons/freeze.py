@@ -473,7 +473,17 @@ class Freezer:
         if record is None:
             return  # queued by a cryophile that kept no record: only the uploads' check
         base = f"{backup_id.key_prefix}/"
-        for key in opened.vault.list(base):
+        try:
+            keys = list(opened.vault.list(base))
+        except CryophileError as error:
+            if error.transient:
+                raise  # the uploads would only meet it too
+            # Credentials that may write but not list (no s3:ListBucket): the
+            # uploads' own check is all there is; a refusal they meet too, they report.
+            logger.debug("backup %s: cannot list its objects (%s); relying on the uploads' "
+                         "own check", backup_id, error)
+            return
+        for key in keys:
             name = key[len(base):]
             if ((name == SIGNATURE_NAME or parse_fragment_name(name) is not None)
                     and key not in record.objects):
