@@ -256,6 +256,8 @@ class Freezer:
                 manifest = self._read_manifest(manifest_path, backup_id)
             if manifest is None:
                 if is_being_written(writer_lock):
+                    if present:
+                        self._refuse_foreign(opened, backup_id)
                     self._upload_all(backup_id, opened, present, None, pool, report, stop)
                     report.waiting.append(backup_id)
                 else:
@@ -269,6 +271,7 @@ class Freezer:
         if strays:
             raise DataError(f"fragment(s) {', '.join(map(str, strays))} in {directory} are not "
                             "in the manifest; leaving the backup queued")
+        self._refuse_foreign(opened, backup_id)
         self._upload_all(backup_id, opened, present, expected, pool, report, stop)
         for fragment in manifest.fragments:
             if fragment.index not in present:
@@ -455,6 +458,36 @@ class Freezer:
                                           "key": key, "bytes": size,
                                           "seconds": round(seconds, 3)})
         return size
+
+    def _refuse_foreign(self, opened: OpenedVault, backup_id: BackupId) -> None:
+        """AlreadyExistsError (:meth:`_foreign`) if the vault holds a fragment, manifest or
+        signature under ``backup_id`` that this spool did not upload.
+
+        Checked before a pass uploads anything of the backup: the uploads' own
+        check (a key that exists is never overwritten) comes too late for the
+        fragments the other host does not have, which would otherwise land
+        beside its backup (a parallel upload of chunk.4 succeeding while
+        chunk.1 is refused).
+        """
+        record = self.records.load(backup_id)
+        if record is None:
+            return  # queued by a cryophile that kept no record: only the uploads' check
+        base = f"{backup_id.key_prefix}/"
+        try:
+            keys = list(opened.vault.list(base))
+        except CryophileError as error:
+            if error.transient:
+                raise  # the uploads would only meet it too
+            # Credentials that may write but not list (no s3:ListBucket): the
+            # uploads' own check is all there is; a refusal they meet too, they report.
+            logger.debug("backup %s: cannot list its objects (%s); relying on the uploads' "
+                         "own check", backup_id, error)
+            return
+        for key in keys:
+            name = key[len(base):]
+            if ((name == SIGNATURE_NAME or parse_fragment_name(name) is not None)
+                    and key not in record.objects):
+                raise self._foreign(opened, backup_id, key)
 
     def _foreign(self, opened: OpenedVault, backup_id: BackupId,
                  key: str) -> AlreadyExistsError:
