@@ -79,6 +79,8 @@ RESCAN_SECONDS = 60.0
 #: A fragment missing from the vault or arriving damaged is tried again this soon
 #: (doubling): a directory vault that lacks it should say so in seconds, not minutes.
 FIRST_RETRY_SECONDS = 2.0
+#: A failed request is looked at this often, to serve it soon once a restore retries it.
+FAILED_RECHECK_SECONDS = 5.0
 #: Back-off of a request whose pass failed: 5 s, 10 s, … at most 5 minutes.
 FIRST_ERROR_SECONDS = 5.0
 MAX_ERROR_SECONDS = 300.0
@@ -175,11 +177,16 @@ class Thawer:
                     completed.append(backup_id)
                     continue
                 errors[backup_id] = error
+                # The back-off decides when it is tried again: a poll or retry time
+                # left from before the failure is past, and would wake the loop at once.
+                self._next_poll.pop(backup_id, None)
                 wait = self._backoff.failed(backup_id)
                 logger.error("thaw of %s: %s", backup_id, error,
                              extra={"backup": str(backup_id), "event": "error",
                                     "transient": error.transient, "retry_in": round(wait, 1)})
         self._backoff.keep_only(set(pending))
+        for gone in set(self._next_poll) - set(pending):
+            self._forget(gone)  # removed meanwhile (its restore, an operator)
         if self.on_pass is not None:
             self.on_pass(completed, errors)
         return errors
@@ -239,6 +246,11 @@ class Thawer:
                 raise TryLaterError(f"another thaw is serving the request in {directory}")
             request = thaw_request.load(directory)
             if request.failed:
+                # Nothing to do until a restore retries it, which only rewrites its
+                # state (a file: files do not wake the loop). Look again in a few
+                # seconds, and never sooner: a stale poll time would spin the loop.
+                self._forget(backup_id)
+                self._next_poll[backup_id] = time.monotonic() + FAILED_RECHECK_SECONDS
                 return False
             job = _Job(backup_id, self._vault(backup_id.vault), directory,
                        self.spool.backup_dir(Queue.RESTORE, backup_id), request)
