@@ -418,8 +418,14 @@ def unlock(key: SecretKey, recipients: Iterable[str],
         # Keys the fast engine does not parse (other algorithms, v6): ask pysequoia.
         return _unlock_with_sequoia(key, ask_passphrase)
     _note_retired(key, [packet.public.hex for packet in targets])
-    if any(not packet.protected for packet in targets):
+    unprotected = [packet.public.hex for packet in targets if not packet.protected]
+    if unprotected:
+        logger.debug("subkey %s of key %s is not protected: no passphrase needed",
+                     unprotected[0], key.fingerprint)
         return None
+    logger.debug("subkey(s) %s of key %s protected (S2K usage %s): asking for the passphrase",
+                 ", ".join(packet.public.hex for packet in targets), key.fingerprint,
+                 ", ".join(str(packet.usage) for packet in targets))
     passphrase = ask_passphrase(key)
     for packet in targets:
         try:
