@@ -22,9 +22,12 @@ usage octet of the secret subkey packet the backup is encrypted to
 very packet; :func:`sequoia_decrypts` tells the reference engine whether
 pysequoia's own key selection can decrypt a message at all.
 
-Errors name the keyring file. pysequoia reports everything as RuntimeError
-strings (with a Rust backtrace when RUST_BACKTRACE is set), so only the first
-line of its message is shown.
+Errors name the keyring file, and name a key by its primary fingerprint and
+its encryption subkey fingerprints side by side, in the form gpg prints them
+(uppercase hex, :func:`describe_key`), so a backup's recipients can be matched
+by eye against ``gpg --list-keys --with-subkey-fingerprint``. pysequoia
+reports everything as RuntimeError strings (with a Rust backtrace when
+RUST_BACKTRACE is set), so only the first line of its message is shown.
 """
 
 from __future__ import annotations
@@ -77,6 +80,31 @@ class SecretKey:
     fingerprint: str
     key_bytes: bytes
     key_fingerprints: frozenset[str]
+
+
+def gpg_form(fingerprint: str) -> str:
+    """A fingerprint (or key id) as gpg prints it: uppercase hex, no spaces."""
+    return fingerprint.upper()
+
+
+def describe_key(primary: str, subkeys: Iterable[str]) -> str:
+    """How every message names a key: ``key PRIMARY (encryption subkey SUBKEY)``."""
+    listed = [gpg_form(subkey) for subkey in subkeys]
+    what = ("no encryption subkey" if not listed else
+            f"encryption subkey {listed[0]}" if len(listed) == 1 else
+            f"encryption subkeys {', '.join(listed)}")
+    return f"key {gpg_form(primary)} ({what})"
+
+
+def describe_secret_key(key: SecretKey) -> str:
+    """:func:`describe_key` for ``key``, expired and revoked encryption subkeys included.
+
+    Oldest subkey first, as gpg lists the subkeys it added over the years
+    (pysequoia serialises a key's subkeys in an order of its own).
+    """
+    states = sorted((state for state in subkey_states(key.key_bytes).values()
+                     if state.encryption), key=lambda state: (state.created, state.fingerprint))
+    return describe_key(key.fingerprint, [state.fingerprint for state in states])
 
 
 _KEY_TAGS = (Tag.PublicKey, Tag.SecretKey, Tag.PublicSubkey, Tag.SecretSubkey)
@@ -306,20 +334,25 @@ def _refuse_expired_or_revoked(path: Path, cert: pysequoia.Cert) -> None:
     does not enforce "valid, unexpired, unrevoked": a backup to a key revoked
     because it leaked, or to one that expired, would be written without a word.
     """
+    primary = gpg_form(cert.fingerprint)
     if cert.is_revoked:
-        raise ConfigError(f"keyring {str(path)!r}: certificate {cert.fingerprint} is revoked; "
+        raise ConfigError(f"keyring {str(path)!r}: certificate {primary} is revoked; "
                           "no valid, unexpired, unrevoked encryption subkey")
     expiration = cert.expiration
     if expiration is not None and expiration <= datetime.now(UTC):
-        raise ConfigError(f"keyring {str(path)!r}: certificate {cert.fingerprint} expired on "
+        raise ConfigError(f"keyring {str(path)!r}: certificate {primary} expired on "
                           f"{expiration:%Y-%m-%d}; no valid, unexpired, unrevoked encryption "
                           "subkey")
 
 
 def _no_valid_subkey(path: Path, cert: pysequoia.Cert, states: dict[str, SubkeyState],
                      now: datetime, reason: str | None = None) -> str:
-    """The one-line ConfigError text for a certificate with no usable encryption subkey."""
-    primary = cert.fingerprint
+    """The one-line ConfigError text for a certificate with no usable encryption subkey.
+
+    It names every encryption subkey with what is wrong with it, and the gpg
+    commands that fix it (README, "Keys": the same with sq).
+    """
+    primary = gpg_form(cert.fingerprint)
     encryption = [state for state in states.values() if state.encryption]
     head = f"keyring {str(path)!r}: certificate {primary} has no valid, unexpired, " \
            "unrevoked encryption subkey"
@@ -329,12 +362,12 @@ def _no_valid_subkey(path: Path, cert: pysequoia.Cert, states: dict[str, SubkeyS
         detail = f" ({reason})" if reason else ""
         return f"{head}{detail}: add one ({add}), {export}"
     refused = f"is refused by pysequoia ({reason})" if reason else "is not usable"
-    problems = "; ".join(f"subkey {state.fingerprint} {state.problem(now) or refused}"
-                         for state in encryption)
+    problems = "; ".join(f"subkey {gpg_form(state.fingerprint)} "
+                         f"{state.problem(now) or refused}" for state in encryption)
     expired = [state for state in encryption
                if state.revoked is None and state.problem(now) is not None]
-    extend = "".join(f"extend it (gpg --quick-set-expire {primary} 2y {state.fingerprint}) or "
-                     for state in expired[:1])
+    extend = "".join(f"extend it (gpg --quick-set-expire {primary} 2y "
+                     f"{gpg_form(state.fingerprint)}) or " for state in expired[:1])
     return f"{head}: {problems}; {extend}make a new subkey ({add}), {export}"
 
 
@@ -373,9 +406,11 @@ def _is_recipient(fingerprint: str, wanted: set[str]) -> bool:
 def select_secret_keys(keys: list[SecretKey], recipients: Iterable[str]) -> list[SecretKey]:
     """The keys that hold one of the backup's recipient subkeys.
 
-    Raises KeyAccessError naming the recipients and every key's subkeys when
-    none does. With no recipients recorded (an old or foreign manifest),
-    every key is a candidate.
+    Raises KeyAccessError when none does, naming the backup's recipient
+    subkeys and, for every key given, its primary and encryption subkey
+    fingerprints (:func:`describe_key`). The manifest records only subkeys:
+    the message says how to find the key that holds one. With no recipients
+    recorded (an old or foreign manifest), every key is a candidate.
     """
     wanted = _wanted(recipients)
     if not wanted:
@@ -383,15 +418,18 @@ def select_secret_keys(keys: list[SecretKey], recipients: Iterable[str]) -> list
     matching = [key for key in keys
                 if any(_is_recipient(fpr, wanted) for fpr in key.key_fingerprints)]
     if not matching:
-        held = ", ".join(f"{key.fingerprint} (subkeys {_subkeys_of(key)})" for key in keys)
+        named = [gpg_form(fingerprint) for fingerprint in dict.fromkeys(recipients)]
+        held = "; ".join(describe_secret_key(key) for key in keys) or "no secret key"
         raise KeyAccessError(
-            "no secret key for this backup: it is encrypted to subkey(s) "
-            f"{', '.join(sorted(wanted))}, and the keyring(s) hold {held or 'no secret key'}")
+            f"no secret key for this backup: it is encrypted to subkey{_plural(named)} "
+            f"{', '.join(named)}, and the keyring(s) hold {held} (to find the key that holds "
+            "it: gpg --list-keys --with-subkey-fingerprint --list-options show-unusable-subkeys "
+            f"{named[0]})")
     return matching
 
 
-def _subkeys_of(key: SecretKey) -> str:
-    return ", ".join(sorted(key.key_fingerprints - {key.fingerprint})) or "none"
+def _plural(items: list[str]) -> str:
+    return "s" if len(items) > 1 else ""
 
 
 def unlock(key: SecretKey, recipients: Iterable[str],
@@ -417,15 +455,12 @@ def unlock(key: SecretKey, recipients: Iterable[str],
     if not targets:
         # Keys the fast engine does not parse (other algorithms, v6): ask pysequoia.
         return _unlock_with_sequoia(key, ask_passphrase)
-    _note_retired(key, [packet.public.hex for packet in targets])
-    unprotected = [packet.public.hex for packet in targets if not packet.protected]
-    if unprotected:
-        logger.debug("subkey %s of key %s is not protected: no passphrase needed",
-                     unprotected[0], key.fingerprint)
+    described = describe_key(key.fingerprint, [packet.public.hex for packet in targets])
+    if any(not packet.protected for packet in targets):
+        logger.debug("%s holds this backup's subkey unprotected: no passphrase", described)
         return None
-    logger.debug("subkey(s) %s of key %s protected (S2K usage %s): asking for the passphrase",
-                 ", ".join(packet.public.hex for packet in targets), key.fingerprint,
-                 ", ".join(str(packet.usage) for packet in targets))
+    logger.debug("%s holds this backup's subkey protected: asking for its passphrase",
+                 described)
     passphrase = ask_passphrase(key)
     for packet in targets:
         try:
@@ -437,8 +472,7 @@ def unlock(key: SecretKey, recipients: Iterable[str],
             logger.debug("subkey %s: %s; checking the passphrase with pysequoia",
                          packet.public.hex, why)
             return _check_with_sequoia(key, passphrase)
-    raise KeyAccessError(f"wrong passphrase for secret key {key.fingerprint} "
-                         f"(subkey {targets[0].public.hex}, from {key.source})")
+    raise KeyAccessError(f"wrong passphrase for {described}, from {key.source}")
 
 
 def _secret_packets(key: SecretKey) -> list[secretkey.SecretKeyPacket]:
@@ -450,18 +484,6 @@ def _secret_packets(key: SecretKey) -> list[secretkey.SecretKeyPacket]:
         return []
     # usage -1: a key packet with no secret part at all.
     return [packet for packet in packets if packet.usage >= 0]
-
-
-def _note_retired(key: SecretKey, fingerprints: list[str]) -> None:
-    """Say when the subkey a backup is for has expired or been revoked since (it still decrypts)."""
-    now = datetime.now(UTC)
-    states = subkey_states(key.key_bytes, now)
-    for fingerprint in fingerprints:
-        state = states.get(fingerprint)
-        problem = state.problem(now) if state is not None else None
-        if problem is not None:
-            logger.info("subkey %s of secret key %s %s; it still decrypts the backups made "
-                        "before", fingerprint, key.fingerprint, problem)
 
 
 def _unlock_with_sequoia(key: SecretKey, ask_passphrase: Callable[[SecretKey], str]) -> str | None:
@@ -482,10 +504,10 @@ def _check_with_sequoia(key: SecretKey, passphrase: str) -> str:
         message = sequoia_message(error)
         if message.startswith("No suitable decryption subkey"):
             # Not a passphrase problem: pysequoia refuses the subkey itself.
-            raise KeyAccessError(f"cannot unlock secret key {key.fingerprint} (from "
-                                 f"{key.source}): {message}") from None
-        raise KeyAccessError(f"wrong passphrase for secret key {key.fingerprint} "
-                             f"(from {key.source})") from None
+            raise KeyAccessError(f"cannot unlock {describe_secret_key(key)}, from "
+                                 f"{key.source}: {message}") from None
+        raise KeyAccessError(f"wrong passphrase for {describe_secret_key(key)}, from "
+                             f"{key.source}") from None
     return passphrase
 
 

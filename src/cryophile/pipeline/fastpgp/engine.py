@@ -62,7 +62,13 @@ from cryophile.pipeline.fastpgp.pkesk import (
 )
 from cryophile.pipeline.fastpgp.secretkey import SecretKeyPacket, secret_keys, unlock
 from cryophile.pipeline.fastpgp.skesk import password_packet
-from cryophile.pipeline.keys import Recipients, SecretKey, sequoia_decrypts
+from cryophile.pipeline.keys import (
+    Recipients,
+    SecretKey,
+    describe_secret_key,
+    gpg_form,
+    sequoia_decrypts,
+)
 from cryophile.pipeline.openpgp import ReferenceEngine
 from cryophile.pipeline.stages import Buffer
 
@@ -178,9 +184,9 @@ def _session_key(pkesk_bodies: list[bytes], key: SecretKey,
     if not candidates:
         if unsupported is not None:
             raise unsupported
-        raise KeyAccessError(f"the backup is not encrypted to secret key {key.fingerprint} "
-                             f"(from {key.source}): it names key id(s) "
-                             f"{', '.join(named) or 'none'}")
+        raise KeyAccessError(f"the backup is not encrypted to {describe_secret_key(key)}, from "
+                             f"{key.source}: it names subkey id(s) "
+                             f"{', '.join(gpg_form(key_id) for key_id in named) or 'none'}")
     failure: DataError | KeyAccessError | None = None
     # Unprotected subkeys first: restore asks for a passphrase only when every
     # recipient subkey of this key is protected.
@@ -222,9 +228,9 @@ def reference_handover(ciphertext: Iterable[Buffer], key: SecretKey,
     probe = b"".join(seipd.encrypt([b""], session, lead))
     if sequoia_decrypts(probe, key, passphrase):
         return recorder.replay(), None
-    logger.info("pysequoia does not decrypt with the subkey of secret key %s this backup is "
-                "encrypted to (expired, revoked or not its first encryption subkey): the fast "
-                "engine recovered the session key and hands it to pysequoia", key.fingerprint)
+    logger.info("pysequoia does not decrypt with the subkey of %s this backup is encrypted to "
+                "(expired, revoked or not its first encryption subkey): the fast engine "
+                "recovered the session key and hands it to pysequoia", describe_secret_key(key))
     skesk, password = password_packet(session)
     return itertools.chain([skesk], recorder.replay()), password
 
