@@ -342,7 +342,8 @@ def _refuse_expired_or_revoked(path: Path, cert: pysequoia.Cert) -> None:
     if expiration is not None and expiration <= datetime.now(UTC):
         raise ConfigError(f"keyring {str(path)!r}: certificate {primary} expired on "
                           f"{expiration:%Y-%m-%d}; no valid, unexpired, unrevoked encryption "
-                          "subkey")
+                          f"subkey: extend it (gpg --quick-set-expire {primary} 2y), then "
+                          f"export the certificate again (gpg --export {primary} > FILE)")
 
 
 def _no_valid_subkey(path: Path, cert: pysequoia.Cert, states: dict[str, SubkeyState],
