@@ -424,7 +424,7 @@ def test_server_down_for_a_whole_pass_exits_75_and_the_next_pass_finishes(
 
     # The request is filed while the server is up, then the server goes down.
     wipe_spool(cli)
-    filed = s3.run(*restore_args(ulid, gpg_key)[:-2], "--timeout", "0")
+    filed = s3.run(*restore_args(ulid, gpg_key)[:-2], "--no-thaw", "--timeout", "0")
     assert filed.returncode == 75, filed.stderr  # filed, nothing there yet: try later
     request = list((cli.spool / "thaw").rglob("state.json"))
     assert len(request) == 1

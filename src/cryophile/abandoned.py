@@ -28,11 +28,10 @@ import sys
 import uuid
 from dataclasses import dataclass
 
-from cryophile.backup_id import BackupId, fragment_name
+from cryophile.backup_id import SIGNATURE_NAME, BackupId, fragment_name
 from cryophile.durable import remove_empty_dirs
 from cryophile.errors import StorageIOError
 from cryophile.inventory import BackupState, scan_spool
-from cryophile.signing import SIGNATURE_NAME
 from cryophile.spool import LOCK_NAME, Queue, Spool, describe_os_error, refuse_symlinks
 from cryophile.vault.base import Vault
 

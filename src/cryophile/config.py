@@ -57,7 +57,7 @@ from urllib.parse import urlsplit
 
 from cryophile import units
 from cryophile.errors import ConfigError
-from cryophile.vault.base import RESTORE_TIERS, STORAGE_CLASSES
+from cryophile.storage_classes import RESTORE_TIERS, STORAGE_CLASSES
 
 Provider = Literal["s3", "dir"]
 

@@ -16,13 +16,13 @@ from ulid import ULID
 from cryophile import units
 from cryophile.backup_id import (
     BackupId,
+    Selection,
     normalize_prefix,
     parse_timestamp,
     parse_ulid,
     parse_vault,
     ulid_for_timestamp,
 )
-from cryophile.daemons.freeze import Selection
 from cryophile.errors import UsageError
 
 KIB = 1024

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryophile.backup_id import normalize_prefix, parse_vault
 from cryophile.cli.resources import open_config, open_spool
+from cryophile.errors import ExitCode, exit_code_of
 from cryophile.inventory import Entry, known_vaults, rfc3339, take_inventory
 from cryophile.pipeline.stages import write_all
 from cryophile.units import human_bytes
@@ -27,8 +28,11 @@ the fragments, and state:
   queued          complete in SPOOL/freeze/, nothing uploaded yet
   partly_frozen   complete, some fragments uploaded, the rest queued
   frozen          complete in the vault (its manifest is there)
-  damaged         in the vault, but its manifest is unreadable or fragments
+  damaged         in the vault, but its manifest is damaged or fragments
                   are missing from the listing (run `cryophile verify`)
+  unreadable      in the vault, but its manifest could not be read now:
+                  archived by a lifecycle rule, or the vault failed or
+                  refused on it (the error says which and what to do)
   thaw_requested  a restore request waits for the thaw daemon
   thawing         Glacier restores or downloads under way
   thaw_failed     the restore request failed (the error says why)
@@ -46,8 +50,10 @@ examples:
   cryophile list
   cryophile list -v VAULT -p hosts/db1
   cryophile list --json | jq -r '.[] | select(.state != "frozen") | .id'
-exit status: 0 listed; 69 or 75 when a vault could not be read (what could be
-read is still listed, and stderr names the vault).
+exit status: 0 listed; 3 some backups are unreadable (each is listed with the
+reason; everything else was listed); 69, 75 or another error's code when a
+vault could not be read at all (what could be read is still listed, and stderr
+names the vault).
 """
 
 COLUMNS = ("CREATED", "STATE", "SIZE", "FRAGMENTS", "COMPRESSION", "CLASS", "BACKUP")
@@ -111,10 +117,18 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         if not args.quiet:
             print("cryophile: no backups found", file=environment.stderr)
     write_all(environment.stdout_fd, output.encode())
+    # The table has no room for the reason: stderr gives it (the vault's own line
+    # covers the backups of a vault that went down).
+    errors = {entry.backup_id: entry.error for entry in inventory.entries}
+    for backup_id in inventory.unreadable:
+        if backup_id.vault not in inventory.failures:
+            print(f"cryophile: error: {backup_id} is unreadable: {errors[backup_id]}",
+                  file=environment.stderr)
     for vault_id, error in inventory.failures.items():
         print(f"cryophile: error: vault {vault_id} could not be read; backups only it holds are "
               f"missing from this list: {error}", file=environment.stderr)
     if inventory.failures:
-        return int(next(iter(inventory.failures.values())).exit_code)
-    return 0
+        # A transient failure is "try later" (75) whatever its class.
+        return int(exit_code_of(inventory.failures.values()))
+    return int(ExitCode.PARTIAL if inventory.unreadable else ExitCode.OK)
 

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from cryophile import abandoned
 from cryophile.backup_id import BackupId, normalize_prefix, parse_ulid, parse_vault
+from cryophile.catalog import fetch_manifest
 from cryophile.cli.list import format_table
 from cryophile.cli.resources import open_config, open_spool
-from cryophile.daemons.thaw import fetch_manifest
 from cryophile.durable import make_dirs, replace_file
 from cryophile.errors import CryophileError, DataError, ExitCode, UsageError
 from cryophile.inventory import VaultListing, list_vault, rfc3339, within

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 from cryophile.backup_id import BackupId
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.daemons.freeze import uploads_in_flight
-from cryophile.daemons.thaw import FragmentState
 from cryophile.inventory import BackupState, SpoolRecord, scan_spool
 from cryophile.pipeline.stages import write_all
+from cryophile.thaw_request import FragmentState
 from cryophile.units import human_bytes
 
 if TYPE_CHECKING:

@@ -70,8 +70,8 @@ from cryophile.errors import (
     UsageError,
     VaultUnavailableError,
 )
+from cryophile.storage_classes import COLD_STORAGE_CLASSES
 from cryophile.vault.base import (
-    COLD_STORAGE_CLASSES,
     ObjectInfo,
     RestoreState,
     check_key,
