@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 
 from cryophile.errors import KeyAccessError, UsageError
-from cryophile.pipeline.keys import SecretKey
+from cryophile.pipeline.keys import SecretKey, gpg_form
 
 MAX_PASSPHRASE_BYTES = 64 * 1024
 
@@ -56,7 +56,7 @@ def passphrase_source(pass_fd: int | None, env: Mapping[str, str], *,
     def ask(key: SecretKey) -> str:
         if cache:
             return cache[0]
-        prompt = f"Passphrase for OpenPGP key {key.fingerprint}: "
+        prompt = f"Passphrase for OpenPGP key {gpg_form(key.fingerprint)}: "
         if pass_fd is not None:
             answer = read_first_line(pass_fd)
         elif env.get("CRYOPHILE_ASKPASS"):
@@ -92,8 +92,8 @@ def _terminal(prompt: str, key: SecretKey) -> str:
             pass
     except OSError:
         raise KeyAccessError(
-            f"secret key {key.fingerprint} is passphrase-protected and there is no terminal to "
-            "ask on: use --pass-fd N or CRYOPHILE_ASKPASS") from None
+            f"secret key {gpg_form(key.fingerprint)} (from {key.source}) is passphrase-protected "
+            "and there is no terminal to ask on: use --pass-fd N or CRYOPHILE_ASKPASS") from None
     try:
         return getpass.getpass(prompt)
     except (EOFError, KeyboardInterrupt):

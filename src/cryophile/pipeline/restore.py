@@ -187,7 +187,7 @@ def choose_key(manifest: Manifest, secret_keys: list[SecretKey],
     failure: KeyAccessError | None = None
     for key in candidates:
         try:
-            return key, unlock(key, ask_passphrase)
+            return key, unlock(key, manifest.recipients, ask_passphrase)
         except KeyAccessError as error:
             failure = error
     assert failure is not None
