@@ -613,7 +613,7 @@ def test_an_unreachable_vault_is_try_later_and_max_attempts_makes_it_quick(
                       f'endpoint_url = "http://127.0.0.1:{port}"\nregion = "us-east-1"\n'
                       "max_attempts = 1\n")
     env = fs.credentials_env(s3_bucket, tmp_path)
-    cli.config = config  # the backup is for that vault
+    cli.config = config  # the backup is queued for this vault (freeze refuses any other)
     ulid = cli.backup(gpg_key, os.urandom(10_000))
     queued = sorted(path.name for path in cli.freeze_dir(ulid).iterdir())
     for command in (["restore", "-v", VAULT, "-p", "hosts/db1", "-u", ulid, "-k",
