@@ -24,8 +24,8 @@ from cryophile.errors import NoInputError, StorageIOError, UsageError
 from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.backup import BackupPlan, BackupResult, run_backup
 from cryophile.pipeline.compress import NAMES, codec_for
+from cryophile.pipeline.engines import ENGINES, engine_for
 from cryophile.pipeline.keys import load_recipients
-from cryophile.pipeline.openpgp import ENGINES, engine_for
 from cryophile.pipeline.stages import Counters
 from cryophile.signing import load_signing_key
 from cryophile.vault.factory import announce_embedded, destination_for

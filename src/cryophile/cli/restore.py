@@ -24,8 +24,8 @@ from cryophile.daemons.thaw import FIRST_POLL_SECONDS
 from cryophile.errors import AlreadyExistsError, StorageIOError, UsageError
 from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.compress import NAMES
+from cryophile.pipeline.engines import ENGINES, engine_for
 from cryophile.pipeline.keys import load_secret_keys
-from cryophile.pipeline.openpgp import ENGINES, engine_for
 from cryophile.pipeline.restore import AUTO
 from cryophile.pipeline.stages import Counters
 from cryophile.restoring import RestoreOptions, check_signature, prepare, restore

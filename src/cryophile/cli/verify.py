@@ -41,8 +41,8 @@ from cryophile.cli.resources import open_config, open_spool
 from cryophile.errors import ExitCode, NoInputError, UsageError, VaultUnavailableError
 from cryophile.inventory import DOWN_AFTER, list_vault
 from cryophile.passphrase import passphrase_source
+from cryophile.pipeline.engines import ENGINES, engine_for
 from cryophile.pipeline.keys import load_secret_keys
-from cryophile.pipeline.openpgp import ENGINES, engine_for
 from cryophile.pipeline.stages import write_all
 from cryophile.signing import load_trusted_signers
 from cryophile.vault.factory import OpenedVault, open_vault

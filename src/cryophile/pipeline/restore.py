@@ -31,9 +31,9 @@ from cryophile.errors import (
 )
 from cryophile.manifest import Manifest, parse
 from cryophile.pipeline.compress import Codec, codec_for, detecting
+from cryophile.pipeline.engines import Engine
 from cryophile.pipeline.fragments import read_fragments
 from cryophile.pipeline.keys import SecretKey, select_secret_keys, unlock
-from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.stages import Buffer, Counters, threaded, tune_allocator, write_all
 from cryophile.spool import Queue, Spool, read_spool_file
 from cryophile.watch import DirectoryWatcher, wait_for_file
