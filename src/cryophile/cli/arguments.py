@@ -106,6 +106,13 @@ def whole_number_up_to(maximum: int) -> Callable[[str], int]:
     return parse
 
 
+def non_negative_count(text: str) -> int:
+    """A whole number ≥ 0, in ASCII digits (str.isdigit() also takes "²" and "٣")."""
+    if not (text.isascii() and text.isdigit()):
+        raise UsageError(f"invalid number {text!r}: expected a whole number of 0 or more")
+    return int(text)
+
+
 def file_descriptor(text: str) -> int:
     """A file descriptor number (≥ 0), in ASCII digits."""
     if not (text.isascii() and text.isdigit()):

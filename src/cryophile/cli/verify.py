@@ -26,7 +26,7 @@ import argparse
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cryophile.backup_id import (
     BackupId,
@@ -36,12 +36,11 @@ from cryophile.backup_id import (
     parse_vault,
     ulid_for_timestamp,
 )
-from cryophile.cli.arguments import file_descriptor
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.errors import ExitCode, NoInputError, UsageError, VaultUnavailableError
 from cryophile.inventory import DOWN_AFTER, list_vault
 from cryophile.passphrase import passphrase_source
-from cryophile.pipeline.engines import ENGINES, engine_for
+from cryophile.pipeline.engines import engine_for
 from cryophile.pipeline.keys import load_secret_keys
 from cryophile.pipeline.stages import write_all
 from cryophile.signing import load_trusted_signers
@@ -52,61 +51,6 @@ if TYPE_CHECKING:
     from cryophile.cli.main import Environment
 
 logger = logging.getLogger(__name__)
-
-DESCRIPTION = """\
-Check that a backup in the vault is complete and intact, without any secret
-key: the manifest is valid, and every fragment it lists exists with the
-manifest's size and SHA-256 as the vault records them (object metadata: no
-download, no Glacier restore). --download also downloads every fragment that
-is readable now (not archived, or already restored) into the spool and
-computes its SHA-256, which finds damage inside an object that metadata cannot.
-With -k and --download, the fragments are also decrypted and decompressed to
-nowhere, proving the backup restores (spool space: two fragments).
-"""
-
-EXAMPLES = """\
-examples:
-  cryophile verify -v VAULT -p hosts/db1 --all                 # nightly, cheap
-  cryophile verify -v VAULT -p hosts/db1 -u 01JDX… --download  # read every byte back
-  cryophile verify -v VAULT -p hosts/db1 -u 01JDX… --download -k backup.key -P 3 3<pass
-  cryophile verify -v VAULT -p hosts/db1 --all --signed-by host-sign.cert
-exit status: 0 healthy; 65 damaged (each bad fragment is named; with
---signed-by also a missing or bad manifest signature); 3 (--all) some
-manifests unreadable (archived, or the vault failed on them; each is named),
-the rest verified; 75 not checkable now (archived fragments with --download:
-thaw them first; one backup's manifest not readable now); 66 no such backup in
-the vault; 77 -k: no key or passphrase fits.
-"""
-
-
-def register(commands: Any) -> argparse.ArgumentParser:
-    """Add the ``verify`` parser."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "verify", help="check that backups in the vault are complete and intact",
-        description=DESCRIPTION, epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", required=True, metavar="UUID", help="vault id (a UUID)")
-    parser.add_argument("-p", "--prefix", default="", metavar="PREFIX",
-                        help="the backup's prefix; with --all, this prefix and every one below")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("-u", "--ulid", metavar="ULID", help="the backup's ULID")
-    which.add_argument("-t", "--timestamp", metavar="TIME", help="the backup of this RFC 3339 time")
-    which.add_argument("--all", action="store_true", help="every backup (below -p)")
-    parser.add_argument("--download", action="store_true",
-                        help="download every readable fragment and check its SHA-256")
-    parser.add_argument("-k", "--keyring", action="append", type=Path, metavar="FILE",
-                        help="with --download: also decrypt with this secret key (repeatable)")
-    parser.add_argument("-P", "--pass-fd", type=file_descriptor, default=None, metavar="N",
-                        help="with -k: read the passphrase from file descriptor N")
-    parser.add_argument("--signed-by", type=Path, default=None, metavar="CERT",
-                        help="require the manifest to be signed by a key in this certificate "
-                             "file; unsigned or badly signed backups are DAMAGED (default: "
-                             "signed_by in the config)")
-    parser.add_argument("--engine", choices=sorted(ENGINES), default="reference",
-                        help="with -k: the OpenPGP engine (default: reference)")
-    parser.set_defaults(run=run)
-    return parser
-
 
 def _targets(args: argparse.Namespace, opened: OpenedVault) -> tuple[list[BackupId],
                                                                       list[BackupId]]:
