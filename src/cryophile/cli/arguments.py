@@ -34,6 +34,7 @@ MIN_FRAGMENT_SIZE = 5 * KIB**2
 MAX_FRAGMENT_SIZE = 5 * KIB**4  # S3's largest object
 DEFAULT_FRAGMENT_SIZE = 256 * KIB**2
 
+
 def parse_size(text: str) -> int:
     """A size with an optional binary unit, as a UsageError naming it when wrong."""
     try:

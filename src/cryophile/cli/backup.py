@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from cryophile.backup_id import BackupId
 from cryophile.cli.arguments import backup_id_from
 from cryophile.cli.progress import progress_line
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.errors import NoInputError, StorageIOError, UsageError
 from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.backup import BackupPlan, BackupResult, run_backup
@@ -26,10 +26,12 @@ from cryophile.vault.factory import announce_embedded, destination_for
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
 
+
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Check everything, then back up. The input is opened last."""
     backup_id = backup_id_from(args, new=True)
-    config = open_config(args)
+    context = CommandContext(args, environment.env)
+    config = context.config
     if config.vault(backup_id.vault) is None and config.vaults:
         # A typo in -v: refused before anything else is looked at.
         destination_for(backup_id.vault, config, Path())
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     signing_key = None if sign_key_path is None else load_signing_key(
         sign_key_path, passphrase_source(args.sign_pass_fd, environment.env),
         recipients.subkeys)
-    spool = open_spool(args, environment.env, config)
+    spool = context.spool
     destination = destination_for(backup_id.vault, config, spool.root)
     plan = BackupPlan(backup_id, codec, args.size, recipients, engine_for(args.engine),
                       sign=None if signing_key is None else signing_key.sign,

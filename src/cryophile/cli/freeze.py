@@ -8,23 +8,23 @@ from typing import TYPE_CHECKING
 
 from cryophile.cli.arguments import selection_from
 from cryophile.cli.daemon import pass_exit_code, serve_until_signalled
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.daemons.freeze import Freezer
 from cryophile.metrics import recorder
-from cryophile.vault.factory import open_vault
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
 
 logger = logging.getLogger(__name__)
 
+
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """One pass (``--once``) or the daemon loop."""
     selection = selection_from(args)
-    config = open_config(args)
-    spool = open_spool(args, environment.env, config)
-    record = recorder(args.metrics or config.metrics_file, spool, "freeze")
-    freezer = Freezer(spool, lambda vault_id: open_vault(vault_id, config, spool.root),
+    context = CommandContext(args, environment.env)
+    spool = context.spool
+    record = recorder(args.metrics or context.config.metrics_file, spool, "freeze")
+    freezer = Freezer(spool, context.vault,
                       parallel=args.parallel, selection=selection,
                       on_pass=lambda report: record(report.completed, report.failed.values()),
                       retarget=args.retarget)

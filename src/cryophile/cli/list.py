@@ -7,12 +7,12 @@ import json
 from typing import TYPE_CHECKING
 
 from cryophile.backup_id import normalize_prefix, parse_vault, rfc3339
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.errors import ExitCode, exit_code_of
 from cryophile.inventory import Entry, known_vaults, take_inventory
 from cryophile.pipeline.stages import write_all
 from cryophile.units import human_bytes
-from cryophile.vault.factory import open_vault, unknown_vault
+from cryophile.vault.factory import unknown_vault
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
@@ -48,13 +48,14 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     """Gather the inventory and print it."""
     only_vault = parse_vault(args.vault) if args.vault is not None else None
     prefix = normalize_prefix(args.prefix) if args.prefix is not None else None
-    config = open_config(args)
+    context = CommandContext(args, environment.env, read_only=True)
+    config = context.config
     if only_vault is not None and config.vaults and config.vault(only_vault) is None:
         raise unknown_vault(only_vault, config)  # a typo in -v is not "no backups found"
-    spool = open_spool(args, environment.env, config, read_only=True)
+    spool = context.spool
     vault_ids = [only_vault] if only_vault is not None else known_vaults(spool, config)
-    inventory = take_inventory(spool, lambda vault_id: open_vault(vault_id, config, spool.root),
-                               vault_ids, prefix=prefix, only_vault=only_vault)
+    inventory = take_inventory(spool, context.vault, vault_ids, prefix=prefix,
+                               only_vault=only_vault)
     if args.json:
         document = [entry.as_json() for entry in inventory.entries]
         output = json.dumps(document, indent=1) + "\n"

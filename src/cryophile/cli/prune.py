@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from cryophile import abandoned
 from cryophile.backup_id import normalize_prefix, parse_vault, rfc3339
 from cryophile.cli.list import format_table
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.errors import CryophileError, ExitCode, UsageError, exit_code_of
 from cryophile.pipeline.stages import write_all
 from cryophile.prune import (
@@ -28,7 +28,7 @@ from cryophile.prune import (
 from cryophile.retention import FUTURE_SKEW, Policy, Uncounted
 from cryophile.signing import load_trusted_signers
 from cryophile.units import human_bytes
-from cryophile.vault.factory import OpenedVault, open_vault
+from cryophile.vault.factory import OpenedVault
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
@@ -203,11 +203,11 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     if policy.empty:
         raise UsageError("give at least one of --keep-last, --keep-daily, --keep-weekly, "
                          "--keep-monthly (with none, every backup would be deleted)")
-    config = open_config(args)
-    signed_by = args.signed_by or config.signed_by
+    context = CommandContext(args, environment.env)
+    signed_by = args.signed_by or context.config.signed_by
     signers = None if signed_by is None else load_trusted_signers(signed_by)
-    spool = open_spool(args, environment.env, config)
-    opened = open_vault(vault_id, config, spool.root)
+    spool = context.spool
+    opened = context.vault(vault_id)
     request = PruneRequest(policy, datetime.now(UTC), prefix, signers,
                            allow_early_deletion=args.allow_early_deletion,
                            dry_run=args.dry_run)
@@ -227,10 +227,9 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
 def _prune_abandoned(args: argparse.Namespace, environment: Environment, vault_id: uuid.UUID,
                      prefix: str | None) -> int:
     """``prune --abandoned``: remove the spool's abandoned backups, vault objects first."""
-    config = open_config(args)
-    spool = open_spool(args, environment.env, config)
-    opened = open_vault(vault_id, config, spool.root)
-    outcome = prune_abandoned(opened, spool, prefix, dry_run=args.dry_run)
+    context = CommandContext(args, environment.env)
+    outcome = prune_abandoned(context.vault(vault_id), context.spool, prefix,
+                              dry_run=args.dry_run)
     items, gone = outcome.items, outcome.gone
     if args.json:
         document = {"vault": str(vault_id), "dry_run": args.dry_run,
@@ -265,11 +264,10 @@ def _prune_abandoned(args: argparse.Namespace, environment: Environment, vault_i
 def _prune_incomplete(args: argparse.Namespace, environment: Environment, vault_id: uuid.UUID,
                       prefix: str | None) -> int:
     """``prune --incomplete --older-than D``: remove old fragments nobody will complete."""
-    config = open_config(args)
-    spool = open_spool(args, environment.env, config)
-    opened = open_vault(vault_id, config, spool.root)
-    outcome = prune_incomplete(opened, spool, prefix, older_than=args.older_than,
-                               now=datetime.now(UTC), dry_run=args.dry_run)
+    context = CommandContext(args, environment.env)
+    outcome = prune_incomplete(context.vault(vault_id), context.spool, prefix,
+                               older_than=args.older_than, now=datetime.now(UTC),
+                               dry_run=args.dry_run)
     gone = [item for item in outcome.items if item.action in (Action.REMOVE, Action.REMOVED)]
     verb = "would remove" if args.dry_run else "removed"
     if args.json:

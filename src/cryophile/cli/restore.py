@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from cryophile.cli.arguments import backup_id_from
 from cryophile.cli.progress import progress_line
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.errors import AlreadyExistsError, StorageIOError, UsageError
 from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.engines import engine_for
@@ -19,10 +19,10 @@ from cryophile.pipeline.keys import load_secret_keys
 from cryophile.pipeline.stages import Counters
 from cryophile.restoring import RestoreOptions, check_signature, prepare, restore
 from cryophile.signing import load_trusted_signers
-from cryophile.vault.factory import open_vault
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
+
 
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Check the options, keys and spool, then restore (one call into the use case)."""
@@ -32,12 +32,13 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
                                  "refusing to overwrite it")
     if not args.keyring and not args.dry_run:
         raise UsageError("restore needs the secret key: give -k/--keyring FILE")
-    config = open_config(args)
+    context = CommandContext(args, environment.env)
+    config = context.config
     secret_keys = [] if args.dry_run else load_secret_keys(args.keyring)
     signed_by = args.signed_by or config.signed_by
     signers = None if signed_by is None else load_trusted_signers(signed_by)
-    spool = open_spool(args, environment.env, config)
-    opened = open_vault(backup_id.vault, config, spool.root)
+    spool = context.spool
+    opened = context.vault(backup_id.vault)
     tier = args.tier or opened.restore_tier
     days = args.days or opened.restore_days
 

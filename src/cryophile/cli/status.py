@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryophile import presence
 from cryophile.backup_id import BackupId
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.errors import CryophileError
 from cryophile.in_flight import uploads_in_flight
 from cryophile.inventory import BackupState, SpoolRecord, scan_spool
@@ -20,6 +20,7 @@ from cryophile.uploads import UploadRecords
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
+
 
 def _identity(backup_id: BackupId) -> dict[str, Any]:
     return {"id": str(backup_id), "vault": str(backup_id.vault), "prefix": backup_id.prefix,
@@ -175,8 +176,7 @@ def _withdrawn(spool: Spool, records: dict[BackupId, SpoolRecord]) -> list[dict[
 
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Scan the spool and print what waits in it."""
-    config = open_config(args)
-    spool = open_spool(args, environment.env, config, read_only=True)
+    spool = CommandContext(args, environment.env, read_only=True).spool
     records = scan_spool(spool)
     document = build_status(str(spool.root), records)
     document["daemons"] = {name: presence.alive(spool, name)

@@ -8,29 +8,29 @@ from typing import TYPE_CHECKING
 
 from cryophile.cli.arguments import selection_from
 from cryophile.cli.daemon import pass_exit_code, serve_until_signalled
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.daemons.thaw import MAX_POLL_SECONDS, Thawer
 from cryophile.metrics import recorder
 from cryophile.thaw_plan import ThawPlan
-from cryophile.vault.factory import open_vault
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
 
 logger = logging.getLogger(__name__)
 
+
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """One pass (``--once``) or the daemon loop."""
     selection = selection_from(args)
-    config = open_config(args)
-    spool = open_spool(args, environment.env, config)
+    context = CommandContext(args, environment.env)
+    spool = context.spool
 
     def show_plan(plan: ThawPlan) -> None:
         if not args.json_logs and not args.quiet:
             print(f"cryophile: {plan.describe()}", file=environment.stderr)
 
-    record = recorder(args.metrics or config.metrics_file, spool, "thaw")
-    thawer = Thawer(spool, lambda vault_id: open_vault(vault_id, config, spool.root),
+    record = recorder(args.metrics or context.config.metrics_file, spool, "thaw")
+    thawer = Thawer(spool, context.vault,
                     selection=selection, first_poll=args.poll,
                     max_poll=max(args.poll, MAX_POLL_SECONDS), on_plan=show_plan,
                     on_pass=lambda completed, errors: record(completed, errors.values()))

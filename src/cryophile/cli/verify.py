@@ -36,7 +36,7 @@ from cryophile.backup_id import (
     parse_vault,
     ulid_for_timestamp,
 )
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.errors import ExitCode, NoInputError, UsageError, VaultUnavailableError
 from cryophile.inventory import DOWN_AFTER, list_vault
 from cryophile.passphrase import passphrase_source
@@ -44,13 +44,14 @@ from cryophile.pipeline.engines import engine_for
 from cryophile.pipeline.keys import load_secret_keys
 from cryophile.pipeline.stages import write_all
 from cryophile.signing import load_trusted_signers
-from cryophile.vault.factory import OpenedVault, open_vault
+from cryophile.vault.factory import OpenedVault
 from cryophile.verification import Decryption, Report, Verifier
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
 
 logger = logging.getLogger(__name__)
+
 
 def _targets(args: argparse.Namespace, opened: OpenedVault) -> tuple[list[BackupId],
                                                                       list[BackupId]]:
@@ -81,11 +82,11 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         decryption = Decryption(load_secret_keys(args.keyring),
                                 passphrase_source(args.pass_fd, environment.env),
                                 engine_for(args.engine))
-    config = open_config(args)
-    signed_by = args.signed_by or config.signed_by
+    context = CommandContext(args, environment.env)
+    signed_by = args.signed_by or context.config.signed_by
     signers = None if signed_by is None else load_trusted_signers(signed_by)
-    spool = open_spool(args, environment.env, config)
-    opened = open_vault(vault_id, config, spool.root)
+    spool = context.spool
+    opened = context.vault(vault_id)
     targets, partial = _targets(args, opened)
     reports: list[Report] = []
     with tempfile.TemporaryDirectory(prefix=".cryophile-verify-", dir=spool.root) as name:
