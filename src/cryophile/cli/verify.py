@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryophile.backup_id import (
@@ -89,8 +87,8 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     opened = context.vault(vault_id)
     targets, partial = _targets(args, opened)
     reports: list[Report] = []
-    with tempfile.TemporaryDirectory(prefix=".cryophile-verify-", dir=spool.root) as name:
-        verifier = Verifier(opened, Path(name), download=args.download, decryption=decryption,
+    with spool.scratch("verify") as scratch:
+        verifier = Verifier(opened, scratch, download=args.download, decryption=decryption,
                             signers=signers)
         failing: list[VaultUnavailableError] = []
         for backup_id in targets:
