@@ -13,9 +13,9 @@ import pytest
 
 from conftest import Cli
 from cryophile.cli.completion import describe
-from cryophile.cli.main import COMMANDS, build_parser
+from cryophile.cli.parsers import COMMANDS, build_parser
 
-COMMAND_NAMES = [*(module.__name__.rsplit(".", 1)[1] for module in COMMANDS), "help"]
+COMMAND_NAMES = [*COMMANDS, "help"]
 
 
 def script(cli: Cli, shell: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
-from cryophile.cli.main import build_parser
+from cryophile.cli.parsers import build_parser
 from cryophile.config import load_config
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from pysequoia.packet import PacketPile, Tag
 
 import oracles
+from cryophile.pipeline.engines import ENGINES, engine_for
 from cryophile.pipeline.fastpgp import cfb, packets, seipd
 from cryophile.pipeline.fastpgp.engine import FastEngine, recipient_keys
 from cryophile.pipeline.fastpgp.packets import (
@@ -42,7 +43,6 @@ from cryophile.pipeline.fastpgp.packets import (
 from cryophile.pipeline.fastpgp.pkesk import supported_recipient
 from cryophile.pipeline.fastpgp.secretkey import S2K, SecretKeyPacket, secret_keys, unlock
 from cryophile.pipeline.keys import Recipients, load_recipients, load_secret_keys
-from cryophile.pipeline.openpgp import ENGINES, engine_for
 
 MIB = 1024 * 1024
 

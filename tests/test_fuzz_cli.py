@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 import oracles
 from conftest import VAULT
 from cryophile.backup_id import parse_timestamp, ulid_for_timestamp
-from cryophile.cli.main import Environment, build_parser, run
+from cryophile.cli.main import Environment, run
+from cryophile.cli.parsers import build_parser
 from cryophile.errors import DataError
 from cryophile.manifest import MAX_FRAGMENT_SIZE, parse
 from stress import pick

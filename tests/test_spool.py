@@ -87,3 +87,28 @@ def test_parallel_first_uploads_to_a_new_embedded_vault(tmp_path: Path) -> None:
             for future in futures:
                 future.result()
         assert sorted(vault.list("p/")) == sorted(f"p/{s.name}" for s in sources)
+
+
+def test_scratch_is_private_to_one_user_and_gone_afterwards(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path, create_root=False)
+    with spool.scratch("verify") as first, spool.scratch("verify") as second:
+        assert first != second  # never shared, even by two users of one purpose
+        assert first.parent == spool.root
+        assert first.name.startswith(".cryophile-verify-")
+        assert stat.S_IMODE(first.stat().st_mode) == 0o700
+        (first / "chunk.1.part").write_bytes(b"downloaded")
+    assert not first.exists()
+    assert not second.exists()
+    kept: list[Path] = []
+
+    def failing_command() -> None:
+        with spool.scratch("prune") as third:
+            kept.append(third)
+            (third / "chunk.0.part").write_bytes(b"manifest")
+            raise RuntimeError("the command failed")
+
+    with pytest.raises(RuntimeError):
+        failing_command()
+    assert not kept[0].exists()
+    # Nothing is left that a queue scan or `status` could see.
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(q.value for q in Queue)

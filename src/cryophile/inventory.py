@@ -32,7 +32,6 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -590,7 +589,7 @@ def take_inventory(spool: Spool, open_vault: Callable[[uuid.UUID], OpenedVault],
         try:
             opened = open_vault(vault_id)
             listings = list_vault(opened.vault, vault_id, prefix)
-            with _scratch(spool.root) as scratch:
+            with spool.scratch("inventory") as scratch:
                 described, down = _describe_all(opened, listings, scratch, local)
             stored.update(described)
         except CryophileError as error:
@@ -639,10 +638,3 @@ def _describe_all(opened: OpenedVault, listings: Mapping[BackupId, VaultListing]
     return described, VaultUnavailableError(
         f"it failed on {len(failing)} backups in a row after listing them, so the "
         f"rest was not tried: {failing[-1]}")
-
-
-@contextlib.contextmanager
-def _scratch(parent: Path) -> Iterator[Path]:
-    """A private (0700) directory in the spool for manifest downloads, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix=".cryophile-inventory-", dir=parent) as name:
-        yield Path(name)

@@ -36,6 +36,9 @@ from cryophile.errors import DataError, UsageError
 FORMAT = "cryophile-manifest"
 VERSION = 1
 COMPRESSIONS = ("none", "lz4", "zstd")
+#: Never in a manifest: what a restore may be told instead of one of COMPRESSIONS,
+#: to detect the compression from the data.
+AUTO_COMPRESSION = "auto"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 #: A real manifest signature (chunk.0.sig) is a few hundred bytes; anything far
 #: larger is not one.

@@ -35,7 +35,6 @@ import contextlib
 import json
 import logging
 import shlex
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -290,7 +289,7 @@ def gather(opened: OpenedVault, spool: Spool, prefix: str | None,
         raise type(error)(f"cannot list vault {opened.vault_id}: {error}; prune deleted "
                           "nothing (it decides only on a complete listing)") from error
     unfinished: dict[BackupId, VaultListing] = {}
-    with tempfile.TemporaryDirectory(prefix=".cryophile-prune-", dir=spool.root) as scratch:
+    with spool.scratch("prune") as scratch:
         for backup_id, listing in sorted(listings.items(), key=lambda item: str(item[0])):
             if not within(backup_id.prefix, prefix):
                 continue
@@ -301,7 +300,7 @@ def gather(opened: OpenedVault, spool: Spool, prefix: str | None,
                     outcome.incomplete.append(backup_id)
                 continue
             try:
-                candidate = _read_candidate(opened, listing, Path(scratch), signers)
+                candidate = _read_candidate(opened, listing, scratch, signers)
             except CryophileError as error:
                 logger.error("cannot read backup %s: %s", backup_id, error)
                 outcome.unreadable[backup_id] = error

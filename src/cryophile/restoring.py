@@ -38,8 +38,8 @@ from cryophile.daemons.thaw import FIRST_POLL_SECONDS, Thawer
 from cryophile.durable import FILE_MODE, make_dirs, remove_empty_dirs
 from cryophile.errors import CryophileError, DataError, NoInputError, TryLaterError
 from cryophile.manifest import Manifest, parse
+from cryophile.pipeline.engines import Engine
 from cryophile.pipeline.keys import SecretKey
-from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.restore import RestorePlan, RestoreResult, choose_key, run_restore
 from cryophile.pipeline.stages import Counters
 from cryophile.signing import TrustedSigners, check_manifest_signature, read_local_signature

@@ -14,6 +14,8 @@ Layout (DESIGN.md §1)::
                                                         (:mod:`cryophile.in_flight`)
     SPOOL/run/restore/<hash>.lock                       held by the one restore of a backup
     SPOOL/prune/<vault>.json                            deletions under way (prune's journal)
+    SPOOL/.cryophile-<purpose>-<random>/                a command's private scratch directory
+                                                        (:meth:`Spool.scratch`)
 
 A consumer only ever sees complete files: a file is written under a name no
 consumer looks at, fsynced, then hard-linked into place (a link never clobbers
@@ -36,6 +38,7 @@ import hashlib
 import logging
 import os
 import stat
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
@@ -274,6 +277,20 @@ class Spool:
                 continue
             dirnames.clear()
             yield BackupId(vault, prefix, ulid)
+
+    @contextlib.contextmanager
+    def scratch(self, purpose: str) -> Iterator[Path]:
+        """A new private (0700) directory in the spool, removed with what it holds on exit.
+
+        For downloads a command reads and throws away (manifests, signatures,
+        fragments it checks): ``SPOOL/.cryophile-PURPOSE-RANDOM``, on the
+        spool's file system, invisible to the queues, and never shared with
+        another command or process. ``purpose`` (a word: ``verify``) names it
+        for whoever finds one left by a killed process. Raises OSError when
+        the spool is not writable.
+        """
+        with tempfile.TemporaryDirectory(prefix=f".cryophile-{purpose}-", dir=self.root) as name:
+            yield Path(name)
 
     def prune_journal(self, vault_id: uuid.UUID) -> Path:
         """``SPOOL/prune/<vault>.json``: the deletions ``prune`` has begun in one vault

@@ -30,9 +30,9 @@ from cryophile.errors import (
 from cryophile.inventory import unreadable_reason
 from cryophile.manifest import Fragment, Manifest
 from cryophile.pipeline.compress import codec_for
+from cryophile.pipeline.engines import Engine
 from cryophile.pipeline.fragments import read_fragments, sha256_of_file
 from cryophile.pipeline.keys import SecretKey
-from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.restore import choose_key
 from cryophile.pipeline.stages import threaded
 from cryophile.signing import TrustedSigners, signature_problem

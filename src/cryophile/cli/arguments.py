@@ -34,6 +34,7 @@ MIN_FRAGMENT_SIZE = 5 * KIB**2
 MAX_FRAGMENT_SIZE = 5 * KIB**4  # S3's largest object
 DEFAULT_FRAGMENT_SIZE = 256 * KIB**2
 
+
 def parse_size(text: str) -> int:
     """A size with an optional binary unit, as a UsageError naming it when wrong."""
     try:
@@ -104,6 +105,13 @@ def whole_number_up_to(maximum: int) -> Callable[[str], int]:
             raise UsageError(f"invalid number {text!r}: at most {maximum}")
         return value
     return parse
+
+
+def non_negative_count(text: str) -> int:
+    """A whole number ≥ 0, in ASCII digits (str.isdigit() also takes "²" and "٣")."""
+    if not (text.isascii() and text.isdigit()):
+        raise UsageError(f"invalid number {text!r}: expected a whole number of 0 or more")
+    return int(text)
 
 
 def file_descriptor(text: str) -> int:

@@ -7,25 +7,18 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cryophile.backup_id import BackupId
-from cryophile.cli.arguments import (
-    DEFAULT_FRAGMENT_SIZE,
-    add_backup_id_options,
-    add_keyring_option,
-    backup_id_from,
-    file_descriptor,
-    fragment_size,
-)
-from cryophile.cli.progress import add_progress_option, progress_line
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.arguments import backup_id_from
+from cryophile.cli.progress import progress_line
+from cryophile.cli.resources import CommandContext
 from cryophile.errors import NoInputError, StorageIOError, UsageError
 from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.backup import BackupPlan, BackupResult, run_backup
-from cryophile.pipeline.compress import NAMES, codec_for
+from cryophile.pipeline.compress import codec_for
+from cryophile.pipeline.engines import engine_for
 from cryophile.pipeline.keys import load_recipients
-from cryophile.pipeline.openpgp import ENGINES, engine_for
 from cryophile.pipeline.stages import Counters
 from cryophile.signing import load_signing_key
 from cryophile.vault.factory import announce_embedded, destination_for
@@ -33,60 +26,12 @@ from cryophile.vault.factory import announce_embedded, destination_for
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
 
-DESCRIPTION = """\
-Read a stream (stdin, a FIFO or a file), compress it, encrypt it to the OpenPGP
-certificates in the keyrings, and cut it into fragments in the spool's freeze
-queue: SPOOL/freeze/VAULT/PREFIX/ULID/chunk.1 … chunk.N, then the manifest
-chunk.0, written last. Never talks to the network; `cryophile freeze` uploads.
-"""
-
-EXAMPLES = """\
-examples:
-  zfs send -R tank/data@today | cryophile backup -v 6f1c…-… -p hosts/db1 -k backup.cert
-  tar -C /etc -c . | cryophile backup -v VAULT -p etc -k a.cert -k b.cert -C lz4
-  cryophile backup -v VAULT -p pg -t 2026-11-26T03:00:00Z -i /var/backups/dump.fifo -k k.pgp
-  tar -C /etc -c . | cryophile backup -v VAULT -p etc -k backup.cert --sign-key host-sign.key
-"""
-
-
-def register(commands: Any) -> argparse.ArgumentParser:
-    """Add the ``backup`` parser."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "backup", help="back up a stream into the spool", description=DESCRIPTION,
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_backup_id_options(parser, ulid_required=False)
-    add_keyring_option(parser, "certificate file (armored or binary; repeat for several "
-                               "recipients); every valid storage-encryption subkey is used")
-    parser.add_argument("-i", "--input", default="-", metavar="FILE",
-                        help="file or FIFO to read (default: - for stdin)")
-    parser.add_argument("-C", "--compression", choices=NAMES, default=None,
-                        help="compression (default: the vault's configured one, else zstd)")
-    parser.add_argument("-L", "--level", type=int, default=None, metavar="N",
-                        help="zstd level, 1-22 (default 3)")
-    parser.add_argument("-s", "--size", type=fragment_size, default=DEFAULT_FRAGMENT_SIZE,
-                        metavar="SIZE", help="fragment size, binary units: 64M, 1G "
-                                             "(default 256M; at least 5M)")
-    parser.add_argument("--engine", choices=sorted(ENGINES), default="fast",
-                        help="OpenPGP engine: fast (default; our streaming SEIPD v1 on OpenSSL, "
-                             "falls back to reference for keys it does not handle) or "
-                             "reference (pysequoia)")
-    parser.add_argument("--sign-key", type=Path, default=None, metavar="FILE",
-                        help="sign the manifest with this signing-only secret key (detached "
-                             "OpenPGP signature chunk.0.sig; default: sign_key in the config)")
-    parser.add_argument("--sign-pass-fd", type=file_descriptor, default=None, metavar="N",
-                        help="read the signing key's passphrase from file descriptor N (else "
-                             "$CRYOPHILE_ASKPASS, else the terminal)")
-    parser.add_argument("--json", action="store_true",
-                        help="print the result as one JSON object on stdout")
-    add_progress_option(parser)
-    parser.set_defaults(run=run)
-    return parser
-
 
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Check everything, then back up. The input is opened last."""
     backup_id = backup_id_from(args, new=True)
-    config = open_config(args)
+    context = CommandContext(args, environment.env)
+    config = context.config
     if config.vault(backup_id.vault) is None and config.vaults:
         # A typo in -v: refused before anything else is looked at.
         destination_for(backup_id.vault, config, Path())
@@ -99,7 +44,7 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     signing_key = None if sign_key_path is None else load_signing_key(
         sign_key_path, passphrase_source(args.sign_pass_fd, environment.env),
         recipients.subkeys)
-    spool = open_spool(args, environment.env, config)
+    spool = context.spool
     destination = destination_for(backup_id.vault, config, spool.root)
     plan = BackupPlan(backup_id, codec, args.size, recipients, engine_for(args.engine),
                       sign=None if signing_key is None else signing_key.sign,

@@ -12,38 +12,13 @@ import argparse
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from cryophile.cli.parsers import build_parser
 from cryophile.pipeline.stages import write_all
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
-
-SHELLS = ("bash", "zsh")
-
-DESCRIPTION = """\
-Print a completion script for bash or zsh, generated from cryophile's own
-argument parser: commands, options, and the values options accept.
-"""
-
-EXAMPLES = """\
-examples:
-  cryophile completion bash > /etc/bash_completion.d/cryophile
-  cryophile completion zsh > "${fpath[1]}/_cryophile"     # then: compinit
-  source <(cryophile completion bash)                     # this shell only
-"""
-
-
-def register(commands: Any) -> argparse.ArgumentParser:
-    """Add the ``completion`` parser."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "completion", help="print a shell completion script (bash, zsh)",
-        description=DESCRIPTION, epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("shell", choices=SHELLS, help="the shell to complete in")
-    parser.set_defaults(run=run)
-    return parser
-
 
 # -- what the parser says ----------------------------------------------------------
 
@@ -284,9 +259,6 @@ def zsh_script(parser: argparse.ArgumentParser) -> str:
 
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Print the script for ``args.shell``."""
-    # main imports every command module; importing main here at the top would be circular.
-    from cryophile.cli.main import build_parser  # noqa: PLC0415
-
     parser = build_parser()
     script = bash_script(parser) if args.shell == "bash" else zsh_script(parser)
     write_all(environment.stdout_fd, script.encode())

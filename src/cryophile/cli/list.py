@@ -4,75 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cryophile.backup_id import normalize_prefix, parse_vault, rfc3339
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.errors import ExitCode, exit_code_of
 from cryophile.inventory import Entry, known_vaults, take_inventory
 from cryophile.pipeline.stages import write_all
 from cryophile.units import human_bytes
-from cryophile.vault.factory import open_vault, unknown_vault
+from cryophile.vault.factory import unknown_vault
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
 
-DESCRIPTION = """\
-List every backup known locally (the spool's queues) and in the vaults, newest
-first: id, created time, stored size, fragments, compression, storage class of
-the fragments, and state:
-
-  writing         being written by `cryophile backup` (its lock is held)
-  incomplete      no manifest and its writer is gone (or, in the vault,
-                  fragments without a manifest): never restorable
-  queued          complete in SPOOL/freeze/, nothing uploaded yet
-  partly_frozen   complete, some fragments uploaded, the rest queued
-  frozen          complete in the vault (its manifest is there)
-  damaged         in the vault, but its manifest is damaged or fragments
-                  are missing from the listing (run `cryophile verify`)
-  unreadable      in the vault, but its manifest could not be read now:
-                  archived by a lifecycle rule, or the vault failed or
-                  refused on it (the error says which and what to do)
-  thaw_requested  a restore request waits for the thaw daemon
-  thawing         Glacier restores or downloads under way
-  thaw_failed     the restore request failed (the error says why)
-  restored        complete in SPOOL/restore/, ready for `cryophile restore`
-
-Without -v: the vaults the spool mentions and every configured vault (with no
-configuration file listing vaults: every embedded directory vault beside the
-spool). A -v that the configuration does not list is an error (exit 78). -p
-selects a prefix and everything below it. Reads only queue directories,
-manifests (plain JSON) and one `stat` of fragment 1 per backup: no secret key,
-no fragment download, no Glacier restore.
-"""
-
-EXAMPLES = """\
-examples:
-  cryophile list
-  cryophile list -v VAULT -p hosts/db1
-  cryophile list --json | jq -r '.[] | select(.state != "frozen") | .id'
-exit status: 0 listed; 3 some backups are unreadable (each is listed with the
-reason; everything else was listed); 69, 75 or another error's code when a
-vault could not be read at all (what could be read is still listed, and stderr
-names the vault).
-"""
-
 COLUMNS = ("CREATED", "STATE", "SIZE", "FRAGMENTS", "COMPRESSION", "CLASS", "BACKUP")
-
-
-def register(commands: Any) -> argparse.ArgumentParser:
-    """Add the ``list`` parser."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "list", help="list backups in the spool and the vaults", description=DESCRIPTION,
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", metavar="UUID",
-                        help="only this vault (default: every vault known)")
-    parser.add_argument("-p", "--prefix", metavar="PREFIX",
-                        help="only backups with this prefix or one below it")
-    parser.add_argument("--json", action="store_true",
-                        help="print a JSON array of objects (schema in the README)")
-    parser.set_defaults(run=run)
-    return parser
 
 
 def _row(entry: Entry) -> tuple[str, ...]:
@@ -103,13 +48,14 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     """Gather the inventory and print it."""
     only_vault = parse_vault(args.vault) if args.vault is not None else None
     prefix = normalize_prefix(args.prefix) if args.prefix is not None else None
-    config = open_config(args)
+    context = CommandContext(args, environment.env, read_only=True)
+    config = context.config
     if only_vault is not None and config.vaults and config.vault(only_vault) is None:
         raise unknown_vault(only_vault, config)  # a typo in -v is not "no backups found"
-    spool = open_spool(args, environment.env, config, read_only=True)
+    spool = context.spool
     vault_ids = [only_vault] if only_vault is not None else known_vaults(spool, config)
-    inventory = take_inventory(spool, lambda vault_id: open_vault(vault_id, config, spool.root),
-                               vault_ids, prefix=prefix, only_vault=only_vault)
+    inventory = take_inventory(spool, context.vault, vault_ids, prefix=prefix,
+                               only_vault=only_vault)
     if args.json:
         document = [entry.as_json() for entry in inventory.entries]
         output = json.dumps(document, indent=1) + "\n"

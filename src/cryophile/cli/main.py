@@ -1,5 +1,10 @@
 """``cryophile``: the command line. Parses, sets up logging, runs one command, maps errors.
 
+Every command's options and help are in :mod:`cryophile.cli.parsers`; what a
+command does is in ``cryophile.cli.NAME`` (its ``run``), imported only when
+that command runs, so that a cheap command never pays for loading an
+expensive one.
+
 Every exception a command raises ends here and becomes one line on stderr and
 the exit code its class carries (see :mod:`cryophile.errors`); a traceback is
 shown only with ``-dd``. stdout carries data only.
@@ -10,33 +15,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import NoReturn, TextIO
 
-from cryophile import __version__
-from cryophile.cli import backup as backup_command
-from cryophile.cli import completion as completion_command
-from cryophile.cli import freeze as freeze_command
-from cryophile.cli import list as list_command
-from cryophile.cli import prune as prune_command
-from cryophile.cli import restore as restore_command
-from cryophile.cli import status as status_command
-from cryophile.cli import thaw as thaw_command
-from cryophile.cli import verify as verify_command
 from cryophile.cli.logs import level_from, setup_logging
+from cryophile.cli.parsers import build_parser
 from cryophile.errors import CryophileError, ExitCode, UsageError, exit_code_of
 
 logger = logging.getLogger(__name__)
-
-COMMANDS = (backup_command, restore_command, freeze_command, thaw_command, list_command,
-            verify_command, status_command, prune_command, completion_command)
 
 
 @dataclass
@@ -49,65 +42,8 @@ class Environment:
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are UsageErrors (exit 64), not exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def _path(text: str) -> Path:
-    """A path option's value; "" is refused: Path("") is the current directory,
-    and ``-S ""`` (an unset shell variable) would make it the spool."""
-    if not text:
-        # ArgumentTypeError: argparse names the option in its message.
-        raise argparse.ArgumentTypeError("empty path (an unset shell variable?)")
-    return Path(text)
-
-
-def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    # Subcommand copies use SUPPRESS defaults so an option given before the
-    # subcommand is not reset by the subcommand's own (absent) default.
-    def default(value: object) -> object:
-        return argparse.SUPPRESS if suppress else value
-
-    group = parser.add_argument_group("global options")
-    group.add_argument("-S", "--spool", type=_path, default=default(None), metavar="DIR",
-                       help="spool directory (default: $CRYOPHILE_SPOOL, else "
-                            "/var/spool/cryophile as root, else ~/.local/state/cryophile/spool)")
-    group.add_argument("-c", "--config", type=_path, default=default(None), metavar="FILE",
-                       help="configuration file (default: ~/.config/cryophile/cryophile.toml, "
-                            "else /etc/cryophile/cryophile.toml)")
-    group.add_argument("-d", "--debug", action="count", default=default(0),
-                       help="more log output on stderr (-d info, -dd debug)")
-    group.add_argument("-q", "--quiet", action="store_true", default=default(False),
-                       help="log errors only")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser, every command included (also used for docs and completion)."""
-    parser = _Parser(
-        prog="cryophile",
-        description="Off-site backup of streams: compress, encrypt to OpenPGP keys, split into "
-                    "fragments in a spool, freeze to S3/Glacier, thaw and restore.",
-        epilog="Exit codes: 0 ok, 3 partial (some backups could not be read), 64 usage, "
-               "65 bad data, 66 no input, 69 service unavailable, 73 already exists, "
-               "74 I/O error, 75 try later, 77 no usable key, 78 config.")
-    parser.add_argument("--version", action="version", version=f"cryophile {__version__}")
-    _add_global_options(parser, suppress=False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                     parser_class=_Parser)
-    for module in COMMANDS:
-        sub = module.register(commands)
-        _add_global_options(sub, suppress=True)
-    names = list(commands.choices)
-    helper = commands.add_parser("help", help="show a command's help (cryophile help COMMAND)",
-                                 description="Print the help of COMMAND (the same as "
-                                             "'cryophile COMMAND --help'), or of cryophile.")
-    helper.add_argument("topic", nargs="?", choices=names, metavar="COMMAND",
-                        help=f"one of: {', '.join(names)}")
-    helper.set_defaults(run=_show_help)
-    return parser
+#: What runs a parsed command line.
+Command = Callable[[argparse.Namespace, Environment], int]
 
 
 def _show_help(args: argparse.Namespace, environment: Environment) -> int:
@@ -115,6 +51,19 @@ def _show_help(args: argparse.Namespace, environment: Environment) -> int:
     del environment
     build_parser().parse_args([args.topic, "--help"] if args.topic else ["--help"])
     return 0
+
+
+def command_named(name: str) -> Command:
+    """The function that runs command ``name``: ``cryophile.cli.NAME.run``.
+
+    Its module is imported only now, once the command line is parsed: the
+    parsers (:mod:`cryophile.cli.parsers`) import no command's work, so
+    ``status`` never loads what ``backup`` needs.
+    """
+    if name == "help":
+        return _show_help
+    run: Command = importlib.import_module(f"cryophile.cli.{name}").run
+    return run
 
 
 def run(argv: Sequence[str], environment: Environment | None = None) -> int:
@@ -127,8 +76,7 @@ def run(argv: Sequence[str], environment: Environment | None = None) -> int:
                            default=getattr(args, "default_log_level", logging.WARNING))
         setup_logging(level, environment.env,
                       json_lines=getattr(args, "json_logs", False), stream=environment.stderr)
-        command: Callable[[argparse.Namespace, Environment], int] = args.run
-        return command(args, environment)
+        return command_named(args.command)(args, environment)
     except CryophileError as error:
         print(f"cryophile: error: {error}", file=environment.stderr)
         # A transient error is "try later" (75) whatever its class (errors.py).

@@ -6,14 +6,12 @@ import argparse
 import json
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryophile import abandoned
 from cryophile.backup_id import normalize_prefix, parse_vault, rfc3339
-from cryophile.cli.arguments import duration
 from cryophile.cli.list import format_table
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.errors import CryophileError, ExitCode, UsageError, exit_code_of
 from cryophile.pipeline.stages import write_all
 from cryophile.prune import (
@@ -30,120 +28,12 @@ from cryophile.prune import (
 from cryophile.retention import FUTURE_SKEW, Policy, Uncounted
 from cryophile.signing import load_trusted_signers
 from cryophile.units import human_bytes
-from cryophile.vault.factory import OpenedVault, open_vault
+from cryophile.vault.factory import OpenedVault
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
 
-DESCRIPTION = """\
-Delete whole backups from a vault by a retention policy, in the spirit of
-restic's `forget`. Per series (each prefix separately), newest first:
-
-  --keep-last N      the N newest backups
-  --keep-daily N     the newest backup of each of the N latest days with one
-  --keep-weekly N    ... of each of the N latest ISO weeks with one
-  --keep-monthly N   ... of each of the N latest months with one
-
-A backup kept by any rule stays. Days, weeks and months are UTC periods of the
-backup's time (its ULID's: the -t time it was named by, else when it was made).
-Only complete backups (manifest in the vault) are candidates; uploads without a
-manifest are reported and left alone. A backup being restored (in SPOOL/thaw/
-or SPOOL/restore/) is kept.
-
-Backups that must not decide anything are never counted by the rules, and
-never deleted: with --signed-by (or signed_by in the config), a backup whose
-manifest is not validly signed by that key is "untrusted" (forged, or from a
-host that does not sign); a backup dated more than 1 hour after now (a wrong
-clock, a typo in -t) is "future_dated". Both are reported and left for you.
-When the listing, or the manifest (with --signed-by, the signature) of any
-backup in the selection cannot be read, prune deletes nothing: a partial view
-never decides deletions.
-
-Deletion is manifest first, then the fragments: an interrupted prune leaves a
-backup that lists as incomplete, never as complete, and the next prune finishes
-it (the spool keeps a journal in SPOOL/prune/). Backups younger than their
-storage class's minimum duration (GLACIER, GLACIER_IR 90 days, DEEP_ARCHIVE 180,
-STANDARD_IA, ONEZONE_IA 30; counted from when the backup was written) are kept
-for now unless --allow-early-deletion. A delete the vault refuses (object lock,
-permissions) is reported and the others go on.
-
-With --abandoned (instead of a policy): remove the backups this spool lists as
-abandoned (their writer died before the manifest; see `cryophile status`): the
-objects this spool's upload record says a freezer uploaded of them (objects
-under the same id that this spool did not upload, another host's, are counted
-and left alone), then SPOOL/freeze/ID, SPOOL/backup/ID and the record, holding
-the backup's lock, so a live writer is never touched.
-
-With --incomplete --older-than DURATION (instead of a policy): remove the
-vault's objects of backups without a manifest that no spool here claims (left
-by a host that lost its spool mid-backup), once their newest object is older
-than DURATION (7d, 36h, 1w2d), so that no upload can still be running.
-"""
-
-EXAMPLES = """\
-examples:
-  cryophile prune -v VAULT --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --dry-run
-  cryophile prune -v VAULT -p hosts/db1 --keep-last 3 --signed-by host-sign.cert
-  cryophile prune -v VAULT --keep-monthly 6 -n --json | jq '.backups[] | select(.action=="remove")'
-  cryophile prune -v VAULT --abandoned --dry-run
-  cryophile prune -v VAULT --incomplete --older-than 7d
-exit status: 0 done (backups too young to delete, and future-dated ones, are kept
-and named); 65 a manifest or signature in the vault is unreadable, 75 the vault
-was unreachable while reading it (in both cases nothing is deleted); 65 untrusted
-backups were found (the others were pruned); 69 the vault refused a delete
-(object lock, permissions), 75 it became unreachable (what could be deleted was).
-"""
-
 COLUMNS = ("ACTION", "KEPT BY", "TIME", "SIZE", "CLASS", "BACKUP")
-
-
-def non_negative_count(text: str) -> int:
-    """A whole number ≥ 0, in ASCII digits (str.isdigit() also takes "²" and "٣")."""
-    if not (text.isascii() and text.isdigit()):
-        raise UsageError(f"invalid number {text!r}: expected a whole number of 0 or more")
-    return int(text)
-
-
-def register(commands: Any) -> argparse.ArgumentParser:
-    """Add the ``prune`` parser."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "prune", help="delete old backups from a vault by a retention policy",
-        description=DESCRIPTION, epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", required=True, metavar="UUID", help="the vault")
-    parser.add_argument("-p", "--prefix", metavar="PREFIX",
-                        help="only backups with this prefix or one below it (each prefix is "
-                             "its own series)")
-    for rule, period in (("last", "newest backups"), ("daily", "days"), ("weekly", "ISO weeks"),
-                         ("monthly", "months")):
-        parser.add_argument(f"--keep-{rule}", type=non_negative_count, default=0, metavar="N",
-                            help=f"keep the latest backup of N {period}" if rule != "last"
-                            else "keep the N newest backups")
-    parser.add_argument("-n", "--dry-run", action="store_true",
-                        help="print the plan, delete nothing")
-    parser.add_argument("--allow-early-deletion", action="store_true",
-                        help="also delete backups younger than their storage class's minimum "
-                             "duration (billed as if stored that long)")
-    parser.add_argument("--signed-by", type=Path, default=None, metavar="CERT",
-                        help="count only backups whose manifest carries a valid signature "
-                             "from a key in this certificate file; others are reported as "
-                             "untrusted and never deleted (default: signed_by in the config)")
-    parser.add_argument("--abandoned", action="store_true",
-                        help="instead of a retention policy: remove the backups in this spool "
-                             "whose writer died before the manifest (status lists them as "
-                             "abandoned), with what a freezer uploaded of them")
-    parser.add_argument("--incomplete", action="store_true",
-                        help="instead of a retention policy: remove fragments in the vault of "
-                             "backups without a manifest that no spool here claims (left by a "
-                             "host that lost its spool); needs --older-than")
-    parser.add_argument("--older-than", type=duration, default=None, metavar="DURATION",
-                        help="with --incomplete: only backups whose newest object was stored "
-                             "longer ago than this (e.g. 7d, 36h), so that no upload can "
-                             "still be running")
-    parser.add_argument("--json", action="store_true",
-                        help="print the plan or result as one JSON object (schema in the README)")
-    parser.set_defaults(run=run)
-    return parser
 
 
 # -- output -------------------------------------------------------------------------
@@ -313,11 +203,11 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     if policy.empty:
         raise UsageError("give at least one of --keep-last, --keep-daily, --keep-weekly, "
                          "--keep-monthly (with none, every backup would be deleted)")
-    config = open_config(args)
-    signed_by = args.signed_by or config.signed_by
+    context = CommandContext(args, environment.env)
+    signed_by = args.signed_by or context.config.signed_by
     signers = None if signed_by is None else load_trusted_signers(signed_by)
-    spool = open_spool(args, environment.env, config)
-    opened = open_vault(vault_id, config, spool.root)
+    spool = context.spool
+    opened = context.vault(vault_id)
     request = PruneRequest(policy, datetime.now(UTC), prefix, signers,
                            allow_early_deletion=args.allow_early_deletion,
                            dry_run=args.dry_run)
@@ -337,10 +227,9 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
 def _prune_abandoned(args: argparse.Namespace, environment: Environment, vault_id: uuid.UUID,
                      prefix: str | None) -> int:
     """``prune --abandoned``: remove the spool's abandoned backups, vault objects first."""
-    config = open_config(args)
-    spool = open_spool(args, environment.env, config)
-    opened = open_vault(vault_id, config, spool.root)
-    outcome = prune_abandoned(opened, spool, prefix, dry_run=args.dry_run)
+    context = CommandContext(args, environment.env)
+    outcome = prune_abandoned(context.vault(vault_id), context.spool, prefix,
+                              dry_run=args.dry_run)
     items, gone = outcome.items, outcome.gone
     if args.json:
         document = {"vault": str(vault_id), "dry_run": args.dry_run,
@@ -375,11 +264,10 @@ def _prune_abandoned(args: argparse.Namespace, environment: Environment, vault_i
 def _prune_incomplete(args: argparse.Namespace, environment: Environment, vault_id: uuid.UUID,
                       prefix: str | None) -> int:
     """``prune --incomplete --older-than D``: remove old fragments nobody will complete."""
-    config = open_config(args)
-    spool = open_spool(args, environment.env, config)
-    opened = open_vault(vault_id, config, spool.root)
-    outcome = prune_incomplete(opened, spool, prefix, older_than=args.older_than,
-                               now=datetime.now(UTC), dry_run=args.dry_run)
+    context = CommandContext(args, environment.env)
+    outcome = prune_incomplete(context.vault(vault_id), context.spool, prefix,
+                               older_than=args.older_than, now=datetime.now(UTC),
+                               dry_run=args.dry_run)
     gone = [item for item in outcome.items if item.action in (Action.REMOVE, Action.REMOVED)]
     verb = "would remove" if args.dry_run else "removed"
     if args.json:

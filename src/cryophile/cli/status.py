@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryophile import presence
 from cryophile.backup_id import BackupId
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.errors import CryophileError
 from cryophile.in_flight import uploads_in_flight
 from cryophile.inventory import BackupState, SpoolRecord, scan_spool
@@ -20,37 +20,6 @@ from cryophile.uploads import UploadRecords
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
-
-DESCRIPTION = """\
-Show what the daemons have to do now, read from the spool alone (no vault is
-contacted, no key is needed): whether a freeze and a thaw daemon serve this
-spool; per queue, the backups in it; for the freeze queue the fragments and
-bytes waiting for upload, the error that stopped a backup's last upload (and
-since when), the uploads running now, and withdrawn backups whose uploaded
-objects the next pass removes; for the thaw queue each restore request with
-its fragments cold / restoring / downloaded, and the error of a failed one;
-the restore queue's backups; and abandoned backups (no manifest, writer gone),
-which nothing will ever upload.
-"""
-
-EXAMPLES = """\
-examples:
-  cryophile status
-  cryophile status --json | jq '.totals.freeze_bytes_waiting'
-exit status: 0 (whatever the spool holds; alert on the JSON).
-"""
-
-
-def register(commands: Any) -> argparse.ArgumentParser:
-    """Add the ``status`` parser."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "status", help="show the spool's queues: uploads waiting, thaw requests",
-        description=DESCRIPTION, epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (schema in the README)")
-    parser.set_defaults(run=run)
-    return parser
 
 
 def _identity(backup_id: BackupId) -> dict[str, Any]:
@@ -207,8 +176,7 @@ def _withdrawn(spool: Spool, records: dict[BackupId, SpoolRecord]) -> list[dict[
 
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Scan the spool and print what waits in it."""
-    config = open_config(args)
-    spool = open_spool(args, environment.env, config, read_only=True)
+    spool = CommandContext(args, environment.env, read_only=True).spool
     records = scan_spool(spool)
     document = build_status(str(spool.root), records)
     document["daemons"] = {name: presence.alive(spool, name)

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cryophile.backup_id import (
     BackupId,
@@ -36,76 +34,21 @@ from cryophile.backup_id import (
     parse_vault,
     ulid_for_timestamp,
 )
-from cryophile.cli.arguments import file_descriptor
-from cryophile.cli.resources import open_config, open_spool
+from cryophile.cli.resources import CommandContext
 from cryophile.errors import ExitCode, NoInputError, UsageError, VaultUnavailableError
 from cryophile.inventory import DOWN_AFTER, list_vault
 from cryophile.passphrase import passphrase_source
+from cryophile.pipeline.engines import engine_for
 from cryophile.pipeline.keys import load_secret_keys
-from cryophile.pipeline.openpgp import ENGINES, engine_for
 from cryophile.pipeline.stages import write_all
 from cryophile.signing import load_trusted_signers
-from cryophile.vault.factory import OpenedVault, open_vault
+from cryophile.vault.factory import OpenedVault
 from cryophile.verification import Decryption, Report, Verifier
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
 
 logger = logging.getLogger(__name__)
-
-DESCRIPTION = """\
-Check that a backup in the vault is complete and intact, without any secret
-key: the manifest is valid, and every fragment it lists exists with the
-manifest's size and SHA-256 as the vault records them (object metadata: no
-download, no Glacier restore). --download also downloads every fragment that
-is readable now (not archived, or already restored) into the spool and
-computes its SHA-256, which finds damage inside an object that metadata cannot.
-With -k and --download, the fragments are also decrypted and decompressed to
-nowhere, proving the backup restores (spool space: two fragments).
-"""
-
-EXAMPLES = """\
-examples:
-  cryophile verify -v VAULT -p hosts/db1 --all                 # nightly, cheap
-  cryophile verify -v VAULT -p hosts/db1 -u 01JDX… --download  # read every byte back
-  cryophile verify -v VAULT -p hosts/db1 -u 01JDX… --download -k backup.key -P 3 3<pass
-  cryophile verify -v VAULT -p hosts/db1 --all --signed-by host-sign.cert
-exit status: 0 healthy; 65 damaged (each bad fragment is named; with
---signed-by also a missing or bad manifest signature); 3 (--all) some
-manifests unreadable (archived, or the vault failed on them; each is named),
-the rest verified; 75 not checkable now (archived fragments with --download:
-thaw them first; one backup's manifest not readable now); 66 no such backup in
-the vault; 77 -k: no key or passphrase fits.
-"""
-
-
-def register(commands: Any) -> argparse.ArgumentParser:
-    """Add the ``verify`` parser."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "verify", help="check that backups in the vault are complete and intact",
-        description=DESCRIPTION, epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", required=True, metavar="UUID", help="vault id (a UUID)")
-    parser.add_argument("-p", "--prefix", default="", metavar="PREFIX",
-                        help="the backup's prefix; with --all, this prefix and every one below")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("-u", "--ulid", metavar="ULID", help="the backup's ULID")
-    which.add_argument("-t", "--timestamp", metavar="TIME", help="the backup of this RFC 3339 time")
-    which.add_argument("--all", action="store_true", help="every backup (below -p)")
-    parser.add_argument("--download", action="store_true",
-                        help="download every readable fragment and check its SHA-256")
-    parser.add_argument("-k", "--keyring", action="append", type=Path, metavar="FILE",
-                        help="with --download: also decrypt with this secret key (repeatable)")
-    parser.add_argument("-P", "--pass-fd", type=file_descriptor, default=None, metavar="N",
-                        help="with -k: read the passphrase from file descriptor N")
-    parser.add_argument("--signed-by", type=Path, default=None, metavar="CERT",
-                        help="require the manifest to be signed by a key in this certificate "
-                             "file; unsigned or badly signed backups are DAMAGED (default: "
-                             "signed_by in the config)")
-    parser.add_argument("--engine", choices=sorted(ENGINES), default="reference",
-                        help="with -k: the OpenPGP engine (default: reference)")
-    parser.set_defaults(run=run)
-    return parser
 
 
 def _targets(args: argparse.Namespace, opened: OpenedVault) -> tuple[list[BackupId],
@@ -137,15 +80,15 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         decryption = Decryption(load_secret_keys(args.keyring),
                                 passphrase_source(args.pass_fd, environment.env),
                                 engine_for(args.engine))
-    config = open_config(args)
-    signed_by = args.signed_by or config.signed_by
+    context = CommandContext(args, environment.env)
+    signed_by = args.signed_by or context.config.signed_by
     signers = None if signed_by is None else load_trusted_signers(signed_by)
-    spool = open_spool(args, environment.env, config)
-    opened = open_vault(vault_id, config, spool.root)
+    spool = context.spool
+    opened = context.vault(vault_id)
     targets, partial = _targets(args, opened)
     reports: list[Report] = []
-    with tempfile.TemporaryDirectory(prefix=".cryophile-verify-", dir=spool.root) as name:
-        verifier = Verifier(opened, Path(name), download=args.download, decryption=decryption,
+    with spool.scratch("verify") as scratch:
+        verifier = Verifier(opened, scratch, download=args.download, decryption=decryption,
                             signers=signers)
         failing: list[VaultUnavailableError] = []
         for backup_id in targets:

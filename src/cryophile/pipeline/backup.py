@@ -27,9 +27,9 @@ from cryophile.durable import remove_empty_dirs
 from cryophile.errors import StorageIOError
 from cryophile.manifest import Fragment, Manifest
 from cryophile.pipeline.compress import Codec
+from cryophile.pipeline.engines import Engine
 from cryophile.pipeline.fragments import FragmentWriter, hash_pieces, split
 from cryophile.pipeline.keys import Recipients
-from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.stages import (
     Counters,
     counting,

@@ -1,17 +1,13 @@
-"""OpenPGP encryption behind one small stream interface, and the reference engine.
+"""The reference OpenPGP engine: pysequoia, run in a child process.
 
-An engine maps a stream of blocks to a stream of blocks::
+It implements :class:`cryophile.pipeline.engines.Engine` (the registry there
+names it ``reference``); the fast engine falls back to it for keys and
+messages it does not handle.
 
-    encrypt(plaintext blocks, recipients) -> ciphertext blocks
-    decrypt(ciphertext blocks, secret key, passphrase) -> plaintext blocks
-
-The message format is PKESK v3 + SEIPD v1 (AES-256, MDC) around a binary
-literal packet, which GnuPG 2.2/2.4, sq, sqop and pysequoia all decrypt.
-
-The reference engine is pysequoia, run in a child process
-(:mod:`cryophile.pipeline.openpgp_worker`) because it holds the GIL for a whole
-call: a feeder thread writes the input to the child's stdin while the caller
-reads its stdout, so compression, encryption and splitting overlap.
+pysequoia runs in a child process (:mod:`cryophile.pipeline.openpgp_worker`)
+because it holds the GIL for a whole call: a feeder thread writes the input to
+the child's stdin while the caller reads its stdout, so compression,
+encryption and splitting overlap.
 """
 
 from __future__ import annotations
@@ -24,10 +20,10 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import IO, Protocol
+from collections.abc import Iterable, Iterator, Mapping
+from typing import IO
 
-from cryophile.errors import CryophileError, DataError, ServiceError
+from cryophile.errors import DataError, ServiceError
 from cryophile.pipeline.keys import Recipients, SecretKey
 from cryophile.pipeline.stages import Buffer, enlarge_pipe, read_blocks, write_all
 
@@ -38,44 +34,20 @@ WORKER_EXIT_DATA = 65
 STDERR_LIMIT = 64 * 1024
 
 
-class Engine(Protocol):
-    """An OpenPGP stream engine."""
-
-    name: str
-
-    def encrypt(self, plaintext: Iterable[Buffer], recipients: Recipients) -> Iterator[Buffer]:
-        """Encrypt the stream to every recipient subkey; yield the message in blocks.
-
-        The message is complete only when the iterator ends without error.
-        """
-        ...
-
-    def decrypt(self, ciphertext: Iterable[Buffer], key: SecretKey,
-                passphrase: str | None) -> Iterator[Buffer]:
-        """Decrypt a message with ``key``; yield the plaintext of its literal packet.
-
-        Items yielded never change afterwards (the consumer may keep them
-        without copying), and may be of any size. Raises DataError when the
-        message is damaged, truncated or fails its integrity check (MDC): the
-        caller must then treat everything already yielded as incomplete.
-        """
-        ...
-
-
 class ReferenceEngine:
     """pysequoia in a child process."""
 
     name = "reference"
 
     def encrypt(self, plaintext: Iterable[Buffer], recipients: Recipients) -> Iterator[bytes]:
-        """See :meth:`Engine.encrypt`."""
+        """See :meth:`cryophile.pipeline.engines.Engine.encrypt`."""
         request = {"certificates": [base64.b64encode(cert).decode()
                                     for cert in recipients.certificates]}
         return _run_worker("encrypt", request, plaintext)
 
     def decrypt(self, ciphertext: Iterable[Buffer], key: SecretKey,
                 passphrase: str | None) -> Iterator[bytes]:
-        """See :meth:`Engine.decrypt`.
+        """See :meth:`cryophile.pipeline.engines.Engine.decrypt`.
 
         pysequoia 0.1.35 cannot be told which subkey to decrypt with: for a
         backup whose subkey it will not use (expired, revoked, not its first
@@ -176,22 +148,3 @@ def _drive(process: subprocess.Popen[bytes], control_write: int, control: bytes,
             reader.join()
         stdout.close()
         stderr.close()
-
-
-def _fast_engine() -> Engine:
-    # Imported on use: the fast engine imports this module (it falls back to
-    # ReferenceEngine for keys and messages it does not handle, with a notice).
-    from cryophile.pipeline.fastpgp.engine import FastEngine  # noqa: PLC0415
-
-    return FastEngine()
-
-
-ENGINES: dict[str, Callable[[], Engine]] = {"reference": ReferenceEngine, "fast": _fast_engine}
-
-
-def engine_for(name: str) -> Engine:
-    """The engine called ``name``."""
-    try:
-        return ENGINES[name]()
-    except KeyError:
-        raise CryophileError(f"unknown OpenPGP engine {name!r}") from None

@@ -29,18 +29,16 @@ from cryophile.errors import (
     NoInputError,
     StorageIOError,
 )
-from cryophile.manifest import Manifest, parse
+from cryophile.manifest import AUTO_COMPRESSION, Manifest, parse
 from cryophile.pipeline.compress import Codec, codec_for, detecting
+from cryophile.pipeline.engines import Engine
 from cryophile.pipeline.fragments import read_fragments
 from cryophile.pipeline.keys import SecretKey, select_secret_keys, unlock
-from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.stages import Buffer, Counters, threaded, tune_allocator, write_all
 from cryophile.spool import Queue, Spool, read_spool_file
 from cryophile.watch import DirectoryWatcher, wait_for_file
 
 logger = logging.getLogger(__name__)
-
-AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -196,7 +194,7 @@ def choose_key(manifest: Manifest, secret_keys: list[SecretKey],
 
 def _codec(override: str | None, manifest: Manifest) -> Codec | None:
     """The codec to decompress with; None means "detect from the magic bytes"."""
-    if override == AUTO:
+    if override == AUTO_COMPRESSION:
         return None
     if override is not None:
         if override != manifest.compression:

@@ -1,9 +1,10 @@
 """The fast OpenPGP engine: a streaming PKESK v3 + SEIPD v1 writer and reader.
 
-Where it sits: :mod:`cryophile.pipeline.openpgp` defines the engine interface
+Where it sits: :mod:`cryophile.pipeline.engines` defines the engine interface
 (``encrypt(blocks, recipients) -> blocks``, ``decrypt(blocks, key, passphrase)
 -> blocks``) and registers :class:`~cryophile.pipeline.fastpgp.engine.FastEngine`
-under the name ``fast`` beside the pysequoia reference engine.
+under the name ``fast`` beside the pysequoia reference engine
+(:mod:`cryophile.pipeline.openpgp`).
 
 Contract: the messages written are exactly DESIGN.md §4 — one PKESK v3 per
 recipient subkey that pysequoia selected (Curve25519 ECDH or RSA), then one

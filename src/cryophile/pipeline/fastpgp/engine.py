@@ -1,8 +1,8 @@
 """The fast OpenPGP engine: :class:`FastEngine`, registered as ``fast``.
 
-Where it sits: implements the :class:`cryophile.pipeline.openpgp.Engine`
-protocol next to the pysequoia reference engine; the backup and restore
-pipelines call it like any engine.
+Where it sits: implements the :class:`cryophile.pipeline.engines.Engine`
+protocol next to the pysequoia reference engine (:mod:`cryophile.pipeline.openpgp`,
+which it falls back to); the backup and restore pipelines call it like any engine.
 
 Contract:
 
@@ -241,7 +241,7 @@ class FastEngine:
     name = "fast"
 
     def encrypt(self, plaintext: Iterable[Buffer], recipients: Recipients) -> Iterator[Buffer]:
-        """See :meth:`cryophile.pipeline.openpgp.Engine.encrypt`."""
+        """See :meth:`cryophile.pipeline.engines.Engine.encrypt`."""
         try:
             keys = recipient_keys(recipients)
         except UnsupportedError as why:
@@ -255,7 +255,7 @@ class FastEngine:
 
     def decrypt(self, ciphertext: Iterable[Buffer], key: SecretKey,
                 passphrase: str | None) -> Iterator[Buffer]:
-        """See :meth:`cryophile.pipeline.openpgp.Engine.decrypt`."""
+        """See :meth:`cryophile.pipeline.engines.Engine.decrypt`."""
         seipd.load_decryption()
         recorder = _Recorder(ciphertext)
         reader = StreamReader(recorder)
