@@ -298,9 +298,17 @@ def _one_restore_at_a_time(spool: Spool, backup_id: BackupId) -> Iterator[None]:
         os.close(fd)
 
 
+#: Tries to take a restore lock that other restores keep removing (see _locked_file).
+_LOCK_ATTEMPTS = 20
+
+
 def _locked_file(path: Path, backup_id: BackupId) -> int:
-    """An fd of ``path`` holding its exclusive lock, the file still linked there."""
-    while True:
+    """An fd of ``path`` holding its exclusive lock, the file still linked there.
+
+    Each retry is a race lost to a restore of the same backup that just ended,
+    so a few suffice; TryLaterError if they do not (the loop never spins).
+    """
+    for _attempt in range(_LOCK_ATTEMPTS):
         make_dirs(path.parent)
         try:
             fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -324,6 +332,8 @@ def _locked_file(path: Path, backup_id: BackupId) -> int:
         if same:
             return fd
         os.close(fd)  # the restore that held it finished and removed it: start over
+    raise TryLaterError(f"the restore lock of {backup_id} ({path}) kept being replaced by "
+                        "other restores of it; run restore again")
 
 
 @contextlib.contextmanager
