@@ -101,10 +101,11 @@ class S3Freeze:
 
 
 def write_config(path: Path, bucket: str, endpoint_url: str, region: str,
-                 **extra: str) -> Path:
+                 **extra: str | float) -> Path:
     lines = ["[[vault]]", f'id = "{VAULT}"', 'provider = "s3"', f'bucket = "{bucket}"',
              f'endpoint_url = "{endpoint_url}"', f'region = "{region}"']
-    lines += [f'{name} = "{value}"' for name, value in extra.items()]
+    lines += [f'{name} = "{value}"' if isinstance(value, str) else f"{name} = {value}"
+              for name, value in extra.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -123,7 +124,7 @@ def credentials_env(bucket: S3Bucket, tmp_path: Path) -> dict[str, str]:
 
 def make_s3(cli: Cli, bucket: S3Bucket, tmp_path: Path, *, endpoint_url: str | None = None,
             bucket_name: str | None = None, env: Mapping[str, str] | None = None,
-            **extra: str) -> S3Freeze:
+            **extra: str | float) -> S3Freeze:
     config = write_config(tmp_path / f"cryophile-{len(list(tmp_path.glob('*.toml')))}.toml",
                           bucket_name or bucket.name, endpoint_url or bucket.endpoint.url,
                           bucket.endpoint.region, **extra)
