@@ -10,9 +10,10 @@ to forward it or to fail it:
     Read the request head (and, when the client waits for ``100 Continue``,
     part of the body), then close the connection with an RST: a connection
     reset in the middle of the request. Nothing reaches the server.
-``Fault.ERROR_500`` / ``Fault.SLOW_DOWN``
-    Answer ``500 InternalError`` or ``503 SlowDown`` with a proper S3 XML
-    error body. Nothing reaches the server.
+``Fault.ERROR_500`` / ``Fault.SLOW_DOWN`` / ``Fault.ACCESS_DENIED``
+    Answer ``500 InternalError``, ``503 SlowDown`` or ``403 AccessDenied`` (a
+    policy that does not allow this request) with a proper S3 XML error
+    body. Nothing reaches the server.
 ``Fault.STALL``
     Sleep ``stall_seconds``, then forward as ``NONE``.
 ``Fault.HANG``
@@ -98,6 +99,7 @@ class Fault(enum.Enum):
     RESET = "reset"
     ERROR_500 = "500"
     SLOW_DOWN = "503"
+    ACCESS_DENIED = "403"
     STALL = "stall"
     HANG = "hang"
     SLOW = "slow"
@@ -163,6 +165,7 @@ _ERRORS = {
     Fault.ERROR_500: (500, "Internal Server Error", "InternalError",
                       "We encountered an internal error. Please try again."),
     Fault.SLOW_DOWN: (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+    Fault.ACCESS_DENIED: (403, "Forbidden", "AccessDenied", "Access Denied"),
 }
 
 

@@ -245,6 +245,7 @@ class S3Vault:
         self._bucket_seen = False
         self._conditional_writes = True
         self._restore_unsupported_logged = False
+        self._abort_refusal_logged = False
         self._lock = threading.Lock()
         self._throttle = (Throttle(config.max_bandwidth) if config.max_bandwidth is not None
                           else None)
@@ -505,6 +506,53 @@ class S3Vault:
             raise self._error(exc, "delete", key) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, "delete", key) from exc
+
+    def abort_incomplete_uploads(self, key: str) -> int:
+        """See :meth:`cryophile.vault.base.Vault.abort_incomplete_uploads`.
+
+        ListMultipartUploads with ``key`` as prefix, then AbortMultipartUpload
+        for each upload of exactly ``key``. A server that refuses to list them
+        (a policy without s3:ListBucketMultipartUploads, or no such operation)
+        is warned about once and counts as none: backups must not stop for it.
+        """
+        check_key(key)
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        aborted = 0
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=key):
+                for upload in page.get("Uploads", []):
+                    if upload.get("Key") == key:
+                        aborted += self._abort_upload(key, upload["UploadId"])
+        except botocore.exceptions.ClientError as exc:
+            if (_code(exc) in _ACCESS_CODES | _NOT_IMPLEMENTED_CODES
+                    or _status(exc) in (405, 501)):
+                self._cannot_abort(key, exc)
+                return aborted
+            raise self._error(exc, "abort incomplete uploads of", key) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, "abort incomplete uploads of", key) from exc
+        if aborted:
+            logger.debug("aborted %d incomplete upload(s) of %s", aborted, self._where(key))
+        return aborted
+
+    def _abort_upload(self, key: str, upload_id: str) -> int:
+        """Abort one listed upload: 1, or 0 if it ended in the meantime."""
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) == "NoSuchUpload":
+                return 0
+            raise
+        return 1
+
+    def _cannot_abort(self, key: str, exc: botocore.exceptions.ClientError) -> None:
+        with self._lock:
+            if self._abort_refusal_logged:
+                return
+            self._abort_refusal_logged = True
+        logger.warning("%r refuses to list or abort incomplete uploads (%s, for %s); "
+                       "their parts stay until a lifecycle rule (AbortIncompleteMultipartUpload) "
+                       "removes them", self, _code(exc) or _status(exc), key)
 
     # -- uploads ---------------------------------------------------------------
 
