@@ -85,6 +85,9 @@ class Cli:
 
     spool: Path
     home: Path
+    #: The configuration ``backup`` is given (-c), if any: a backup is bound for the
+    #: vault its configuration names, and freeze refuses to send it elsewhere.
+    config: Path | None = None
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items()
@@ -112,8 +115,9 @@ class Cli:
     def backup(self, key: oracles.KeyPair, data: bytes, *extra: str, prefix: str = "hosts/db1",
                size: str = "5M") -> str:
         """Back ``data`` up; return the new backup's ULID (asserting success)."""
+        config: list[str | Path] = ["-c", self.config] if self.config is not None else []
         result = self.run(["backup", "-v", VAULT, "-p", prefix, "-k", key.cert, "-s", size,
-                           "--json", *extra], stdin=data)
+                           "--json", *config, *extra], stdin=data)
         assert result.returncode == 0, result.stderr
         document = json.loads(result.stdout)
         ulid: str = document["ulid"]

@@ -39,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pysequoia
@@ -47,10 +48,15 @@ __all__ = [
     "DEBIAN_PACKAGES",
     "KeyPair",
     "OracleError",
+    "SubkeyHistory",
+    "gpg_change_key",
     "gpg_decrypt",
     "gpg_encrypt",
+    "gpg_fingerprints",
     "make_gpg_key",
+    "make_gpg_subkey_history",
     "make_sq_key",
+    "make_sq_subkey_history",
     "make_sqop_key",
     "missing_tools",
     "sq_decrypt",
@@ -552,6 +558,226 @@ def make_sqop_key(workdir: Path, *, passphrase: str | None = None) -> KeyPair:
     secret.write_bytes(key_bytes)
     secret.chmod(0o600)
     return KeyPair(tool="sqop", cert=cert, secret=secret, passphrase=passphrase, fingerprint=fpr)
+
+
+# --------------------------------------------------------------------------- key histories
+
+
+@dataclass(frozen=True)
+class SubkeyHistory:
+    """One key at two moments: while its encryption subkey was valid, and after a change.
+
+    Attributes:
+        before: the key and certificate while the encryption subkey ``subkey`` was valid
+            (what a backup is made with).
+        after: the same key after ``subkey`` expired or was revoked (what restores it).
+        subkey: fingerprint of the original encryption subkey (lowercase hex).
+        changed: when ``subkey`` was revoked, or set to expire one day later (UTC).
+        new_subkey: with ``change="rotate"``, the valid encryption subkey added after
+            ``subkey`` expired (gpg) or was revoked (sq); else ``None``.
+    """
+
+    before: KeyPair
+    after: KeyPair
+    subkey: str
+    changed: datetime
+    new_subkey: str | None = None
+
+
+_GPG_CHANGES = ("expire", "revoke", "rotate")
+# gpg --edit-key answers to revoke subkey 1: select it, revkey, "really?", reason 0 (no
+# reason given), an empty description, "okay?", save.
+_REVKEY_COMMANDS = "key 1\nrevkey\ny\n0\n\ny\nsave\n"
+
+
+def _faked(when: datetime) -> list[str]:
+    # The trailing "!" freezes gpg's clock at that instant.
+    return ["--faked-system-time", when.strftime("%Y%m%dT%H%M%S") + "!"]
+
+
+def make_gpg_subkey_history(
+    workdir: Path, change: str, *, passphrase: str | None = None
+) -> SubkeyHistory:
+    """A GnuPG 2.2 key whose Curve25519 encryption subkey expired, was revoked, or was
+    replaced after expiring, exported before and after the change.
+
+    The key is made two years ago (``--faked-system-time``): an Ed25519 primary (certify,
+    sign; never expires) and a cv25519 encryption subkey that never expires — ``before``.
+    One year ago: ``change="expire"`` sets the subkey to expire one day later
+    (``--quick-set-expire FPR 1d SUBFPR``), so it has been expired for a year;
+    ``"revoke"`` revokes it (``--edit-key``: ``key 1``, ``revkey``); ``"rotate"`` expires
+    it the same way and then, today, adds a new cv25519 encryption subkey
+    (``--quick-add-key``). The primary key stays valid throughout. ≈ 0.2 s.
+
+    Files written: ``workdir/gpg-<change>-<fpr[:16]>.{before,after}.{cert,secret}.pgp``
+    (binary; secrets 0600, protected with ``passphrase`` when given).
+
+    Raises:
+        ValueError: unknown ``change``, or an empty/multi-line passphrase.
+        OracleError: a gpg tool is missing or failed.
+    """
+    if change not in _GPG_CHANGES:
+        raise ValueError(f"change must be one of {_GPG_CHANGES}, not {change!r}")
+    _check_passphrase(passphrase)
+    now = datetime.now(UTC).replace(microsecond=0)
+    made, changed = now - timedelta(days=730), now - timedelta(days=365)
+    tool = f"gpg-{change}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    # An unprotected key needs an explicit empty passphrase in batch mode; an empty one
+    # is no secret, so it may be on the command line.
+    pw = [_PW] if passphrase is not None else ["--passphrase", ""]
+    pw_fd = "--passphrase-fd {fd}"
+
+    def gpg(home: Path, env: dict[str, str], *args: str | Path, stdin: bytes | None = None,
+            ) -> bytes:
+        return _run([*_gpg(home), *pw, *args], env=env, stdin=stdin, passphrase=passphrase,
+                    passphrase_opt=pw_fd)
+
+    def fingerprints(home: Path, env: dict[str, str]) -> list[str]:
+        listing = _run([*_gpg(home), "--with-colons", "--list-keys"], env=env)
+        return [line.split(":")[9].lower() for line in listing.decode().splitlines()
+                if line.startswith("fpr:")]
+
+    def export(home: Path, env: dict[str, str], fpr: str, moment: str) -> KeyPair:
+        cert = workdir / f"{tool}-{fpr[:16]}.{moment}.cert.pgp"
+        secret = workdir / f"{tool}-{fpr[:16]}.{moment}.secret.pgp"
+        _run([*_gpg(home), "--yes", "--output", cert, "--export", fpr], env=env)
+        gpg(home, env, "--yes", "--output", secret, "--export-secret-keys", fpr)
+        secret.chmod(0o600)
+        return KeyPair(tool=tool, cert=cert, secret=secret, passphrase=passphrase,
+                       fingerprint=fpr)
+
+    with _gpg_home() as (home, env):
+        gpg(home, env, *_faked(made), "--quick-gen-key", _uid(tool), "ed25519", "cert,sign",
+            "never")
+        fpr = fingerprints(home, env)[0]
+        gpg(home, env, *_faked(made), "--quick-add-key", fpr, "cv25519", "encr", "never")
+        subkey = fingerprints(home, env)[1]
+        before = export(home, env, fpr, "before")
+        if change == "revoke":
+            gpg(home, env, *_faked(changed), "--command-fd", "0", "--edit-key", fpr,
+                stdin=_REVKEY_COMMANDS.encode())
+        else:
+            gpg(home, env, *_faked(changed), "--quick-set-expire", fpr, "1d", subkey)
+        new_subkey = None
+        if change == "rotate":
+            gpg(home, env, "--quick-add-key", fpr, "cv25519", "encr", "never")
+            new_subkey = fingerprints(home, env)[2]
+        after = export(home, env, fpr, "after")
+    return SubkeyHistory(before=before, after=after, subkey=subkey, changed=changed,
+                         new_subkey=new_subkey)
+
+
+_SQ_CHANGES = ("revoke", "rotate")
+
+
+def make_sq_subkey_history(workdir: Path, change: str) -> SubkeyHistory:
+    """An ``sq`` 0.27 key (:func:`make_sq_key`, unprotected) whose encryption subkey is
+    then revoked, or revoked and replaced: what a user of Debian 12's ``sq`` can do.
+
+    ``change="revoke"``: ``sq revoke subkey --certificate KEY SUBFPR retired MESSAGE``
+    prints the primary key and that subkey with the revocation added (secret material
+    included); ``after.secret`` is that merged into the key (``sq keyring merge``, which
+    keeps the secrets). ``"rotate"`` then also generates a second key (``sq key generate``)
+    and binds its encryption subkey into the first (``sq key adopt --keyring NEW --key
+    NEWSUBFPR KEY``); that subkey is ``new_subkey``. ``after.cert`` is ``sq key
+    extract-cert`` of ``after.secret``. sq 0.27 cannot change a subkey's expiry or add a
+    new subkey of its own, so these are the changes it can make. ≈ 0.1 s.
+
+    Raises:
+        ValueError: unknown ``change``.
+        OracleError: ``sq`` is missing or failed.
+    """
+    if change not in _SQ_CHANGES:
+        raise ValueError(f"change must be one of {_SQ_CHANGES}, not {change!r}")
+    before = make_sq_key(workdir / "before")
+    subkey = _encryption_subkey(before.cert)
+    changed = datetime.now(UTC)
+    after_dir = workdir / "after"
+    after_dir.mkdir(parents=True, exist_ok=True)
+    new_subkey = None
+    with _scratch() as tmp:
+        env = _env(tmp)
+        revocation = tmp / "revocation.asc"
+        revocation.write_bytes(_run(["sq", "revoke", "subkey", "--certificate", before.secret,
+                                     subkey, "retired", "replaced by a new subkey"], env=env))
+        secret = after_dir / before.secret.name
+        _run(["sq", "keyring", "merge", "--output", secret, before.secret, revocation], env=env)
+        if change == "rotate":
+            donor = make_sq_key(tmp / "donor")
+            new_subkey = _encryption_subkey(donor.cert)
+            revoked = tmp / "revoked.asc"
+            secret.rename(revoked)
+            _run(["sq", "key", "adopt", "--keyring", donor.secret, "--key", new_subkey,
+                  "--output", secret, "--", revoked], env=env)
+        secret.chmod(0o600)
+        cert = after_dir / before.cert.name
+        _run(["sq", "key", "extract-cert", "--output", cert, secret], env=env)
+    after = KeyPair(tool="sq", cert=cert, secret=secret, passphrase=None,
+                    fingerprint=before.fingerprint)
+    return SubkeyHistory(before=before, after=after, subkey=subkey, changed=changed,
+                         new_subkey=new_subkey)
+
+
+def _encryption_subkey(cert: Path) -> str:
+    """Fingerprint of the first subkey flagged for encryption in ``cert``."""
+    from pysequoia.packet import PacketPile, Tag  # noqa: PLC0415
+
+    current: str | None = None
+    for packet in PacketPile.from_file(str(cert)):
+        if packet.tag in (Tag.PublicSubkey, Tag.SecretSubkey):
+            current = packet.fingerprint
+        elif packet.tag == Tag.Signature and current is not None and packet.key_flags \
+                and (packet.key_flags.storage_encryption
+                     or packet.key_flags.transport_encryption):
+            return current
+    raise OracleError(f"{cert}: no encryption subkey")
+
+
+def gpg_change_key(key: KeyPair, args: Sequence[str], workdir: Path) -> KeyPair:
+    """Run ``gpg ARGS`` on ``key`` as its owner would, and export the key it leaves.
+
+    For the fixes cryophile's messages advise (``--quick-set-expire FPR 2y SUBFPR``,
+    ``--quick-add-key FPR cv25519 encr 2y``): ``key.secret`` is imported into a throwaway
+    homedir, ``gpg --batch --pinentry-mode loopback [--passphrase-fd N] ARGS`` runs there
+    (``--passphrase ""`` for an unprotected key), and the certificate and secret key are
+    exported again, binary, as ``workdir/gpg-changed-<fpr[:16]>.{cert,secret}.pgp``.
+
+    Raises:
+        OracleError: a gpg tool is missing or failed (e.g. a command gpg does not know).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    pw = [_PW] if key.passphrase is not None else ["--passphrase", ""]
+    pw_fd = "--passphrase-fd {fd}"
+    cert = workdir / f"gpg-changed-{key.fingerprint[:16]}.cert.pgp"
+    secret = workdir / f"gpg-changed-{key.fingerprint[:16]}.secret.pgp"
+    with _gpg_home() as (home, env):
+        _run([*_gpg(home), "--import", key.secret], env=env)
+        _run([*_gpg(home), *pw, *args], env=env, passphrase=key.passphrase,
+             passphrase_opt=pw_fd)
+        _run([*_gpg(home), "--yes", "--output", cert, "--export", key.fingerprint], env=env)
+        _run([*_gpg(home), *pw, "--yes", "--output", secret, "--export-secret-keys",
+              key.fingerprint], env=env, passphrase=key.passphrase, passphrase_opt=pw_fd)
+    secret.chmod(0o600)
+    return KeyPair(tool=f"{key.tool}-changed", cert=cert, secret=secret,
+                   passphrase=key.passphrase, fingerprint=key.fingerprint)
+
+
+def gpg_fingerprints(cert: Path) -> list[str]:
+    """The fingerprints of ``cert``'s primary key and subkeys as gpg prints them.
+
+    ``gpg --import`` into a throwaway homedir, then the ``fpr`` lines of ``gpg
+    --with-colons --list-keys``: uppercase hex, primary first, subkeys in order (the
+    form of ``gpg --list-keys --with-subkey-fingerprint``).
+
+    Raises:
+        OracleError: a gpg tool is missing or failed.
+    """
+    with _gpg_home() as (home, env):
+        _run([*_gpg(home), "--import", cert], env=env)
+        listing = _run([*_gpg(home), "--with-colons", "--list-keys"], env=env)
+    return [line.split(":")[9] for line in listing.decode().splitlines()
+            if line.startswith("fpr:")]
 
 
 # --------------------------------------------------------------------------- decrypt

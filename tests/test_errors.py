@@ -28,3 +28,23 @@ def test_only_try_later_is_transient_by_default() -> None:
     assert errors.TryLaterError.transient
     assert not errors.DataError.transient
     assert not errors.UsageError.transient
+
+
+def test_partial_is_documented_and_no_class_uses_it() -> None:
+    assert int(errors.ExitCode.PARTIAL) == 3
+    assert "  3   (partial)" in (errors.__doc__ or "")
+    classes: list[type[errors.CryophileError]] = [
+        errors.CryophileError,
+        *all_subclasses(errors.CryophileError),
+    ]
+    assert all(cls.exit_code != errors.ExitCode.PARTIAL for cls in classes)
+
+
+def test_a_transient_error_exits_75_whatever_its_class() -> None:
+    unavailable = errors.VaultUnavailableError("500")
+    assert unavailable.exit_code == errors.ExitCode.UNAVAILABLE  # the class's own code
+    assert errors.exit_code_of([unavailable]) == errors.ExitCode.TEMPFAIL
+    assert errors.exit_code_of([]) == errors.ExitCode.OK
+    refused = errors.ServiceError("access denied")
+    assert errors.exit_code_of([unavailable, refused]) == errors.ExitCode.UNAVAILABLE
+    assert errors.exit_code_of([errors.ConfigError("x"), refused]) == errors.ExitCode.CONFIG

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema  # type: ignore[import-untyped]
 import pytest
@@ -34,6 +35,7 @@ import pytest
 import oracles
 from conftest import REPO, VAULT, Cli, Result
 from cryophile.spool import Queue, Spool
+from faultproxy import Fault, FaultProxy, Request
 from polling import live_files, wait_until
 from s3server import S3Bucket
 
@@ -45,7 +47,7 @@ ULID_PATTERN = "^[0-9A-HJKMNP-TV-Z]{26}$"
 UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 TIME_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$"
 STATES = ["writing", "incomplete", "queued", "partly_frozen", "frozen", "damaged",
-          "thaw_requested", "thawing", "thaw_failed", "restored"]
+          "unreadable", "thaw_requested", "thawing", "thaw_failed", "restored"]
 
 
 def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
@@ -90,9 +92,14 @@ STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["spool", "backup", "freeze", "thaw", "restore", "abandoned", "totals",
-                 "uploading"],
+                 "uploading", "daemons", "withdrawn"],
     "properties": {
         "spool": {"type": "string"},
+        "daemons": {"type": "object", "additionalProperties": False,
+                    "required": ["freeze", "thaw"],
+                    "properties": {"freeze": {"type": ["integer", "null"]},
+                                   "thaw": {"type": ["integer", "null"]}}},
+        "withdrawn": {"type": "array", "items": _record({"objects": _COUNT})},
         "uploading": {"type": "array", "items": {
             "type": "object", "additionalProperties": False,
             "required": ["key", "bytes", "started"],
@@ -153,9 +160,10 @@ def run_keyless(cli: Cli, args: list[str], env: dict[str, str]) -> Result:
     return cli.run(args, env=env)
 
 
-def list_json(cli: Cli, env: dict[str, str], *args: str) -> list[dict[str, Any]]:
+def list_json(cli: Cli, env: dict[str, str], *args: str,
+              expect: int = 0) -> list[dict[str, Any]]:
     result = run_keyless(cli, ["list", "--json", *args], env)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == expect, result.stderr
     document = json.loads(result.stdout)
     jsonschema.validate(document, LIST_SCHEMA)
     assert isinstance(document, list)
@@ -236,9 +244,10 @@ def fifo_writer(fifo: Path, reader: subprocess.Popen[bytes]) -> Iterator[Any]:
 
 def restore_request(cli: Cli, key: oracles.KeyPair, ulid: str,
                     env: dict[str, str] | None = None) -> None:
-    """File a thaw request the way a user does: a restore that gives up waiting at once."""
+    """File a thaw request the way a user does: a restore that leaves the thaw to the
+    daemon and gives up waiting at once."""
     result = cli.run(["restore", "-v", VAULT, "-p", PREFIX, "-u", ulid, "-k", key.secret,
-                      "--timeout", "0"], env=env)
+                      "--no-thaw", "--timeout", "0"], env=env)
     assert result.returncode == 75, result.stderr
 
 
@@ -536,8 +545,10 @@ def test_readme_documents_every_json_field() -> None:
         status_fields |= set(STATUS_SCHEMA["properties"][queue]["items"]["properties"])
     for field in status_fields:
         assert f"`{field}`" in sections["status"], field
-    for code in ("0", "65", "75"):
+    for code in ("0", "3", "65", "75"):
         assert f"| {code} |" in sections["verify"], code
+    codes = readme[readme.index("### Exit codes"):readme.index("## Keys with")]
+    assert "| 3 | partial: some backups could not be read" in codes
     contents = readme[readme.index("## Contents"):readme.index("## Install")]
     for name in ("list", "verify", "status"):
         assert f"(#cryophile-{name})" in contents
@@ -546,9 +557,11 @@ def test_readme_documents_every_json_field() -> None:
 # -- S3: SeaweedFS (a real S3 server) and moto (Glacier semantics) ---------------------------
 
 
-def configure_s3_vault(cli: Cli, bucket: S3Bucket, tmp_path: Path,
-                       storage_class: str) -> dict[str, str]:
-    """Make ``VAULT`` the S3 ``bucket`` in the user's config; return the AWS environment.
+def configure_s3_vault(cli: Cli, bucket: S3Bucket, tmp_path: Path, storage_class: str, *,
+                       endpoint_url: str | None = None, extra: str = "") -> dict[str, str]:
+    """Make ``VAULT`` the S3 ``bucket`` in the user's config (reached at ``endpoint_url``,
+    by default the bucket's server; ``extra`` adds lines to its table); return the AWS
+    environment.
 
     The environment has credentials for the vault and nothing else: no key of any kind.
     """
@@ -556,8 +569,9 @@ def configure_s3_vault(cli: Cli, bucket: S3Bucket, tmp_path: Path,
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(
         f'[[vault]]\nid = "{VAULT}"\nprovider = "s3"\nbucket = "{bucket.name}"\n'
-        f'endpoint_url = "{bucket.endpoint.url}"\nregion = "{bucket.endpoint.region}"\n'
-        f'storage_class = "{storage_class}"\nrestore_days = 2\n')
+        f'endpoint_url = "{endpoint_url or bucket.endpoint.url}"\n'
+        f'region = "{bucket.endpoint.region}"\n'
+        f'storage_class = "{storage_class}"\nrestore_days = 2\n{extra}')
     missing = tmp_path / "no-such-aws-dir"
     return {"AWS_ACCESS_KEY_ID": bucket.endpoint.access_key,
             "AWS_SECRET_ACCESS_KEY": bucket.endpoint.secret_key,
@@ -648,6 +662,149 @@ def test_glacier_thawing_state_and_verify_not_checkable(
     assert thaw["cold"] == thaw["downloaded"] == 0
     assert thaw["days"] == 2
 
+
+
+# -- one unreadable backup is one row, not an empty vault -------------------------------------
+
+
+def frozen_backups(cli: Cli, key: oracles.KeyPair, env: dict[str, str], count: int) -> list[str]:
+    """``count`` small one-fragment backups, oldest first, frozen into ``VAULT``."""
+    ulids = [cli.backup(key, random.Random(20 + i).randbytes(64 * 1024), "-C", "none")
+             for i in range(count)]
+    assert cli.run(["freeze", "--once"], env=env).returncode == 0
+    return ulids
+
+
+def table_states(output: bytes) -> dict[str, str]:
+    """ULID → STATE of every row of ``list``'s table."""
+    header, *rows = output.decode().splitlines()
+    assert header.split()[1] == "STATE"
+    return {row.split()[-1].rsplit("/", 1)[-1]: row.split()[1] for row in rows}
+
+
+def test_an_archived_manifest_is_one_unreadable_backup_not_an_empty_vault(
+        cli: Cli, gpg_key: oracles.KeyPair, moto_bucket: S3Bucket, tmp_path: Path) -> None:
+    """A lifecycle rule moved one manifest to GLACIER (moto, like AWS, then refuses
+    to GET it): list and verify --all show the other two, name the third with what
+    to do, and exit 3."""
+    env = configure_s3_vault(cli, moto_bucket, tmp_path, "STANDARD")
+    first, archived, last = frozen_backups(cli, gpg_key, env, 3)
+    key = f"{PREFIX}/{archived}/chunk.0"
+    client = moto_bucket.endpoint.client()
+    client.copy_object(Bucket=moto_bucket.name, Key=key, StorageClass="GLACIER",
+                       CopySource={"Bucket": moto_bucket.name, "Key": key})
+    with pytest.raises(client.exceptions.ClientError, match="InvalidObjectState"):
+        client.get_object(Bucket=moto_bucket.name, Key=key)
+    backup = f"{VAULT}/{PREFIX}/{archived}"
+    advice = (f"manifest chunk.0 of {backup} is in GLACIER (a lifecycle rule?): cryophile "
+              f"keeps manifests in STANDARD; restore it (aws s3api restore-object --bucket "
+              f"{moto_bucket.name} --key {key} --restore-request Days=1), then copy it back "
+              f"to STANDARD (aws s3api copy-object --bucket {moto_bucket.name} --key {key} "
+              f"--copy-source {moto_bucket.name}/{key} --storage-class STANDARD); and exclude "
+              f"*/chunk.0 and */chunk.0.sig from the rule")
+
+    result = run_keyless(cli, ["list"], env)
+    assert result.returncode == 3, result.stderr
+    assert table_states(result.stdout) == {first: "frozen", archived: "unreadable",
+                                           last: "frozen"}
+    assert f"cryophile: error: {backup} is unreadable: {advice}" in result.stderr
+    assert "no backups found" not in result.stderr
+
+    entries = by_ulid(list_json(cli, env, expect=3))
+    assert {ulid: entry["state"] for ulid, entry in entries.items()} == {
+        first: "frozen", archived: "unreadable", last: "frozen"}
+    assert entries[archived]["error"] == advice
+    assert entries[archived]["in_vault"] is True
+    assert entries[archived]["fragments"] is None
+    assert entries[archived]["storage_class"] == "STANDARD"  # chunk.1's class
+    assert entries[first]["error"] is entries[last]["error"] is None
+    assert entries[first]["fragments"] == 1
+
+    result = run_keyless(cli, ["verify", "-v", VAULT, "--all"], env)
+    assert result.returncode == 3, result.stderr
+    out = result.stdout.decode()
+    assert f"{VAULT}/{PREFIX}/{first}: healthy" in out
+    assert f"{VAULT}/{PREFIX}/{last}: healthy" in out
+    assert f"{backup}: not checkable: manifest unreadable\n  manifest ({key}): {advice}" in out
+    assert "3 backup(s): 2 healthy, 0 damaged, 0 not checkable now, 1 unreadable" in out
+    # That one backup alone is "not checkable now", as any archived object is.
+    single = run_keyless(cli, ["verify", "-v", VAULT, "-p", PREFIX, "-u", archived], env)
+    assert single.returncode == 75, single.stderr
+    assert advice in single.stdout.decode()
+
+
+def s3_port(bucket: S3Bucket) -> int:
+    port = urlsplit(bucket.endpoint.url).port
+    assert port is not None
+    return port
+
+
+def test_a_server_failing_on_one_object_or_on_everything(
+        cli: Cli, gpg_key: oracles.KeyPair, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """SeaweedFS behind a fault proxy. 500 for one manifest, always: that backup is
+    unreadable (the message names the object), the rest is listed and verified, exit 3.
+    500 for every object but the listing: the vault is down, found out after three
+    backups, not after one try per backup, exit 75. 500 for everything: 75, never 69."""
+    with FaultProxy(s3_port(s3_bucket)) as proxy:
+        env = configure_s3_vault(cli, s3_bucket, tmp_path, "STANDARD", endpoint_url=proxy.url,
+                                 extra="max_attempts = 2\n")
+        ulids = frozen_backups(cli, gpg_key, env, 4)
+        failing = ulids[1]
+        key = f"{PREFIX}/{failing}/chunk.0"
+
+        def one_object(request: Request) -> Fault:
+            return Fault.ERROR_500 if key in request.target else Fault.NONE
+
+        proxy.schedule = one_object
+        expected = dict.fromkeys(ulids, "frozen") | {failing: "unreadable"}
+        result = run_keyless(cli, ["list"], env)
+        assert result.returncode == 3, result.stderr
+        assert table_states(result.stdout) == expected
+        # The manifest's size is looked at (HEAD) before it is downloaded.
+        reason = (f"the vault failed on it; try again later: stat "
+                  f"s3://{s3_bucket.name}/{key}: server error 500: Internal Server Error")
+        assert f"{VAULT}/{PREFIX}/{failing} is unreadable: {reason}" in result.stderr
+        entries = by_ulid(list_json(cli, env, expect=3))
+        assert {ulid: entry["state"] for ulid, entry in entries.items()} == expected
+        assert entries[failing]["error"].startswith(reason)
+        result = run_keyless(cli, ["verify", "-v", VAULT, "--all"], env)
+        assert result.returncode == 3, result.stderr
+        out = result.stdout.decode()
+        assert (f"{VAULT}/{PREFIX}/{failing}: not checkable: manifest unreadable\n"
+                f"  manifest ({key}): {reason}") in out
+        assert "4 backup(s): 3 healthy, 0 damaged, 0 not checkable now, 1 unreadable" in out
+
+        def all_but_the_listing(request: Request) -> Fault:
+            return Fault.NONE if "list-type=2" in request.target else Fault.ERROR_500
+
+        proxy.schedule = all_but_the_listing
+        for command in (["verify", "-v", VAULT, "--all"], ["list", "--json"]):
+            seen = proxy.requests
+            result = run_keyless(cli, command, env)
+            assert result.returncode == 75, (command, result.stderr)
+            assert "3 backups in a row" in result.stderr or "3 manifests in a row" in (
+                result.stderr), command
+            assert not [target for _, _, target, _ in proxy.log[seen:]
+                        if ulids[3] in target], command
+        document = json.loads(result.stdout)
+        jsonschema.validate(document, LIST_SCHEMA)
+        listed = by_ulid(document)
+        assert {entry["state"] for entry in listed.values()} == {"unreadable"}
+        assert listed[ulids[3]]["error"].startswith("not read: the vault stopped answering")
+
+        def everything(request: Request) -> Fault:
+            return Fault.ERROR_500
+
+        proxy.schedule = everything
+        for command in (["list"], ["list", "--json"], ["verify", "-v", VAULT, "--all"],
+                        ["verify", "-v", VAULT, "-p", PREFIX, "-u", ulids[0]]):
+            result = run_keyless(cli, command, env)
+            assert result.returncode == 75, (command, result.stderr)
+            assert "server error" in result.stderr, command
+        assert f"vault {VAULT} could not be read" in run_keyless(cli, ["list"], env).stderr
+        prune = cli.run(["prune", "-v", VAULT, "--keep-last", "1", "--dry-run"], env=env)
+        assert prune.returncode == 75, prune.stderr
+        assert run_keyless(cli, ["status"], env).returncode == 0
 
 
 def test_list_and_status_create_nothing_and_need_no_spool(cli: Cli, tmp_path: Path) -> None:

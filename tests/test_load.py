@@ -333,7 +333,8 @@ def test_four_concurrent_backups_while_freeze_and_thaw_daemons_run(
     backups = []
     for prefix, stream in zip(prefixes, streams, strict=True):
         backups.append(subprocess.Popen(
-            [sys.executable, "-m", "cryophile", "backup", "-v", VAULT, "-p", prefix, "-k",
+            [sys.executable, "-m", "cryophile", "-c", str(s3.config), "backup", "-v", VAULT,
+             "-p", prefix, "-k",
              str(gpg_key.cert), "-s", "8M", "--json"], stdin=stream.stdout,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli.environment()))
         stream.stdout.close()

@@ -65,8 +65,11 @@ def test_freeze_and_thaw_write_the_textfile(cli: Cli, gpg_key: oracles.KeyPair,
     config = cli.home / ".config" / "cryophile" / "cryophile.toml"
     config.parent.mkdir(parents=True)
     broken = "0b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"
+    # The embedded vault goes on as a configured directory vault at the same place.
+    embedded = cli.spool.parent / f"{cli.spool.name}-vaults" / VAULT
     config.write_text(f'metrics_file = "{metrics}"\n\n[[vault]]\nid = "{broken}"\n'
-                      f'provider = "dir"\npath = "{tmp_path / "unmounted"}"\n')
+                      f'provider = "dir"\npath = "{tmp_path / "unmounted"}"\n\n'
+                      f'[[vault]]\nid = "{VAULT}"\nprovider = "dir"\npath = "{embedded}"\n')
     cli.backup(gpg_key, b"second\n" * 1000, prefix="hosts/web1")
     queued = cli.run(["backup", "-v", broken, "-p", "x", "-k", gpg_key.cert], stdin=b"y" * 10)
     assert queued.returncode == 0, queued.stderr
@@ -100,7 +103,7 @@ def test_thaw_success_is_recorded(cli: Cli, gpg_key: oracles.KeyPair, tmp_path: 
     assert cli.run(["freeze", "--once"]).returncode == 0
     metrics = tmp_path / "cryophile.prom"
     restore = cli.run(["restore", "-v", VAULT, "-p", "hosts/db1", "-u", ulid, "-k",
-                       gpg_key.secret, "--timeout", "0.5"])
+                       gpg_key.secret, "--no-thaw", "--timeout", "0.5"])
     assert restore.returncode == 75, restore.stderr  # filed a request, not thawed yet
     result = cli.run(["thaw", "--once", "--metrics", metrics])
     assert result.returncode == 0, result.stderr

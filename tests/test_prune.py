@@ -3,32 +3,54 @@
 The policy (:mod:`cryophile.retention`) is checked by properties over random
 backup histories; the command through the real CLI in subprocesses, on the
 embedded directory vault, on a configured directory vault whose fragments are
-recorded as GLACIER, and on SeaweedFS (a real S3 server) in GLACIER.
+recorded as GLACIER, and on SeaweedFS (a real S3 server) in GLACIER. Backups
+that must not decide anything: forgeries from a second host (a second spool
+holding only the public certificate) against signed ones, a future-dated backup
+from a cron typo, a damaged manifest, and one the server will not serve (the
+fault proxy in front of SeaweedFS).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import oracles
-from conftest import VAULT, Cli, snapshot
+from conftest import REPO, VAULT, Cli, snapshot
+from cryophile.config import Config
+from cryophile.errors import DataError
+from cryophile.prune import Action, PruneRequest, run_prune
 from cryophile.retention import (
     Backup,
     Policy,
     early_deletion,
     plan_retention,
 )
+from cryophile.spool import Spool
+from cryophile.vault.factory import open_vault
+from faultproxy import Fault, FaultProxy, always
 from polling import live_files, wait_until
 from s3server import S3Bucket
-from test_list_verify_status import backup_from_fifo, configure_s3_vault
+from test_list_verify_status import (
+    IDENTITY,
+    TIME_PATTERN,
+    UUID_PATTERN,
+    _nullable,
+    backup_from_fifo,
+    configure_s3_vault,
+)
+from test_tamper import SigningPair, make_gpg_signing_key
 
 DB = "hosts/db1"
 WEB = "hosts/web1"
@@ -410,3 +432,324 @@ def test_prune_abandoned_never_follows_a_symlink_in_the_spool(cli: Cli, tmp_path
     queued.unlink()
     assert _prune(cli, "--abandoned")["totals"] == {"removed": 1, "left": 0}
     assert not work.exists()
+
+
+# -- backups that must not decide: forged, future-dated, unreadable -----------------------
+
+ACTIONS = ["keep", "remove", "removed", "too_young", "blocked", "untrusted", "future_dated",
+           "refused", "failed"]
+_COUNT = {"type": "integer", "minimum": 0}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+
+#: The ``prune --json`` schema (policy mode) as the README documents it.
+PRUNE_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "required": ["vault", "dry_run", "policy", "signed_by", "future_skew_seconds", "blocked",
+                 "backups", "incomplete", "finished", "unreadable", "totals"],
+    "properties": {
+        "vault": {"type": "string", "pattern": UUID_PATTERN},
+        "dry_run": {"type": "boolean"},
+        "policy": {"type": "object", "additionalProperties": False,
+                   "required": ["last", "daily", "weekly", "monthly"],
+                   "properties": dict.fromkeys(("last", "daily", "weekly", "monthly"),
+                                               _COUNT)},
+        "signed_by": {"type": ["array", "null"], "items": {"type": "string"}},
+        "future_skew_seconds": _COUNT,
+        "blocked": {"type": "boolean"},
+        "backups": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": [*IDENTITY, "time", "created", "action", "kept_by", "uncounted",
+                         "signed_by", "untrusted", "stored_bytes", "fragments",
+                         "storage_class", "early_deletion", "error"],
+            "properties": {
+                **IDENTITY,
+                "time": {"type": "string", "pattern": TIME_PATTERN},
+                "created": {"type": "string", "pattern": TIME_PATTERN},
+                "action": {"enum": ACTIONS},
+                "kept_by": {"type": "array", "items": {
+                    "enum": ["last", "daily", "weekly", "monthly", "restore"]}},
+                "uncounted": {"type": "array", "uniqueItems": True,
+                              "items": {"enum": ["untrusted", "future_dated"]}},
+                "signed_by": _nullable("string"),
+                "untrusted": _nullable("string"),
+                "stored_bytes": _COUNT, "fragments": _COUNT,
+                "storage_class": _nullable("string"),
+                "early_deletion": {"oneOf": [{"type": "null"}, {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["storage_class", "minimum_days", "remaining_days", "message"],
+                    "properties": {"storage_class": {"type": "string"},
+                                   "minimum_days": _COUNT, "remaining_days": _COUNT,
+                                   "message": {"type": "string"}}}]},
+                "error": _nullable("string")}}},
+        "incomplete": _STRINGS,
+        "finished": _STRINGS,
+        "unreadable": {"type": "object", "additionalProperties": {"type": "string"}},
+        "totals": {"type": "object", "additionalProperties": False,
+                   "required": ["removed", "removed_bytes", "kept", "kept_bytes", "untrusted",
+                                "future_dated", "blocked"],
+                   "properties": dict.fromkeys(("removed", "removed_bytes", "kept",
+                                                "kept_bytes", "untrusted", "future_dated",
+                                                "blocked"), _COUNT)},
+    },
+}
+
+
+def _checked(document: dict[str, Any]) -> dict[str, Any]:
+    jsonschema.validate(document, PRUNE_SCHEMA)
+    return document
+
+
+def test_readme_documents_every_prune_json_field_and_action() -> None:
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"^### cryophile prune\n(.*?)(?=^### )", readme, re.S | re.M)
+    assert match is not None
+    section = match.group(1)
+    fields = set(PRUNE_SCHEMA["properties"]) | set(
+        PRUNE_SCHEMA["properties"]["backups"]["items"]["properties"]) | set(
+        PRUNE_SCHEMA["properties"]["totals"]["properties"])
+    for name in sorted((fields - set(IDENTITY)) | set(ACTIONS)):
+        assert f"`{name}`" in section, name
+    assert "the identity fields" in section
+    assert "--signed-by CERT" in section
+    assert "**1 hour**" in section
+
+
+
+@pytest.fixture(scope="module")
+def host_signer(tmp_path_factory: pytest.TempPathFactory) -> SigningPair:
+    """The backup host's signing-only key (restore and prune hold its certificate)."""
+    return make_gpg_signing_key(tmp_path_factory.mktemp("host-signer"))
+
+
+def _objects(bucket: S3Bucket) -> set[str]:
+    client = bucket.endpoint.client()
+    return {item["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket.name) for item in page.get("Contents", [])}
+
+
+def test_forged_future_backups_from_a_second_host_never_make_prune_delete_signed_ones(
+        cli: Cli, gpg_key: oracles.KeyPair, host_signer: SigningPair, s3_bucket: S3Bucket,
+        tmp_path: Path) -> None:
+    """The issue's scenario: a second host with only the public certificate (and S3
+    credentials that can write, by design) freezes three forgeries dated 2099 into the
+    vault; prune --keep-last 3 keeps the three signed backups and deletes nothing."""
+    env = configure_s3_vault(cli, s3_bucket, tmp_path, "STANDARD")
+    genuine = [cli.backup(gpg_key, f"genuine {day}\n".encode() * 100, "-t",
+                          f"2026-11-0{day}T03:00:00Z", "--sign-key", str(host_signer.secret))
+               for day in (1, 2, 3)]
+    assert cli.run(["freeze", "--once"], env=env).returncode == 0
+    other = Cli(tmp_path / "host2" / "spool", tmp_path / "host2" / "home")
+    other.spool.mkdir(parents=True)
+    other.home.mkdir()
+    other_env = configure_s3_vault(other, s3_bucket, tmp_path / "host2", "STANDARD")
+    # Two unsigned forgeries, and one signed with the forger's own key.
+    forger = make_gpg_signing_key(tmp_path / "forger")
+    forged = [other.backup(gpg_key, b"forged\n", "-t", f"2099-01-0{day}T00:00:00Z",
+                           *(("--sign-key", str(forger.secret)) if day == 3 else ()))
+              for day in (1, 2, 3)]
+    assert other.run(["freeze", "--once"], env=other_env).returncode == 0
+    ids = {ulid: f"{VAULT}/{DB}/{ulid}" for ulid in genuine + forged}
+    before = _objects(s3_bucket)
+    assert {key.split("/")[2] for key in before} == set(ids)
+
+    checked = cli.run(["verify", "-v", VAULT, "--all", "--signed-by", host_signer.cert], env=env)
+    assert checked.returncode == 65
+    assert checked.stdout.decode().count("DAMAGED") == 3
+
+    plan = _checked(_prune(cli, "--keep-last", "3", "--signed-by", str(host_signer.cert),
+                           "--dry-run", env=env, code=65))
+    assert _actions(plan) == {ids[u]: "keep" for u in genuine} | {
+        ids[u]: "untrusted" for u in forged}
+    by_id = {entry["id"]: entry for entry in plan["backups"]}
+    for ulid in genuine:
+        assert by_id[ids[ulid]]["kept_by"] == ["last"]
+        assert by_id[ids[ulid]]["signed_by"] == host_signer.fingerprint
+        assert by_id[ids[ulid]]["uncounted"] == []
+    for ulid in forged:
+        entry = by_id[ids[ulid]]
+        assert entry["uncounted"] == ["untrusted", "future_dated"]
+        assert entry["kept_by"] == []
+        assert entry["signed_by"] is None
+        assert entry["untrusted"] == (
+            f"not signed by {host_signer.fingerprint} (from {host_signer.cert}): " + (
+                "it has no manifest signature (chunk.0.sig)" if ulid != forged[2] else
+                "its manifest signature (chunk.0.sig) does not verify: the manifest was "
+                "changed after signing, or signed by another key"))
+    assert plan["signed_by"] == [host_signer.fingerprint]
+    assert plan["blocked"] is False
+    assert plan["totals"] | {"kept_bytes": 0} == {
+        "removed": 0, "removed_bytes": 0, "kept": 6, "kept_bytes": 0, "untrusted": 3,
+        "future_dated": 3, "blocked": 0}
+
+    # signed_by in the configuration does the same; the real run deletes nothing.
+    config = cli.home / ".config" / "cryophile" / "cryophile.toml"
+    config.write_text(f'signed_by = "{host_signer.cert}"\n' + config.read_text())
+    pruned = cli.run(["prune", "-v", VAULT, "--keep-last", "3"], env=env)
+    assert pruned.returncode == 65, pruned.stderr
+    assert (f"3 backup(s) not signed by {host_signer.fingerprint} (from {host_signer.cert}): "
+            "untrusted, not counted by the keep rules and not deleted") in pruned.stderr
+    assert "3 backup(s) dated more than 1 hour after now" in pruned.stderr
+    out = pruned.stdout.decode()
+    assert "removed 0 backup(s)" in out
+    for ulid in forged:
+        line = next(line for line in out.splitlines() if line.startswith(f"{ids[ulid]}: "))
+        assert f"untrusted: not signed by {host_signer.fingerprint} (from " in line
+        assert "future-dated: its time 2099-01-0" in line
+        assert (f"remove it by hand: aws s3 rm --recursive --endpoint-url "
+                f"{s3_bucket.endpoint.url} s3://{s3_bucket.name}/{DB}/{ulid}/") in line
+    assert _objects(s3_bucket) == before
+    assert _listed(cli, env) == dict.fromkeys(ids.values(), "frozen")
+
+    # Removed by hand as the message says (aws s3 rm --recursive: every object below it),
+    # prune is clean again.
+    client = s3_bucket.endpoint.client()
+    for key in before:
+        if key.split("/")[2] in forged:
+            client.delete_object(Bucket=s3_bucket.name, Key=key)
+    clean = _checked(_prune(cli, "--keep-last", "3", env=env))
+    assert _actions(clean) == {ids[u]: "keep" for u in genuine}
+
+
+def test_a_future_dated_backup_from_a_cron_typo_is_kept_and_never_counted(
+        cli: Cli, gpg_key: oracles.KeyPair) -> None:
+    """No signer, no attacker: one -t 2099 among three genuine backups. keep-last 2 keeps
+    the two newest genuine ones (the 2099 one takes no place) and the 2099 one."""
+    genuine = [_backup_at(cli, gpg_key, f"2026-11-0{day}T03:00:00Z") for day in (1, 2, 3)]
+    typo = _backup_at(cli, gpg_key, "2099-11-02T03:00:00Z")
+    assert cli.run(["freeze", "--once"]).returncode == 0
+    ids = [f"{VAULT}/{DB}/{ulid}" for ulid in genuine]
+    typo_id = f"{VAULT}/{DB}/{typo}"
+
+    plan = _checked(_prune(cli, "--keep-last", "2", "--dry-run"))
+    assert _actions(plan) == {typo_id: "future_dated", ids[2]: "keep", ids[1]: "keep",
+                              ids[0]: "remove"}
+    entry = next(e for e in plan["backups"] if e["id"] == typo_id)
+    assert entry["uncounted"] == ["future_dated"]
+    assert entry["untrusted"] is None
+    assert plan["signed_by"] is None
+    assert plan["future_skew_seconds"] == 3600
+
+    pruned = cli.run(["prune", "-v", VAULT, "--keep-last", "2"])
+    assert pruned.returncode == 0, pruned.stderr
+    assert ("warning: 1 backup(s) dated more than 1 hour after now: kept, not counted by the "
+            "keep rules") in pruned.stderr
+    vault_root = cli.spool.parent / f"{cli.spool.name}-vaults" / VAULT
+    assert (f"{typo_id}: future-dated: its time 2099-11-02T03:00:00Z is more than 1 hour "
+            "after now") in pruned.stdout.decode()
+    assert f"remove it by hand: rm -r {vault_root / DB / typo}" in pruned.stdout.decode()
+    assert "removed 1 backup(s)" in pruned.stdout.decode()
+    assert _listed(cli) == {typo_id: "frozen", ids[2]: "frozen", ids[1]: "frozen"}
+
+
+def test_a_damaged_manifest_stops_every_deletion(cli: Cli, gpg_key: oracles.KeyPair) -> None:
+    """Before, the backup with the unreadable manifest was left alone and the others pruned
+    as if it did not exist; a partial view must not decide deletions."""
+    ulids = [_backup_at(cli, gpg_key, f"2026-11-0{day}T03:00:00Z") for day in (1, 2, 3)]
+    assert cli.run(["freeze", "--once"]).returncode == 0
+    vault_dir = cli.spool.parent / f"{cli.spool.name}-vaults"
+    manifest = vault_dir / VAULT / DB / ulids[2] / "chunk.0"
+    manifest.write_bytes(manifest.read_bytes()[:40])
+    before = snapshot(vault_dir)
+    damaged = f"{VAULT}/{DB}/{ulids[2]}"
+
+    plan = _checked(_prune(cli, "--keep-last", "1", "--dry-run", code=65))
+    assert plan["blocked"] is True
+    assert set(plan["unreadable"]) == {damaged}
+    assert _actions(plan) == {f"{VAULT}/{DB}/{ulids[1]}": "keep",
+                              f"{VAULT}/{DB}/{ulids[0]}": "blocked"}
+    pruned = cli.run(["prune", "-v", VAULT, "--keep-last", "1"])
+    assert pruned.returncode == 65, pruned.stderr
+    assert (f"deleted nothing: 1 backup(s) in the selection could not be read, first "
+            f"{damaged}: ") in pruned.stderr
+    assert "deleted nothing" in pruned.stdout.decode()
+    assert snapshot(vault_dir) == before
+
+
+def test_a_manifest_the_server_cannot_serve_stops_every_deletion(
+        cli: Cli, gpg_key: oracles.KeyPair, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """SeaweedFS behind a proxy answering 500 for one manifest (max_attempts = 2): prune
+    deletes nothing and names it; so does a listing that fails; once the server answers
+    again, prune prunes."""
+    env = configure_s3_vault(cli, s3_bucket, tmp_path, "STANDARD")
+    ulids = [_backup_at(cli, gpg_key, f"2026-11-0{day}T03:00:00Z") for day in (1, 2, 3)]
+    assert cli.run(["freeze", "--once"], env=env).returncode == 0
+    before = _objects(s3_bucket)
+    failing = f"/{DB}/{ulids[1]}/chunk.0"
+    port = urlsplit(s3_bucket.endpoint.url).port
+    assert port is not None
+    with FaultProxy(port) as proxy:
+        config = cli.home / ".config" / "cryophile" / "cryophile.toml"
+        config.write_text(config.read_text().replace(s3_bucket.endpoint.url, proxy.url)
+                          + "max_attempts = 2\n")
+        proxy.schedule = lambda request: (Fault.ERROR_500 if request.target.split("?")[0]
+                                          .endswith(failing) else Fault.NONE)
+        plan = _checked(_prune(cli, "--keep-last", "1", "--dry-run", env=env, code=75))
+        unreadable = f"{VAULT}/{DB}/{ulids[1]}"
+        assert set(plan["unreadable"]) == {unreadable}
+        assert "server error" in plan["unreadable"][unreadable]
+        assert _actions(plan) == {f"{VAULT}/{DB}/{ulids[2]}": "keep",
+                                  f"{VAULT}/{DB}/{ulids[0]}": "blocked"}
+        pruned = cli.run(["prune", "-v", VAULT, "--keep-last", "1"], env=env)
+        assert pruned.returncode == 75, pruned.stderr
+        assert (f"deleted nothing: 1 backup(s) in the selection could not be read, first "
+                f"{unreadable}: ") in pruned.stderr
+        assert any(fault is Fault.ERROR_500 and "chunk.0" in target
+                   for _, _, target, fault in proxy.log)
+        assert not any(method == "DELETE" for _, method, _, _ in proxy.log)
+        assert _objects(s3_bucket) == before
+
+        proxy.schedule = lambda request: (Fault.ERROR_500 if "list-type" in request.target
+                                          else Fault.NONE)
+        unlisted = cli.run(["prune", "-v", VAULT, "--keep-last", "1"], env=env)
+        assert unlisted.returncode == 75, unlisted.stderr
+        assert f"cannot list vault {VAULT}: " in unlisted.stderr
+        assert "prune deleted nothing" in unlisted.stderr
+        assert _objects(s3_bucket) == before
+
+        proxy.schedule = always(Fault.NONE)
+        result = _checked(_prune(cli, "--keep-last", "1", env=env))
+    assert _actions(result) == {f"{VAULT}/{DB}/{ulids[2]}": "keep",
+                                f"{VAULT}/{DB}/{ulids[1]}": "removed",
+                                f"{VAULT}/{DB}/{ulids[0]}": "removed"}
+    assert {key.split("/")[2] for key in _objects(s3_bucket)} == {ulids[2]}
+
+
+# -- the use case, in process -------------------------------------------------------------
+
+
+def test_run_prune_in_process_finishes_no_interrupted_deletion_while_blocked(
+        cli: Cli, gpg_key: oracles.KeyPair) -> None:
+    """cryophile.prune.run_prune on the embedded directory vault: one damaged manifest
+    blocks everything, the journal's interrupted deletion included; repaired, both go."""
+    ulids = [_backup_at(cli, gpg_key, f"2026-11-0{day}T03:00:00Z") for day in (1, 2, 3, 4)]
+    assert cli.run(["freeze", "--once"]).returncode == 0
+    spool = Spool.open(cli.spool, create_root=False)
+    opened = open_vault(uuid.UUID(VAULT), Config(), spool.root)
+    root = cli.spool.parent / f"{cli.spool.name}-vaults" / VAULT / DB
+    (root / ulids[0] / "chunk.0").unlink()  # a deletion interrupted after the manifest
+    spool.prune_journal(uuid.UUID(VAULT)).parent.mkdir()
+    spool.prune_journal(uuid.UUID(VAULT)).write_text(
+        json.dumps({"deleting": [{"prefix": DB, "ulid": ulids[0]}]}))
+    manifest = root / ulids[3] / "chunk.0"
+    good = manifest.read_bytes()
+    manifest.write_bytes(b"{}")
+    request = PruneRequest(Policy(last=1), datetime.now(UTC))
+
+    outcome = run_prune(opened, spool, request)
+    assert outcome.blocked
+    assert [str(b.ulid) for b in outcome.unreadable] == [ulids[3]]
+    assert isinstance(next(iter(outcome.unreadable.values())), DataError)
+    assert {str(c.backup_id.ulid): c.action for c in outcome.candidates} == {
+        ulids[2]: Action.KEEP, ulids[1]: Action.BLOCKED}
+    assert outcome.finished == []
+    assert spool.prune_journal(uuid.UUID(VAULT)).exists()
+    assert sorted(path.name for path in root.iterdir()) == sorted(ulids)
+
+    manifest.write_bytes(good)
+    outcome = run_prune(opened, spool, request)
+    assert not outcome.blocked
+    assert [str(b.ulid) for b in outcome.finished] == [ulids[0]]
+    assert {str(c.backup_id.ulid): c.action for c in outcome.candidates} == {
+        ulids[3]: Action.KEEP, ulids[2]: Action.REMOVED, ulids[1]: Action.REMOVED}
+    assert not spool.prune_journal(uuid.UUID(VAULT)).exists()
+    assert [path.name for path in root.iterdir() if any(path.iterdir())] == [ulids[3]]

@@ -111,8 +111,10 @@ def files_containing(roots: Sequence[Path], marker: bytes) -> list[Path]:
 
 def file_request(cli: Cli, key: oracles.KeyPair, ulid: str, *extra: str,
                  env: Mapping[str, str] | None = None, prefix: str = PREFIX) -> None:
-    """File a thaw request the way a user does: a restore that gives up waiting at once."""
-    result = cli.run([*restore_args(ulid, key, prefix), "--timeout", "0", *extra], env=env)
+    """File a thaw request the way a user does: a restore that leaves the thaw to the
+    daemon and gives up waiting at once."""
+    result = cli.run([*restore_args(ulid, key, prefix), "--no-thaw", "--timeout", "0", *extra],
+                     env=env)
     assert result.returncode == 75, result.stderr
 
 
@@ -142,7 +144,8 @@ def test_everything_created_is_private_even_under_umask_zero(
     checked += assert_private(vaults, "embedded vault after freeze")
 
     # A restore request (thaw/ID/state.json, its lock), then thaw's downloads.
-    result = run(cli, [*restore_args(ulid, gpg_key), "--timeout", "0"], preexec=umask_zero)
+    result = run(cli, [*restore_args(ulid, gpg_key), "--no-thaw", "--timeout", "0"],
+                 preexec=umask_zero)
     assert result.returncode == 75, result.stderr
     assert (cli.spool / "thaw" / VAULT / PREFIX / ulid / "state.json").exists()
     checked += assert_private(cli.spool, "spool with a thaw request")

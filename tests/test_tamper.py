@@ -487,7 +487,8 @@ def test_signed_backup_restores_through_seaweedfs_via_freeze_and_thaw(
             sq_signer.fingerprint)
     # The thaw daemon brings the signature along; then restore checks it, offline.
     request_filed = setup.run(["restore", "-v", VAULT, "-p", PREFIX, "-u", setup.ulid, "-k",
-                               sq_key.secret, "--signed-by", sq_signer.cert, "--timeout", "0"])
+                               sq_key.secret, "--signed-by", sq_signer.cert, "--no-thaw",
+                               "--timeout", "0"])
     assert request_filed.returncode == 75, request_filed.stderr
     assert setup.run(["thaw", "--once"]).returncode == 0
     restore_dir = cli.restore_dir(setup.ulid)

@@ -48,7 +48,7 @@ from moto.s3.responses import S3Response
 
 import oracles
 from conftest import VAULT, Cli, Result
-from cryophile.daemons.watch import TreeWatcher
+from cryophile.watch import TreeWatcher
 from polling import live_files, wait_until
 from s3server import S3Bucket
 
@@ -647,7 +647,7 @@ def test_thaw_watcher_wakes_for_directories_made_during_a_refresh(
     """A running thaw daemon must notice a request promptly, however the
     directories of ``SPOOL/thaw/VAULT/PREFIX/ULID`` interleave with its rescan.
 
-    ``TreeWatcher.refresh`` (src/cryophile/daemons/watch.py) lists the tree
+    ``TreeWatcher.refresh`` (src/cryophile/watch.py) lists the tree
     first (``rglob``) and adds the inotify watches afterwards. A directory
     made between the listing and the watch on its parent is neither listed
     nor reported, nor is anything below it: restore's ``file_request`` makes

@@ -126,14 +126,20 @@ def test_round_trip(vault: Vault, files: Files) -> None:
     source, sha256 = files.make(data)
     key = "hosts/db1/01JABCDEFGHJKMNPQRSTVWXYZ0/chunk.1"
 
+    before = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     vault.put(key, source, sha256=sha256, storage_class="STANDARD")
 
     info = vault.stat(key)
+    assert info is not None
+    # When it was stored: what prune --incomplete --older-than goes by.
+    assert info.modified is not None
+    assert before <= info.modified <= datetime.now(UTC) + timedelta(seconds=1)
     assert info == ObjectInfo(
         size=len(data),
         sha256=sha256,
         storage_class="STANDARD",
         restore_state=RestoreState.NOT_NEEDED,
+        modified=info.modified,
     )
     assert _read_back(vault, key, files) == data
 

@@ -8,7 +8,11 @@ uploaded while the writer was alive. Nothing else removes them, and the id
 stays taken (a cron job's ``backup -t TIME`` is refused).
 
 :func:`remove` deletes all three: the vault's objects first, then
-``freeze/ID``, then ``backup/ID``, holding the backup's lock *shared*. A
+``freeze/ID``, then ``backup/ID``, then the upload record, holding the
+backup's lock *shared*. In the vault it deletes only what this spool's
+upload record (:mod:`cryophile.uploads`) says it uploaded, and only while
+the object still holds that upload: other objects under the same id may be
+another host's backup in progress; they are counted and left alone. A
 writer that is alive holds it exclusively, so it is never touched; a shared
 holder does not look like a writer to ``freeze`` (which then keeps leaving
 the backup alone instead of uploading it); no new writer can claim the id
@@ -28,12 +32,13 @@ import sys
 import uuid
 from dataclasses import dataclass
 
-from cryophile.backup_id import BackupId, fragment_name
+from cryophile.backup_id import SIGNATURE_NAME, BackupId, fragment_name
+from cryophile.destination import Destination
 from cryophile.durable import remove_empty_dirs
 from cryophile.errors import StorageIOError
 from cryophile.inventory import BackupState, scan_spool
-from cryophile.signing import SIGNATURE_NAME
 from cryophile.spool import LOCK_NAME, Queue, Spool, describe_os_error, refuse_symlinks
+from cryophile.uploads import UploadRecords, delete_own
 from cryophile.vault.base import Vault
 
 REMOVE, REMOVED, LEFT = "remove", "removed", "left"
@@ -47,6 +52,8 @@ class Abandoned:
     spool_fragments: int
     spool_bytes: int
     vault_objects: int = 0
+    #: Objects under its id that this spool did not upload: never deleted here.
+    foreign_objects: int = 0
     action: str = REMOVE
     reason: str | None = None  # why it was left alone
 
@@ -56,7 +63,7 @@ class Abandoned:
                 "prefix": self.backup_id.prefix, "ulid": str(self.backup_id.ulid),
                 "action": self.action, "spool_fragments": self.spool_fragments,
                 "spool_bytes": self.spool_bytes, "vault_objects": self.vault_objects,
-                "reason": self.reason}
+                "foreign_objects": self.foreign_objects, "reason": self.reason}
 
 
 def find(spool: Spool, vault_id: uuid.UUID, prefix: str | None) -> list[Abandoned]:
@@ -90,8 +97,10 @@ def vault_keys(vault: Vault, backup_id: BackupId) -> list[str] | None:
     return keys
 
 
-def remove(spool: Spool, vault: Vault, item: Abandoned, *, dry_run: bool) -> None:
-    """Delete ``item``'s objects from ``vault``, then its spool directories.
+def remove(spool: Spool, vault: Vault, destination: Destination, item: Abandoned, *,
+           dry_run: bool) -> None:
+    """Delete what this spool uploaded of ``item`` from ``vault`` (at ``destination``),
+    then its spool directories and its upload record.
 
     Sets ``item.action`` to REMOVED (or stays REMOVE on a dry run) or LEFT with
     a reason when it is no longer abandoned. Vault errors propagate (the spool
@@ -114,11 +123,20 @@ def remove(spool: Spool, vault: Vault, item: Abandoned, *, dry_run: bool) -> Non
         if keys is None:
             item.action, item.reason = LEFT, "the vault holds its manifest"
             return
-        item.vault_objects = len(keys)
+        records = UploadRecords(spool)
+        record = records.load(backup_id)
+        if (record is not None and record.objects and record.destination is not None
+                and not record.destination.same_place(destination)):
+            item.action, item.reason = LEFT, (
+                f"what was uploaded of it is in {record.destination.describe()}, not in "
+                f"{destination.describe()}: run prune with the configuration it was made with")
+            return
+        uploaded = dict(record.objects) if record is not None else {}
+        item.vault_objects = sum(1 for key in keys if key in uploaded)
+        item.foreign_objects = len(keys) - item.vault_objects
         if dry_run:
             return
-        for key in keys:
-            vault.delete(key)
+        delete_own(vault, uploaded)
         try:
             _remove_tree(queued)
             remove_empty_dirs(queued.parent, spool.queue_dir(Queue.FREEZE))
@@ -130,6 +148,8 @@ def remove(spool: Spool, vault: Vault, item: Abandoned, *, dry_run: bool) -> Non
         except OSError as error:
             raise StorageIOError(f"cannot remove {backup_id} from the spool: "
                                  f"{describe_os_error(error)}") from None
+        # Last: an interrupted removal keeps the record for the next run (or freeze).
+        records.forget(backup_id, uploaded, drop_if_unused=True)
         item.action = REMOVED
     finally:
         if lock is not None:

@@ -1,8 +1,12 @@
-"""Backup identity: vault UUID, optional prefix and ULID; queue paths and object keys.
+"""Backup identity and every name derived from it: ids, prefixes, ULIDs, object keys,
+fragment and manifest names, selections of backups, and times as we write them.
 
 A backup is addressed by ``(vault, prefix, ulid)``. Below a spool queue it lives
 at ``<vault>/<prefix>/<ULID>``; in the vault's bucket its objects are
-``<prefix>/<ULID>/chunk.N`` (no prefix: ``<ULID>/chunk.N``).
+``<prefix>/<ULID>/chunk.N`` (no prefix: ``<ULID>/chunk.N``): ``chunk.1`` …
+``chunk.N`` are the fragments, ``chunk.0`` (:data:`MANIFEST_NAME`) the manifest,
+``chunk.0.sig`` (:data:`SIGNATURE_NAME`) its detached signature. Nothing else
+spells these names; :func:`parse_fragment_name` is the one parser.
 
 Every parser here raises :class:`~cryophile.errors.UsageError` with a message
 naming the bad value, so the CLI can report it as is.
@@ -19,6 +23,13 @@ from pathlib import PurePosixPath
 from ulid import ULID
 
 from cryophile.errors import UsageError
+
+#: File and object name of the manifest: fragment 0.
+MANIFEST_NAME = "chunk.0"
+#: File and object name of the manifest's detached signature.
+SIGNATURE_NAME = "chunk.0.sig"
+
+_FRAGMENT_NAME = re.compile(r"chunk\.(0|[1-9][0-9]*)")
 
 # S3 object keys are at most 1024 bytes of UTF-8. A key is
 # "<prefix>/<ULID>/chunk.<N>"; we reserve room for an index of up to 10 digits,
@@ -146,6 +157,21 @@ class BackupId:
         return f"{self.key_prefix}/{fragment_name(index)}"
 
     @property
+    def manifest_key(self) -> str:
+        """Object key of the manifest ``chunk.0``."""
+        return f"{self.key_prefix}/{MANIFEST_NAME}"
+
+    @property
+    def signature_key(self) -> str:
+        """Object key of the manifest's signature ``chunk.0.sig``."""
+        return f"{self.key_prefix}/{SIGNATURE_NAME}"
+
+    def as_json(self) -> dict[str, str]:
+        """The id as scripts read it: ``{"id", "vault", "prefix", "ulid"}``."""
+        return {"id": str(self), "vault": str(self.vault), "prefix": self.prefix,
+                "ulid": str(self.ulid)}
+
+    @property
     def created(self) -> datetime:
         """The instant encoded in the ULID."""
         return self.ulid.datetime
@@ -157,3 +183,37 @@ class BackupId:
 def fragment_name(index: int) -> str:
     """File and object name of fragment ``index``: ``chunk.N``; ``chunk.0`` is the manifest."""
     return f"chunk.{index}"
+
+
+def parse_fragment_name(name: str) -> int | None:
+    """``chunk.N`` → N (0 for the manifest); None for any other name
+    (``chunk.0.sig``, ``chunk.3.part``, ``chunk.01``)."""
+    match = _FRAGMENT_NAME.fullmatch(name)
+    return int(match.group(1)) if match is not None else None
+
+
+def rfc3339(when: datetime) -> str:
+    """``when`` in UTC, RFC 3339 with a ``Z``, as manifests and our JSON write it."""
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which backups to work on: all, one vault, one prefix in it, or one backup."""
+
+    vault: uuid.UUID | None = None
+    prefix: str | None = None
+    ulid: ULID | None = None
+
+    @classmethod
+    def only(cls, backup_id: BackupId) -> Selection:
+        """Exactly ``backup_id``."""
+        return cls(backup_id.vault, backup_id.prefix, backup_id.ulid)
+
+    def matches(self, backup_id: BackupId) -> bool:
+        """True when ``backup_id`` is selected."""
+        if self.vault is not None and backup_id.vault != self.vault:
+            return False
+        if self.prefix is not None and backup_id.prefix != self.prefix:
+            return False
+        return self.ulid is None or backup_id.ulid == self.ulid

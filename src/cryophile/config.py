@@ -17,7 +17,7 @@ The schema::
     spool = "/var/spool/cryophile"          # optional
     metrics_file = "/var/lib/prometheus/node-exporter/cryophile.prom"   # optional
     sign_key = "/etc/cryophile/sign.key"    # optional: backup signs manifests with it
-    signed_by = "/etc/cryophile/sign.cert"  # optional: restore/verify require that signer
+    signed_by = "/etc/cryophile/sign.cert"  # optional: restore/verify/prune require that signer
 
     [[vault]]
     id = "0b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"   # required, a UUID
@@ -67,7 +67,7 @@ from urllib.parse import urlsplit
 
 from cryophile import units
 from cryophile.errors import ConfigError
-from cryophile.vault.base import RESTORE_TIERS, STORAGE_CLASSES
+from cryophile.storage_classes import RESTORE_TIERS, STORAGE_CLASSES
 
 Provider = Literal["s3", "dir"]
 
@@ -152,7 +152,7 @@ class Config:
     for the built-in defaults; ``spool`` is None unless the file sets it, and so is
     ``metrics_file`` (where the daemons write Prometheus metrics). ``sign_key``
     is the secret key ``backup`` signs manifests with (``--sign-key`` wins);
-    ``signed_by`` the certificate whose signature ``restore`` and ``verify``
+    ``signed_by`` the certificate whose signature ``restore``, ``verify`` and ``prune``
     require (``--signed-by`` wins)."""
 
     source: Path | None = None

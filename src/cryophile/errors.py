@@ -7,6 +7,8 @@ Exit codes follow sysexits(3); the table lives here and only here, and
 code  class               meaning
 ====  ==================  ==========================================================
   1   CryophileError      failure without a more precise class
+  3   (partial)           some backups could not be read; everything else was
+                          listed or verified (``list``, ``verify --all``)
  64   UsageError          bad command line: option value, missing option
  65   DataError           bad data: corrupt/missing fragment, bad manifest, MDC failure
  66   NoInputError        input not found: backup not in the queue, input file missing
@@ -23,10 +25,16 @@ Transient versus permanent is part of the type: ``transient`` is True only for
 errors that a retry may cure without anybody changing anything. A transient
 error exits 75 whatever its class: VaultUnavailableError is a ServiceError
 (the vault did not answer), but the user's answer to it is "try later".
+:func:`exit_code_of` is that rule.
+
+Code 3 (as restic uses it) belongs to no class: it is a verdict on a whole
+command that read many objects, when some of them could not be read (each is
+named on its own) but the rest was.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
 
 
@@ -35,6 +43,7 @@ class ExitCode(IntEnum):
 
     OK = 0
     FAILURE = 1
+    PARTIAL = 3
     USAGE = 64
     DATAERR = 65
     NOINPUT = 66
@@ -123,3 +132,13 @@ class VaultUnavailableError(ServiceError):
     """
 
     transient = True
+
+
+def exit_code_of(errors: Iterable[CryophileError]) -> ExitCode:
+    """The exit code of a command that met ``errors``: OK for none, else the first
+    permanent error's code, else (every one transient) TEMPFAIL."""
+    found = list(errors)
+    if not found:
+        return ExitCode.OK
+    permanent = [error for error in found if not error.transient]
+    return permanent[0].exit_code if permanent else ExitCode.TEMPFAIL

@@ -17,7 +17,10 @@ Where a backup can be, and what that says (:class:`BackupState`):
   lists but the directory no longer holds were uploaded (the freeze daemon
   deletes a local fragment only after the vault confirmed it).
 - ``PREFIX/ULID/chunk.0`` in the vault: frozen (the manifest goes up last);
-  fragments without a manifest: an upload in progress or abandoned.
+  fragments without a manifest: an upload in progress or abandoned. A
+  manifest that cannot be read now (archived by a lifecycle rule, the server
+  failing or refusing on that one object) makes that backup ``unreadable``,
+  not the vault: the rest is still listed.
 - ``SPOOL/thaw/ID/state.json``: a restore request and its per-fragment state.
 - ``SPOOL/restore/ID`` holding the manifest and every fragment: restored
   locally, ready for ``cryophile restore``.
@@ -33,24 +36,48 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from cryophile.backup_id import BackupId, fragment_name, normalize_prefix, parse_ulid, parse_vault
+from cryophile import thaw_request
+from cryophile.backup_id import (
+    SIGNATURE_NAME,
+    BackupId,
+    fragment_name,
+    normalize_prefix,
+    parse_ulid,
+    parse_vault,
+    rfc3339,
+)
+from cryophile.catalog import fetch_manifest
 from cryophile.config import Config
-from cryophile.daemons.thaw import FragmentState, fetch_manifest, load_state
-from cryophile.errors import CryophileError, DataError, NoInputError, UsageError
+from cryophile.errors import (
+    CryophileError,
+    DataError,
+    NoInputError,
+    ServiceError,
+    TryLaterError,
+    UsageError,
+    VaultUnavailableError,
+)
 from cryophile.manifest import Manifest, parse
-from cryophile.signing import SIGNATURE_NAME, signature_key
 from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written
+from cryophile.thaw_request import FragmentState
+from cryophile.uploads import UploadRecords
 from cryophile.vault.base import Vault
 from cryophile.vault.factory import OpenedVault, default_vault_root
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = re.compile(r"chunk\.(0|[1-9][0-9]*)")
+
+#: After the objects of this many backups in a row failed with
+#: VaultUnavailableError, the vault is taken as down (not one object failing):
+#: the rest is not tried, as each try costs the client's whole retry budget
+#: (25-45 s by default).
+DOWN_AFTER = 3
 
 
 class BackupState(StrEnum):
@@ -62,15 +89,11 @@ class BackupState(StrEnum):
     PARTLY_FROZEN = "partly_frozen"
     FROZEN = "frozen"
     DAMAGED = "damaged"
+    UNREADABLE = "unreadable"
     THAW_REQUESTED = "thaw_requested"
     THAWING = "thawing"
     THAW_FAILED = "thaw_failed"
     RESTORED = "restored"
-
-
-def rfc3339(when: datetime) -> str:
-    """``when`` in UTC, RFC 3339 with a ``Z``, as manifests write it."""
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def within(prefix: str, selected: str | None) -> bool:
@@ -112,7 +135,7 @@ class ThawRecord:
     days: int | None
     requested: str | None
     fragments_total: int | None
-    counts: Mapping[str, int]
+    counts: Mapping[FragmentState, int]
 
     @property
     def state(self) -> BackupState:
@@ -240,35 +263,40 @@ def _freeze_record(spool: Spool, backup_id: BackupId) -> FreezeRecord:
     files = dict(_chunk_files(directory))
     manifest, error = _read_local_manifest(directory, backup_id)
     fragments = {index: size for index, size in files.items() if index > 0}
+    if error is None:
+        error = _upload_error(spool, backup_id)
     return FreezeRecord(manifest, len(fragments), sum(fragments.values()), error)
+
+
+def _upload_error(spool: Spool, backup_id: BackupId) -> str | None:
+    """The error that stopped the last upload attempt of ``backup_id`` (its upload record)."""
+    try:
+        record = UploadRecords(spool).load(backup_id)
+    except CryophileError as error:
+        return str(error)
+    if record is None or record.error is None:
+        return None
+    return f"{record.error} (since {record.error_at})" if record.error_at else record.error
 
 
 def _thaw_record(spool: Spool, backup_id: BackupId) -> ThawRecord:
     directory = spool.backup_dir(Queue.THAW, backup_id)
     try:
-        state = load_state(directory)
+        request = thaw_request.load(directory)
     except DataError as error:
-        state = {"status": "failed", "error": str(error)}
-    fragments = state.get("fragments")
-    entries = fragments.values() if isinstance(fragments, dict) else ()
-    counts = {FragmentState.COLD: 0, FragmentState.RESTORING: 0, FragmentState.DOWNLOADED: 0}
-    for entry in entries:
-        name = entry.get("state") if isinstance(entry, dict) else None
-        if name in counts:
-            counts[name] += 1
-    total: int | None = len(fragments) if isinstance(fragments, dict) and fragments else None
+        return ThawRecord(status="failed", error=str(error), tier=None, days=None,
+                          requested=None, fragments_total=None,
+                          counts=dict.fromkeys(FragmentState, 0))
+    counts = request.counts()
+    total: int | None = len(request.fragments) if request.fragments else None
     if total is None:
         # The thaw daemon publishes the manifest before it plans the request.
         manifest, _ = _read_local_manifest(spool.backup_dir(Queue.RESTORE, backup_id),
                                            backup_id)
         total = len(manifest.fragments) if manifest is not None else None
-    days = state.get("days")
     return ThawRecord(
-        status=str(state.get("status") or "active"),
-        error=str(state["error"]) if state.get("error") else None,
-        tier=str(state["tier"]) if state.get("tier") else None,
-        days=days if isinstance(days, int) and not isinstance(days, bool) else None,
-        requested=_time_text(state.get("created")),
+        status=request.status.value, error=request.error, tier=request.tier,
+        days=request.days, requested=_time_text(request.created),
         fragments_total=total, counts=counts)
 
 
@@ -316,7 +344,7 @@ class VaultListing:
         first (the backup stops being complete), its signature, then the fragments."""
         keys = [self.backup_id.object_key(index) for index in sorted(self.indices)]
         if self.signed:
-            keys.insert(1 if self.has_manifest else 0, signature_key(self.backup_id))
+            keys.insert(1 if self.has_manifest else 0, self.backup_id.signature_key)
         return keys
 
 
@@ -354,41 +382,67 @@ def list_vault(vault: Vault, vault_id: uuid.UUID,
 
 @dataclass(frozen=True)
 class VaultRecord:
-    """What the vault says of one backup: its manifest and the fragments' storage class."""
+    """What the vault says of one backup: its manifest and the fragments' storage class.
+
+    ``unreadable`` is the error that kept its objects from being read now (the
+    manifest archived, the vault failing or refusing on it); ``error`` then
+    says it for a person.
+    """
 
     listing: VaultListing
     manifest: Manifest | None
     storage_class: str | None
     error: str | None = None
+    unreadable: CryophileError | None = None
 
     @property
     def state(self) -> BackupState:
-        """Frozen; damaged (manifest unreadable, fragments missing); incomplete (no manifest)."""
+        """Frozen; damaged (manifest damaged, fragments missing); unreadable (its objects
+        could not be read now); incomplete (no manifest)."""
         if not self.listing.has_manifest:
             return BackupState.INCOMPLETE
+        if self.unreadable is not None:
+            return BackupState.UNREADABLE
         return BackupState.DAMAGED if self.error is not None else BackupState.FROZEN
+
+
+def unreadable_reason(error: TryLaterError | ServiceError) -> str:
+    """Why an object of a backup could not be read now, for a person (the error names
+    the object)."""
+    if isinstance(error, TryLaterError):
+        return str(error)  # from fetch_manifest: says what to do
+    if error.transient:
+        return f"the vault failed on it; try again later: {error}"
+    return f"the vault refused it: {error}"
 
 
 def describe_in_vault(opened: OpenedVault, listing: VaultListing, scratch: Path,
                       known: Manifest | None = None) -> VaultRecord:
     """Read the manifest (``known``, a copy from the spool, saves the download) and
     ``stat`` fragment 1 for the storage class; never downloads a fragment.
+
+    An object of the backup that the vault will not give now (an archived
+    manifest, a server error or refusal for it) makes an ``unreadable``
+    record, not an error; NoInputError means the backup went away meanwhile.
     """
     backup_id = listing.backup_id
     storage_class = None
-    if 1 in listing.indices:
-        info = opened.vault.stat(backup_id.object_key(1))
-        storage_class = info.storage_class if info is not None else None
-    if not listing.has_manifest:
-        return VaultRecord(listing, None, storage_class,
-                           "no manifest in the vault: an upload in progress or abandoned")
     manifest = known
-    if manifest is None:
-        try:
-            manifest, _ = fetch_manifest(opened, backup_id, scratch)
-        except DataError as error:
+    try:
+        if 1 in listing.indices:
+            info = opened.vault.stat(backup_id.object_key(1))
+            storage_class = info.storage_class if info is not None else None
+        if not listing.has_manifest:
             return VaultRecord(listing, None, storage_class,
-                               f"the manifest in the vault is damaged: {error}")
+                               "no manifest in the vault: an upload in progress or abandoned")
+        if manifest is None:
+            manifest, _ = fetch_manifest(opened, backup_id, scratch)
+    except DataError as error:
+        return VaultRecord(listing, None, storage_class,
+                           f"the manifest in the vault is damaged: {error}")
+    except (TryLaterError, ServiceError) as error:
+        return VaultRecord(listing, manifest, storage_class, unreadable_reason(error),
+                           unreadable=error)
     missing = [f.index for f in manifest.fragments if f.index not in listing.indices]
     problem = None
     if missing:
@@ -442,7 +496,8 @@ def combine(backup_id: BackupId, local: SpoolRecord | None,
     """One backup's state from what the spool and the vault say of it.
 
     The most telling state wins: a backup restored locally or being thawed is
-    that, whatever else is true; then what the vault holds (frozen, damaged);
+    that, whatever else is true; then what the vault holds (frozen, damaged,
+    unreadable);
     then where the upload stands; last, fragments in the vault without a
     manifest and without anything local (incomplete).
     """
@@ -483,15 +538,18 @@ def combine(backup_id: BackupId, local: SpoolRecord | None,
 
 @dataclass
 class Inventory:
-    """Every backup found, newest first, and the vaults that could not be read."""
+    """Every backup found, newest first; the vaults that could not be read; and the
+    backups a vault listed but whose objects could not be read (their entries say why)."""
 
     entries: list[Entry] = field(default_factory=list)
     failures: dict[uuid.UUID, CryophileError] = field(default_factory=dict)
+    unreadable: list[BackupId] = field(default_factory=list)
 
 
 def known_vaults(spool: Spool, config: Config) -> list[uuid.UUID]:
-    """Every vault id the spool's queues mention, every configured vault, and every
-    embedded directory vault beside the spool (so a wiped spool still finds its backups).
+    """Every vault id the spool's queues mention and every configured vault; when no
+    configuration lists vaults, every embedded directory vault beside the spool too
+    (so a wiped spool still finds its backups).
     """
     found: set[uuid.UUID] = {entry.id for entry in config.vaults}
     for queue in Queue:
@@ -499,6 +557,8 @@ def known_vaults(spool: Spool, config: Config) -> list[uuid.UUID]:
             for child in spool.queue_dir(queue).iterdir():
                 with contextlib.suppress(UsageError):
                     found.add(parse_vault(child.name))
+    if config.vaults:
+        return sorted(found)  # the embedded vaults do not serve then (vault.factory)
     embedded = default_vault_root(spool.root, uuid.UUID(int=0)).parent
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for child in embedded.iterdir():
@@ -516,30 +576,69 @@ def take_inventory(spool: Spool, open_vault: Callable[[uuid.UUID], OpenedVault],
 
     A vault that cannot be read (unreachable, refusing) is recorded in
     ``failures``; its backups still appear with what the spool knows of them.
+    A backup whose objects cannot be read is ``unreadable`` (and in
+    :attr:`Inventory.unreadable`); the vault's other backups are listed. When
+    :data:`DOWN_AFTER` backups in a row fail with VaultUnavailableError, the
+    vault is down: it goes to ``failures``, and its backups not read yet are
+    unreadable without being tried.
     """
     local = scan_spool(spool, vault=only_vault, prefix=prefix)
     stored: dict[BackupId, VaultRecord] = {}
     inventory = Inventory()
     for vault_id in vault_ids:
+        down: CryophileError | None
         try:
             opened = open_vault(vault_id)
             listings = list_vault(opened.vault, vault_id, prefix)
             with _scratch(spool.root) as scratch:
-                for backup_id, listing in listings.items():
-                    known = local[backup_id].manifest if backup_id in local else None
-                    try:
-                        stored[backup_id] = describe_in_vault(opened, listing, scratch, known)
-                    except NoInputError:
-                        continue  # deleted while we looked
+                described, down = _describe_all(opened, listings, scratch, local)
+            stored.update(described)
         except CryophileError as error:
-            inventory.failures[vault_id] = error
-            logger.debug("cannot read vault %s: %s", vault_id, error)
+            down = error
+        if down is not None:
+            inventory.failures[vault_id] = down
+            logger.debug("cannot read vault %s: %s", vault_id, down)
+    for backup_id, record in stored.items():
+        if record.unreadable is not None and record.listing.has_manifest:
+            inventory.unreadable.append(backup_id)
+            logger.debug("cannot read %s: %s", backup_id, record.error)
     for backup_id in set(local) | set(stored):
         inventory.entries.append(combine(backup_id, local.get(backup_id),
                                          stored.get(backup_id)))
     inventory.entries.sort(key=lambda entry: (entry.created, str(entry.backup_id)),
                            reverse=True)
     return inventory
+
+
+def _describe_all(opened: OpenedVault, listings: Mapping[BackupId, VaultListing],
+                  scratch: Path, local: Mapping[BackupId, SpoolRecord]
+                  ) -> tuple[dict[BackupId, VaultRecord], VaultUnavailableError | None]:
+    """:func:`describe_in_vault` of every listed backup, and the vault's error when it
+    went down (:data:`DOWN_AFTER` failures in a row; the rest is then not tried)."""
+    described: dict[BackupId, VaultRecord] = {}
+    failing: list[VaultUnavailableError] = []
+    for backup_id, listing in sorted(listings.items()):
+        if len(failing) >= DOWN_AFTER:
+            described[backup_id] = VaultRecord(
+                listing, None, None, f"not read: the vault stopped answering ({failing[-1]})",
+                unreadable=failing[-1])
+            continue
+        spool_record = local.get(backup_id)
+        known = spool_record.manifest if spool_record is not None else None
+        try:
+            record = describe_in_vault(opened, listing, scratch, known)
+        except NoInputError:
+            continue  # deleted while we looked
+        described[backup_id] = record
+        if isinstance(record.unreadable, VaultUnavailableError):
+            failing.append(record.unreadable)
+        else:
+            failing.clear()
+    if len(failing) < DOWN_AFTER:
+        return described, None
+    return described, VaultUnavailableError(
+        f"it failed on {len(failing)} backups in a row after listing them, so the "
+        f"rest was not tried: {failing[-1]}")
 
 
 @contextlib.contextmanager

@@ -37,6 +37,9 @@ FORMAT = "cryophile-manifest"
 VERSION = 1
 COMPRESSIONS = ("none", "lz4", "zstd")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+#: A real manifest signature (chunk.0.sig) is a few hundred bytes; anything far
+#: larger is not one.
+MAX_SIGNATURE_BYTES = 64 * 1024
 # S3's object size limit; fragments are objects.
 MAX_FRAGMENT_SIZE = 5 * 1024**4
 MAX_FRAGMENTS = 10**9

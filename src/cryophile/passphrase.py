@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 
 from cryophile.errors import KeyAccessError, UsageError
-from cryophile.pipeline.keys import SecretKey
+from cryophile.pipeline.keys import SecretKey, gpg_form
 
 MAX_PASSPHRASE_BYTES = 64 * 1024
 
@@ -40,18 +40,28 @@ def read_first_line(fd: int) -> str:
     return line.decode("utf-8", errors="surrogateescape")
 
 
-def passphrase_source(pass_fd: int | None, env: Mapping[str, str]) -> Callable[[SecretKey], str]:
-    """A callable that returns the passphrase for a key, from the first source that applies."""
+#: How long a CRYOPHILE_ASKPASS program may take to answer when no --timeout is given.
+ASKPASS_TIMEOUT = 600.0
+
+
+def passphrase_source(pass_fd: int | None, env: Mapping[str, str], *,
+                      timeout: float | None = None) -> Callable[[SecretKey], str]:
+    """A callable that returns the passphrase for a key, from the first source that applies.
+
+    ``timeout`` bounds a ``CRYOPHILE_ASKPASS`` program that never answers
+    (default :data:`ASKPASS_TIMEOUT`).
+    """
     cache: list[str] = []
 
     def ask(key: SecretKey) -> str:
         if cache:
             return cache[0]
-        prompt = f"Passphrase for OpenPGP key {key.fingerprint}: "
+        prompt = f"Passphrase for OpenPGP key {gpg_form(key.fingerprint)}: "
         if pass_fd is not None:
             answer = read_first_line(pass_fd)
         elif env.get("CRYOPHILE_ASKPASS"):
-            answer = _askpass(env["CRYOPHILE_ASKPASS"], prompt)
+            answer = _askpass(env["CRYOPHILE_ASKPASS"], prompt,
+                              ASKPASS_TIMEOUT if timeout is None else timeout)
         else:
             answer = _terminal(prompt, key)
         cache.append(answer)
@@ -60,10 +70,14 @@ def passphrase_source(pass_fd: int | None, env: Mapping[str, str]) -> Callable[[
     return ask
 
 
-def _askpass(program: str, prompt: str) -> str:
+def _askpass(program: str, prompt: str, timeout: float) -> str:
     try:
-        result = subprocess.run([program, prompt], capture_output=True, check=False, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as error:
+        result = subprocess.run([program, prompt], capture_output=True, check=False,
+                                timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise KeyAccessError(f"CRYOPHILE_ASKPASS program {program!r} gave no passphrase "
+                             f"within {timeout:g} s (--timeout); no passphrase") from None
+    except OSError as error:
         raise KeyAccessError(f"CRYOPHILE_ASKPASS program {program!r} failed: {error}") from None
     if result.returncode != 0:
         raise KeyAccessError(f"CRYOPHILE_ASKPASS program {program!r} exited with status "
@@ -78,8 +92,8 @@ def _terminal(prompt: str, key: SecretKey) -> str:
             pass
     except OSError:
         raise KeyAccessError(
-            f"secret key {key.fingerprint} is passphrase-protected and there is no terminal to "
-            "ask on: use --pass-fd N or CRYOPHILE_ASKPASS") from None
+            f"secret key {gpg_form(key.fingerprint)} (from {key.source}) is passphrase-protected "
+            "and there is no terminal to ask on: use --pass-fd N or CRYOPHILE_ASKPASS") from None
     try:
         return getpass.getpass(prompt)
     except (EOFError, KeyboardInterrupt):

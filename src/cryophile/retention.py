@@ -14,29 +14,49 @@ The policy works like restic's ``forget``, per series (one prefix of one vault):
   everything else is removed.
 
 Days, weeks and months are calendar periods in UTC of the backup's time.
+
+Some backups are never counted (:class:`Uncounted`): one the caller cannot
+trust (``prune --signed-by``: not validly signed), and one dated more than
+:data:`FUTURE_SKEW` after now (a wrong clock or a typo in ``-t``; also what a
+forger picks to look newest). The rules skip them as if they were not there,
+so they use up no rule's budget and cannot displace a counted backup, and
+they are never removed: they are left for a person to look at.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Generic, TypeVar
+
+from cryophile.storage_classes import MINIMUM_STORAGE_DAYS
 
 Key = TypeVar("Key", bound=Hashable)
 
-#: Minimum storage durations in days (AWS S3): an object deleted sooner is billed
-#: as if it had been stored that long. Classes not here have no minimum.
-MINIMUM_STORAGE_DAYS: Mapping[str, int] = {
-    "GLACIER": 90,
-    "GLACIER_IR": 90,
-    "DEEP_ARCHIVE": 180,
-    "STANDARD_IA": 30,
-    "ONEZONE_IA": 30,
-}
-
 RULES = ("last", "daily", "weekly", "monthly")
+
+#: How far after now a backup's time may be and still count: clocks of the hosts
+#: that write to one vault disagree by seconds, not hours, and a backup named by
+#: ``-t`` for the current hour may land a little early. Beyond it the backup is
+#: future-dated.
+FUTURE_SKEW = timedelta(hours=1)
+
+
+class Uncounted(StrEnum):
+    """Why the keep rules skip a backup: it is kept, and counts for no rule."""
+
+    #: The caller does not trust it (e.g. its manifest is not validly signed).
+    UNTRUSTED = "untrusted"
+    #: Its time is more than :data:`FUTURE_SKEW` after now.
+    FUTURE_DATED = "future_dated"
+
+
+def dated_in_future(when: datetime, now: datetime, skew: timedelta = FUTURE_SKEW) -> bool:
+    """True when ``when`` is more than ``skew`` after ``now`` (both aware)."""
+    return _utc(when) > _utc(now) + skew
 
 
 @dataclass(frozen=True)
@@ -65,23 +85,29 @@ class Policy:
 
 @dataclass(frozen=True)
 class Backup(Generic[Key]):
-    """One backup as retention sees it: an identity, its series and its time (aware)."""
+    """One backup as retention sees it: an identity, its series, its time (aware),
+    and whether the caller trusts it (an untrusted backup is never counted)."""
 
     key: Key
     series: str
     time: datetime
+    trusted: bool = True
 
 
 @dataclass
 class RetentionPlan(Generic[Key]):
-    """The decision: every backup is in exactly one of ``keep`` and ``remove``.
+    """The decision: every backup is in exactly one of ``keep``, ``remove`` and
+    ``uncounted``.
 
     ``keep`` maps a backup's key to the rules that keep it, in :data:`RULES`
-    order; ``remove`` lists the rest, newest first per series.
+    order; ``remove`` lists the counted backups no rule keeps, newest first per
+    series; ``uncounted`` maps each backup the rules skipped to why (in
+    :class:`Uncounted` order) — those are kept too.
     """
 
     keep: dict[Key, tuple[str, ...]] = field(default_factory=dict)
     remove: list[Key] = field(default_factory=list)
+    uncounted: dict[Key, tuple[Uncounted, ...]] = field(default_factory=dict)
 
 
 def _utc(when: datetime) -> datetime:
@@ -111,8 +137,24 @@ def _newest_first(backups: Iterable[Backup[Key]]) -> list[Backup[Key]]:
     return sorted(backups, key=lambda backup: (_utc(backup.time), str(backup.key)), reverse=True)
 
 
-def plan_retention(backups: Iterable[Backup[Key]], policy: Policy) -> RetentionPlan[Key]:
+def _why_uncounted(backup: Backup[Key], now: datetime | None,
+                   skew: timedelta) -> tuple[Uncounted, ...]:
+    reasons = []
+    if not backup.trusted:
+        reasons.append(Uncounted.UNTRUSTED)
+    if now is not None and dated_in_future(backup.time, now, skew):
+        reasons.append(Uncounted.FUTURE_DATED)
+    return tuple(reasons)
+
+
+def plan_retention(backups: Iterable[Backup[Key]], policy: Policy, *,
+                   now: datetime | None = None,
+                   skew: timedelta = FUTURE_SKEW) -> RetentionPlan[Key]:
     """Decide, per series, which backups ``policy`` keeps; the others are removed.
+
+    Untrusted backups, and with ``now`` those dated more than ``skew`` after
+    it, are not counted: they are in ``uncounted`` (kept), and the plan for
+    the others is exactly the plan without them.
 
     Raises ValueError for an empty policy (it would remove everything) and for
     a key that appears twice.
@@ -121,12 +163,16 @@ def plan_retention(backups: Iterable[Backup[Key]], policy: Policy) -> RetentionP
         raise ValueError("a retention policy needs at least one keep rule")
     series: dict[str, list[Backup[Key]]] = {}
     seen: set[Key] = set()
+    plan: RetentionPlan[Key] = RetentionPlan()
     for backup in backups:
         if backup.key in seen:
             raise ValueError(f"backup {backup.key!r} given twice")
         seen.add(backup.key)
-        series.setdefault(backup.series, []).append(backup)
-    plan: RetentionPlan[Key] = RetentionPlan()
+        skipped = _why_uncounted(backup, now, skew)
+        if skipped:
+            plan.uncounted[backup.key] = skipped
+        else:
+            series.setdefault(backup.series, []).append(backup)
     for name in sorted(series):
         reasons: dict[Key, list[str]] = {}
         ordered = _newest_first(series[name])

@@ -32,8 +32,9 @@ from pathlib import Path
 import pysequoia
 from pysequoia.packet import PacketPile, Tag
 
-from cryophile.backup_id import BackupId, fragment_name
+from cryophile.backup_id import SIGNATURE_NAME, BackupId
 from cryophile.errors import ConfigError, DataError, KeyAccessError, StorageIOError
+from cryophile.manifest import MAX_SIGNATURE_BYTES
 from cryophile.pipeline.keys import (
     SecretKey,
     _key_packets,
@@ -46,16 +47,7 @@ from cryophile.spool import read_spool_file
 
 logger = logging.getLogger(__name__)
 
-#: File and object name of the manifest's detached signature.
-SIGNATURE_NAME = f"{fragment_name(0)}.sig"
-#: A real signature is a few hundred bytes; anything far larger is not one.
-MAX_SIGNATURE_BYTES = 64 * 1024
 _PROBE = b"cryophile signing probe\n"
-
-
-def signature_key(backup_id: BackupId) -> str:
-    """Object key of the manifest signature of ``backup_id`` in its vault."""
-    return f"{backup_id.key_prefix}/{SIGNATURE_NAME}"
 
 
 def _signing_fingerprints(data: bytes) -> list[str]:

@@ -6,11 +6,25 @@ Layout (DESIGN.md §1)::
     SPOOL/freeze/<vault>/<prefix>/<ULID>/chunk.N        complete, waiting for upload
     SPOOL/thaw/<vault>/<prefix>/<ULID>/...              restore requests and their state
     SPOOL/restore/<vault>/<prefix>/<ULID>/chunk.N       downloaded, waiting for restore
+    SPOOL/uploads/<vault>/<prefix>/<ULID>.json          what freeze sent of a backup
+                                                        (:mod:`cryophile.uploads`)
+    SPOOL/run/<daemon>.pid                              a running daemon's presence
+                                                        (:mod:`cryophile.presence`)
+    SPOOL/run/uploading.json                            a freezer's uploads now
+                                                        (:mod:`cryophile.in_flight`)
+    SPOOL/run/restore/<hash>.lock                       held by the one restore of a backup
+    SPOOL/prune/<vault>.json                            deletions under way (prune's journal)
 
 A consumer only ever sees complete files: a file is written under a name no
 consumer looks at, fsynced, then hard-linked into place (a link never clobbers
 an existing file) and the directories are fsynced. Spool directories are 0700
 and files 0600: they hold ciphertext, but names and sizes are private too.
+
+A spool is trusted only when it is ours: its root and every queue directory
+must be owned by the user running cryophile and writable by nobody else (as
+ssh's StrictModes checks ``~/.ssh``). A world-writable spool root would let
+another local user plant a "restored" backup made from the public
+certificate, which ``restore`` would then write out as ours.
 """
 
 from __future__ import annotations
@@ -18,9 +32,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import stat
+import uuid
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -32,6 +48,8 @@ from cryophile.errors import AlreadyExistsError, DataError, StorageIOError, Usag
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+UPLOADS_DIR = "uploads"
+RUN_DIR = "run"
 
 
 class Queue(StrEnum):
@@ -89,8 +107,10 @@ class Spool:
         if not root.is_dir():
             raise StorageIOError(f"spool {str(root)!r} is not a directory")
         spool = cls(root)
+        check_private(root, "spool directory", owner=not read_only)
         if read_only:
             spool._refuse_linked_queues()
+            spool._check_queues(owner=False)
             return spool
         try:
             for queue in Queue:
@@ -99,9 +119,37 @@ class Spool:
         except OSError as error:
             raise StorageIOError(f"spool {str(root)!r} is not writable: {error.strerror}") from None
         spool._refuse_linked_queues()
+        spool._check_queues(owner=True)
         if not os.access(root, os.W_OK | os.X_OK):
             raise StorageIOError(f"spool {str(root)!r} is not writable")
         return spool
+
+    def _check_queues(self, *, owner: bool) -> None:
+        for directory in [*(self.queue_dir(queue) for queue in Queue), self.uploads_dir,
+                          self.run_dir]:
+            if os.path.lexists(directory):
+                check_private(directory, "spool queue", owner=owner)
+
+    @property
+    def uploads_dir(self) -> Path:
+        """``SPOOL/uploads``: the upload records (:mod:`cryophile.uploads`)."""
+        return self.root / UPLOADS_DIR
+
+    def restore_lock_path(self, backup_id: BackupId) -> Path:
+        """``SPOOL/run/restore/<hash>.lock``: held by the one restore of ``backup_id``
+        running on this spool (a hash: prefixes hold slashes and may be long)."""
+        digest = hashlib.sha256(str(backup_id).encode()).hexdigest()[:32]
+        return self.run_dir / "restore" / f"{digest}.lock"
+
+    @property
+    def run_dir(self) -> Path:
+        """``SPOOL/run``: presence files of running daemons (:mod:`cryophile.presence`)."""
+        return self.root / RUN_DIR
+
+    @property
+    def in_flight_path(self) -> Path:
+        """``SPOOL/run/uploading.json``: a freezer's uploads now (:mod:`cryophile.in_flight`)."""
+        return self.run_dir / "uploading.json"
 
     def _refuse_linked_queues(self) -> None:
         for queue in Queue:
@@ -190,6 +238,10 @@ class Spool:
         return (f"; its writer died before the manifest: remove {work} and {queued} "
                 f"('cryophile prune -v {backup_id.vault} --abandoned') to use this id again")
 
+    def abandon_claim(self, backup_id: BackupId, lock: BackupLock) -> None:
+        """Give up a claim made by :meth:`create_backup` before anything was written."""
+        self._unclaim(backup_id, lock)
+
     def _unclaim(self, backup_id: BackupId, lock: BackupLock | None) -> None:
         """Undo a claim that could not be finished: the lock, ``backup/ID`` and the
         empty directories our ``mkdir -p`` left in both queues (unlink and rmdir
@@ -222,6 +274,11 @@ class Spool:
                 continue
             dirnames.clear()
             yield BackupId(vault, prefix, ulid)
+
+    def prune_journal(self, vault_id: uuid.UUID) -> Path:
+        """``SPOOL/prune/<vault>.json``: the deletions ``prune`` has begun in one vault
+        (see :class:`cryophile.prune.Journal`)."""
+        return self.root / "prune" / f"{vault_id}.json"
 
 
 _CREATE_ATTEMPTS = 5
@@ -261,6 +318,32 @@ class BackupLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def check_private(path: Path, what: str, *, owner: bool = True) -> None:
+    """Raise StorageIOError unless ``path`` is writable by its owner alone (and,
+    with ``owner``, owned by the user running this process).
+
+    A spool anyone else can write to is not ours to trust: another user could
+    put a backup of their own into the restore queue, or a link anywhere. The
+    message says how to fix it.
+    """
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise StorageIOError(f"cannot use {what} {str(path)!r}: {error.strerror}") from None
+    user = os.geteuid()
+    if owner and info.st_uid != user:
+        raise StorageIOError(
+            f"{what} {str(path)!r} is owned by uid {info.st_uid}, not by this user "
+            f"(uid {user}): another user's spool is never trusted; use a spool of your own "
+            f"(-S DIR), or fix it with: chown {user} {path}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        mode = stat.S_IMODE(info.st_mode)
+        raise StorageIOError(
+            f"{what} {str(path)!r} is writable by others (mode {mode:04o}): another local "
+            f"user could plant files in it, so it is not trusted; fix it with: chmod go-w "
+            f"{path}")
 
 
 def refuse_symlinks(base: Path, path: Path) -> None:

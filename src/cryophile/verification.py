@@ -17,8 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryophile.backup_id import BackupId, fragment_name
-from cryophile.daemons.thaw import fetch_manifest, fetch_signature
-from cryophile.errors import DataError, ExitCode, NoInputError, TryLaterError
+from cryophile.catalog import fetch_manifest, fetch_signature
+from cryophile.errors import (
+    CryophileError,
+    DataError,
+    ExitCode,
+    NoInputError,
+    ServiceError,
+    TryLaterError,
+    exit_code_of,
+)
+from cryophile.inventory import unreadable_reason
 from cryophile.manifest import Fragment, Manifest
 from cryophile.pipeline.compress import codec_for
 from cryophile.pipeline.fragments import read_fragments, sha256_of_file
@@ -26,7 +35,7 @@ from cryophile.pipeline.keys import SecretKey
 from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.restore import choose_key
 from cryophile.pipeline.stages import threaded
-from cryophile.signing import TrustedSigners, signature_key, signature_problem
+from cryophile.signing import TrustedSigners, signature_problem
 from cryophile.units import human_bytes
 from cryophile.vault.base import ObjectInfo, RestoreState
 from cryophile.vault.factory import OpenedVault
@@ -54,20 +63,32 @@ class Report:
     plaintext_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
     signed_by: str | None = None  # the key whose manifest signature verified (--signed-by)
+    #: What kept the manifest from being read now (archived, the vault failing or
+    #: refusing on it): nothing of the backup could be checked.
+    unreadable: CryophileError | None = None
 
     @property
     def exit_code(self) -> ExitCode:
-        """0 healthy, 65 damaged, 75 not checkable now."""
+        """0 healthy, 65 damaged, 75 not checkable now; an unreadable manifest: its
+        error's code (75 when transient)."""
         if any(finding.damaged for finding in self.findings):
             return ExitCode.DATAERR
+        if self.unreadable is not None:
+            return exit_code_of([self.unreadable])
         if self.findings:
             return ExitCode.TEMPFAIL
         return ExitCode.OK
 
     def describe(self) -> str:
         """Lines for a person: the verdict, then each finding."""
-        verdict = {ExitCode.OK: "healthy", ExitCode.DATAERR: "DAMAGED",
-                   ExitCode.TEMPFAIL: "not checkable now"}[self.exit_code]
+        if any(finding.damaged for finding in self.findings):
+            verdict = "DAMAGED"
+        elif self.unreadable is not None:
+            verdict = "not checkable: manifest unreadable"
+        elif self.findings:
+            verdict = "not checkable now"
+        else:
+            verdict = "healthy"
         checked = []
         if self.manifest is not None:
             checked.append(f"{len(self.manifest.fragments)} fragment(s), "
@@ -115,13 +136,22 @@ class Verifier:
         self.signers = signers  # --signed-by: the manifest must carry their signature
 
     def verify(self, backup_id: BackupId) -> Report:
-        """Check one backup; NoInputError when the vault has no manifest for it."""
+        """Check one backup; NoInputError when the vault has no manifest for it.
+
+        A manifest the vault will not give now (archived, a server error or a
+        refusal for that object) makes an ``unreadable`` report, not an error.
+        """
         report = Report(backup_id)
+        where = f"manifest ({backup_id.object_key(0)})"
         try:
             manifest, data = fetch_manifest(self.opened, backup_id, self.scratch)
         except DataError as error:
-            report.findings.append(Finding(f"manifest ({backup_id.object_key(0)}): {error}",
-                                           damaged=True, index=0))
+            report.findings.append(Finding(f"{where}: {error}", damaged=True, index=0))
+            return report
+        except (TryLaterError, ServiceError) as error:
+            report.unreadable = error
+            report.findings.append(Finding(f"{where}: {unreadable_reason(error)}",
+                                           damaged=False, index=0))
             return report
         report.manifest = manifest
         if self.signers is not None:
@@ -166,7 +196,7 @@ class Verifier:
         """Record whether the manifest carries a valid signature from ``self.signers``."""
         assert self.signers is not None
         backup_id = report.backup_id
-        where = f"manifest signature ({signature_key(backup_id)})"
+        where = f"manifest signature ({backup_id.signature_key})"
         try:
             signature = fetch_signature(self.opened, backup_id, self.scratch)
         except DataError as error:

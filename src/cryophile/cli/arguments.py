@@ -7,8 +7,10 @@ that into a one-line message and exit code 64.
 from __future__ import annotations
 
 import argparse
+import re
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 from ulid import ULID
@@ -16,13 +18,13 @@ from ulid import ULID
 from cryophile import units
 from cryophile.backup_id import (
     BackupId,
+    Selection,
     normalize_prefix,
     parse_timestamp,
     parse_ulid,
     parse_vault,
     ulid_for_timestamp,
 )
-from cryophile.daemons.freeze import Selection
 from cryophile.errors import UsageError
 
 KIB = 1024
@@ -68,6 +70,23 @@ def non_negative_seconds(text: str) -> float:
         raise UsageError(f"invalid number of seconds {text!r}: at most {MAX_SECONDS} "
                          "(366 days)")
     return value
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"([0-9]+)([smhdw])")
+
+
+def duration(text: str) -> timedelta:
+    """A duration such as ``7d``, ``36h`` or ``1w2d``: ASCII digits and a unit
+    (s, m, h, d, w) per part, at most 100 years."""
+    parts = _DURATION.findall(text)
+    if not text or "".join(number + unit for number, unit in parts) != text:
+        raise UsageError(f"invalid duration {text!r}: expected e.g. 7d, 36h or 1w2d "
+                         "(units s, m, h, d, w)")
+    seconds = sum(int(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if seconds > 36500 * 86400:
+        raise UsageError(f"invalid duration {text!r}: at most 100 years")
+    return timedelta(seconds=seconds)
 
 
 def positive_int(text: str) -> int:

@@ -28,6 +28,7 @@ from cryophile.pipeline.keys import load_recipients
 from cryophile.pipeline.openpgp import ENGINES, engine_for
 from cryophile.pipeline.stages import Counters
 from cryophile.signing import load_signing_key
+from cryophile.vault.factory import announce_embedded, destination_for
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
@@ -86,6 +87,9 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     """Check everything, then back up. The input is opened last."""
     backup_id = backup_id_from(args, new=True)
     config = open_config(args)
+    if config.vault(backup_id.vault) is None and config.vaults:
+        # A typo in -v: refused before anything else is looked at.
+        destination_for(backup_id.vault, config, Path())
     vault = config.vault(backup_id.vault)
     compression = args.compression or (vault.compression if vault else None) or "zstd"
     codec = codec_for(compression, args.level)
@@ -96,13 +100,16 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         sign_key_path, passphrase_source(args.sign_pass_fd, environment.env),
         recipients.subkeys)
     spool = open_spool(args, environment.env, config)
+    destination = destination_for(backup_id.vault, config, spool.root)
     plan = BackupPlan(backup_id, codec, args.size, recipients, engine_for(args.engine),
-                      sign=None if signing_key is None else signing_key.sign)
+                      sign=None if signing_key is None else signing_key.sign,
+                      destination=destination)
     counters = Counters()
     with progress_line(counters, environment.stderr, args.progress and not args.quiet,
                        kind="backup"):
         result = run_backup(spool, plan, lambda: _open_input(input_path, environment),
                             counters)
+    announce_embedded(backup_id.vault, destination)
     if args.json or not args.quiet:
         _report(result, args.json, environment)
     return 0

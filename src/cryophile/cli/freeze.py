@@ -40,7 +40,9 @@ examples:
   cryophile freeze --once -v VAULT -p hosts/db1 -u 01JDX…   # one backup only
 exit status with --once: 0 all uploaded (or still being written), 75 a transient
 vault failure (retry later), 69 the vault refused, 65 queued data is damaged,
-73 the vault holds a different object under a fragment's key (never overwritten).
+73 the vault holds an object under the backup's id that this spool did not upload
+(never overwritten), 78 the backup was queued for another place than this
+configuration's (run with the backup's configuration, or --retarget).
 """
 
 
@@ -56,6 +58,10 @@ def register(commands: Any) -> argparse.ArgumentParser:
                         default=DEFAULT_PARALLEL, metavar="N",
                         help=f"uploads in parallel, 1 to {MAX_PARALLEL} "
                              f"(default {DEFAULT_PARALLEL})")
+    parser.add_argument("--retarget", action="store_true",
+                        help="send backups queued for another bucket or directory of their "
+                             "vault (a bucket name fixed in the configuration, a vault that "
+                             "moved) to the configured one instead of refusing them (exit 78)")
     parser.add_argument("--rescan", type=non_negative_seconds, default=RESCAN_SECONDS,
                         metavar="SECONDS", help="daemon: rescan period (default 60)")
     add_daemon_options(parser)
@@ -71,7 +77,8 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     record = recorder(args.metrics or config.metrics_file, spool, "freeze")
     freezer = Freezer(spool, lambda vault_id: open_vault(vault_id, config, spool.root),
                       parallel=args.parallel, selection=selection,
-                      on_pass=lambda report: record(report.completed, report.failed.values()))
+                      on_pass=lambda report: record(report.completed, report.failed.values()),
+                      retarget=args.retarget)
     if args.once:
         report = freezer.run_pass()
         logger.info("freeze pass: %d object(s), %d bytes uploaded; %d backup(s) completed, "

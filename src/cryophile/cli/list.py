@@ -6,12 +6,13 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from cryophile.backup_id import normalize_prefix, parse_vault
+from cryophile.backup_id import normalize_prefix, parse_vault, rfc3339
 from cryophile.cli.resources import open_config, open_spool
-from cryophile.inventory import Entry, known_vaults, rfc3339, take_inventory
+from cryophile.errors import ExitCode, exit_code_of
+from cryophile.inventory import Entry, known_vaults, take_inventory
 from cryophile.pipeline.stages import write_all
 from cryophile.units import human_bytes
-from cryophile.vault.factory import open_vault
+from cryophile.vault.factory import open_vault, unknown_vault
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
@@ -27,18 +28,22 @@ the fragments, and state:
   queued          complete in SPOOL/freeze/, nothing uploaded yet
   partly_frozen   complete, some fragments uploaded, the rest queued
   frozen          complete in the vault (its manifest is there)
-  damaged         in the vault, but its manifest is unreadable or fragments
+  damaged         in the vault, but its manifest is damaged or fragments
                   are missing from the listing (run `cryophile verify`)
+  unreadable      in the vault, but its manifest could not be read now:
+                  archived by a lifecycle rule, or the vault failed or
+                  refused on it (the error says which and what to do)
   thaw_requested  a restore request waits for the thaw daemon
   thawing         Glacier restores or downloads under way
   thaw_failed     the restore request failed (the error says why)
   restored        complete in SPOOL/restore/, ready for `cryophile restore`
 
-Without -v: the vaults the spool mentions, every configured vault and every
-embedded directory vault beside the spool. -p selects a prefix and everything
-below it. Reads only queue directories, manifests (plain JSON) and one `stat`
-of fragment 1 per backup: no secret key, no fragment download, no Glacier
-restore.
+Without -v: the vaults the spool mentions and every configured vault (with no
+configuration file listing vaults: every embedded directory vault beside the
+spool). A -v that the configuration does not list is an error (exit 78). -p
+selects a prefix and everything below it. Reads only queue directories,
+manifests (plain JSON) and one `stat` of fragment 1 per backup: no secret key,
+no fragment download, no Glacier restore.
 """
 
 EXAMPLES = """\
@@ -46,8 +51,10 @@ examples:
   cryophile list
   cryophile list -v VAULT -p hosts/db1
   cryophile list --json | jq -r '.[] | select(.state != "frozen") | .id'
-exit status: 0 listed; 69 or 75 when a vault could not be read (what could be
-read is still listed, and stderr names the vault).
+exit status: 0 listed; 3 some backups are unreadable (each is listed with the
+reason; everything else was listed); 69, 75 or another error's code when a
+vault could not be read at all (what could be read is still listed, and stderr
+names the vault).
 """
 
 COLUMNS = ("CREATED", "STATE", "SIZE", "FRAGMENTS", "COMPRESSION", "CLASS", "BACKUP")
@@ -97,6 +104,8 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     only_vault = parse_vault(args.vault) if args.vault is not None else None
     prefix = normalize_prefix(args.prefix) if args.prefix is not None else None
     config = open_config(args)
+    if only_vault is not None and config.vaults and config.vault(only_vault) is None:
+        raise unknown_vault(only_vault, config)  # a typo in -v is not "no backups found"
     spool = open_spool(args, environment.env, config, read_only=True)
     vault_ids = [only_vault] if only_vault is not None else known_vaults(spool, config)
     inventory = take_inventory(spool, lambda vault_id: open_vault(vault_id, config, spool.root),
@@ -111,10 +120,18 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         if not args.quiet:
             print("cryophile: no backups found", file=environment.stderr)
     write_all(environment.stdout_fd, output.encode())
+    # The table has no room for the reason: stderr gives it (the vault's own line
+    # covers the backups of a vault that went down).
+    errors = {entry.backup_id: entry.error for entry in inventory.entries}
+    for backup_id in inventory.unreadable:
+        if backup_id.vault not in inventory.failures:
+            print(f"cryophile: error: {backup_id} is unreadable: {errors[backup_id]}",
+                  file=environment.stderr)
     for vault_id, error in inventory.failures.items():
         print(f"cryophile: error: vault {vault_id} could not be read; backups only it holds are "
               f"missing from this list: {error}", file=environment.stderr)
     if inventory.failures:
-        return int(next(iter(inventory.failures.values())).exit_code)
-    return 0
+        # A transient failure is "try later" (75) whatever its class.
+        return int(exit_code_of(inventory.failures.values()))
+    return int(ExitCode.PARTIAL if inventory.unreadable else ExitCode.OK)
 

@@ -31,7 +31,7 @@ from cryophile.cli import status as status_command
 from cryophile.cli import thaw as thaw_command
 from cryophile.cli import verify as verify_command
 from cryophile.cli.logs import level_from, setup_logging
-from cryophile.errors import CryophileError, ExitCode, UsageError
+from cryophile.errors import CryophileError, ExitCode, UsageError, exit_code_of
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cryophile",
         description="Off-site backup of streams: compress, encrypt to OpenPGP keys, split into "
                     "fragments in a spool, freeze to S3/Glacier, thaw and restore.",
-        epilog="Exit codes: 0 ok, 64 usage, 65 bad data, 66 no input, 69 service unavailable, "
-               "73 already exists, 74 I/O error, 75 try later, 77 no usable key, 78 config.")
+        epilog="Exit codes: 0 ok, 3 partial (some backups could not be read), 64 usage, "
+               "65 bad data, 66 no input, 69 service unavailable, 73 already exists, "
+               "74 I/O error, 75 try later, 77 no usable key, 78 config.")
     parser.add_argument("--version", action="version", version=f"cryophile {__version__}")
     _add_global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
@@ -131,7 +132,7 @@ def run(argv: Sequence[str], environment: Environment | None = None) -> int:
     except CryophileError as error:
         print(f"cryophile: error: {error}", file=environment.stderr)
         # A transient error is "try later" (75) whatever its class (errors.py).
-        return int(ExitCode.TEMPFAIL if error.transient else error.exit_code)
+        return int(exit_code_of([error]))
     except OSError as error:
         # Only the standard streams' failures are expected here: EPIPE when
         # the reader of `cryophile list | head -1` left, EBADF when a stream

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryophile.backup_id import BackupId
 from cryophile.cli.arguments import (
     add_backup_id_options,
     add_keyring_option,
@@ -22,33 +20,18 @@ from cryophile.cli.arguments import (
 from cryophile.cli.progress import add_progress_option, progress_line
 from cryophile.cli.resources import open_config, open_spool
 from cryophile.config import MAX_DAYS
-from cryophile.daemons.freeze import Selection
-from cryophile.daemons.thaw import (
-    FIRST_POLL_SECONDS,
-    Preparation,
-    Thawer,
-    fetch_signature,
-    file_request,
-    finish_restore,
-    prepare_restore,
-    request_failure,
-)
-from cryophile.errors import AlreadyExistsError, CryophileError, StorageIOError, UsageError
+from cryophile.daemons.thaw import FIRST_POLL_SECONDS
+from cryophile.errors import AlreadyExistsError, StorageIOError, UsageError
 from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.compress import NAMES
 from cryophile.pipeline.keys import load_secret_keys
 from cryophile.pipeline.openpgp import ENGINES, engine_for
-from cryophile.pipeline.restore import AUTO, RestorePlan, choose_key, run_restore
+from cryophile.pipeline.restore import AUTO
 from cryophile.pipeline.stages import Counters
-from cryophile.signing import (
-    TrustedSigners,
-    check_manifest_signature,
-    load_trusted_signers,
-    read_local_signature,
-)
-from cryophile.spool import Queue, Spool
-from cryophile.vault.base import RESTORE_TIERS
-from cryophile.vault.factory import OpenedVault, open_vault
+from cryophile.restoring import RestoreOptions, check_signature, prepare, restore
+from cryophile.signing import load_trusted_signers
+from cryophile.storage_classes import RESTORE_TIERS
+from cryophile.vault.factory import open_vault
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
@@ -87,8 +70,13 @@ def register(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("-C", "--compression", choices=(*NAMES, AUTO), default=None,
                         help="decompress as this instead of what the manifest says; 'auto' "
                              "detects it from the data")
-    parser.add_argument("--thaw", action="store_true",
-                        help="do the thaw work in this process (no thaw daemon needed)")
+    thawing = parser.add_mutually_exclusive_group()
+    thawing.add_argument("--thaw", action="store_true", default=None,
+                         help="do the thaw work in this process (no thaw daemon needed); "
+                              "default: when no thaw daemon runs on the spool")
+    thawing.add_argument("--no-thaw", dest="thaw", action="store_false",
+                         help="never thaw in this process: file the request and leave it to "
+                              "the thaw daemon (with --timeout 0: file it and exit 75)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print what would be thawed (fragments, bytes, storage classes, "
                              "tier, expected wait) and exit")
@@ -124,7 +112,7 @@ def register(commands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, environment: Environment) -> int:
-    """Check the options, keys and spool, then restore."""
+    """Check the options, keys and spool, then restore (one call into the use case)."""
     backup_id = backup_id_from(args, new=False)
     if args.output is not None and os.path.lexists(args.output):
         raise AlreadyExistsError(f"output file {str(args.output)!r} already exists; "
@@ -139,102 +127,48 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     opened = open_vault(backup_id.vault, config, spool.root)
     tier = args.tier or opened.restore_tier
     days = args.days or opened.restore_days
-    if args.wait and spool.backup_dir(Queue.RESTORE, backup_id).exists():
-        # Someone else delivers the fragments (a copy, a thaw elsewhere): just wait.
-        preparation = Preparation(local=False)
-    else:
-        preparation = prepare_restore(spool, backup_id, opened, tier=tier, days=days)
-    if signers is not None and preparation.manifest_data is not None:
-        # Before any Glacier restore is paid for: is it the signer's backup at all?
-        check_manifest_signature(signers, backup_id, preparation.manifest_data,
-                                 fetch_signature(opened, backup_id, spool.queue_dir(Queue.THAW)))
+
+    def notify(message: str) -> None:
+        if not args.quiet:
+            print(f"cryophile: {message}", file=environment.stderr, flush=True)
+
     if args.dry_run:
-        message = (preparation.plan.describe() if preparation.plan is not None else
-                   f"backup {backup_id}: already in the restore queue" if preparation.local
-                   else f"backup {backup_id}: a thaw request is already in progress")
-        os.write(environment.stdout_fd, (message + "\n").encode())
+        preparation = prepare(spool, opened, backup_id, tier=tier, days=days, wait=args.wait,
+                              dry_run=True)
+        if signers is not None:
+            check_signature(spool, opened, backup_id, signers, preparation)
+        os.write(environment.stdout_fd, (preparation.describe(backup_id) + "\n").encode())
         return 0
-    ask_passphrase = passphrase_source(args.pass_fd, environment.env)
-    if preparation.manifest is not None:
-        # Before paying for a Glacier restore and waiting hours: can we decrypt it?
-        choose_key(preparation.manifest, secret_keys, ask_passphrase)
-        if preparation.plan is not None and not args.quiet:
-            print(f"cryophile: {preparation.plan.describe()}", file=environment.stderr)
-        file_request(spool, backup_id, tier=tier, days=days)
-    plan = RestorePlan(
-        backup_id=backup_id,
-        secret_keys=secret_keys,
-        ask_passphrase=ask_passphrase,
-        engine=engine_for(args.engine),
-        compression=args.compression,
-        wait=args.wait or not preparation.local,
-        timeout=args.timeout,
-        supplier_failure=lambda: request_failure(spool, backup_id),
-        # The manifest actually used is checked again: the vault may have changed since.
-        authenticate=None if signers is None else (
-            lambda directory, data: _authenticate(signers, backup_id, directory, data)),
-    )
+    options = RestoreOptions(
+        backup_id=backup_id, secret_keys=secret_keys,
+        ask_passphrase=passphrase_source(args.pass_fd, environment.env, timeout=args.timeout),
+        engine=engine_for(args.engine), tier=tier, days=days, compression=args.compression,
+        thaw=args.thaw, wait=args.wait, timeout=args.timeout, poll=args.poll, keep=args.keep,
+        signers=signers)
     counters = Counters()
     show = args.progress and not args.quiet
-    with _thawing(args.thaw and not preparation.local, spool, opened, backup_id, args.poll), \
-            progress_line(counters, environment.stderr, show, kind="restore"):
+    with progress_line(counters, environment.stderr, show, kind="restore"):
         if args.output is None:
-            result = run_restore(spool, plan, environment.stdout_fd, counters)
+            result = restore(spool, opened, options, environment.stdout_fd,
+                             counters=counters, notify=notify)
         else:
-            with _output_file(args.output) as fd:
-                result = run_restore(spool, plan, fd, counters)
-    if not args.keep:
-        finish_restore(spool, backup_id)
-    if not args.quiet:
-        print(f"cryophile: restored {result.manifest.backup_id}: {result.output_bytes} bytes, "
-              f"{result.seconds:.1f} s", file=environment.stderr)
+            with _output_file(args.output, notify) as fd:
+                result = restore(spool, opened, options, fd, counters=counters, notify=notify)
+    notify(f"restored {result.manifest.backup_id}: {result.output_bytes} bytes, "
+           f"{result.seconds:.1f} s")
     return 0
 
 
-def _authenticate(signers: TrustedSigners, backup_id: BackupId, directory: Path,
-                  data: bytes) -> None:
-    """Refuse the manifest ``data`` read from ``directory`` unless ``signers`` signed it."""
-    check_manifest_signature(signers, backup_id, data, read_local_signature(directory))
-
-
 @contextlib.contextmanager
-def _thawing(enabled: bool, spool: Spool, opened: OpenedVault, backup_id: BackupId,
-             poll: float) -> Iterator[None]:
-    """With ``enabled``, serve this backup's thaw request in a background thread."""
-    if not enabled:
-        yield
-        return
-    stop = threading.Event()
+def _output_file(path: Path, notify: Callable[[str], None]) -> Iterator[int]:
+    """A new file in ``path``'s directory that becomes ``path`` only on success.
 
-    def on_pass(_completed: list[BackupId], errors: dict[BackupId, CryophileError]) -> None:
-        if backup_id in errors and request_failure(spool, backup_id) is not None:
-            _wake_waiter(spool.backup_dir(Queue.RESTORE, backup_id))
-
-    thawer = Thawer(spool, lambda _: opened, first_poll=poll, on_pass=on_pass,
-                    selection=Selection(backup_id.vault, backup_id.prefix, backup_id.ulid))
-    worker = threading.Thread(target=thawer.run, args=(stop,), kwargs={"until_done": True},
-                              name="thaw", daemon=True)
-    worker.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        worker.join()
-
-
-def _wake_waiter(directory: Path) -> None:
-    """Make the restore waiting on ``directory`` look again now, not at its next rescan
-    (up to 5 s later): the thaw request it waits on has failed, so it can stop."""
-    marker = directory / f".thaw-failed.{os.getpid()}"
-    with contextlib.suppress(OSError):
-        marker.touch()
-        marker.unlink()
-
-
-@contextlib.contextmanager
-def _output_file(path: Path) -> Iterator[int]:
-    """A new file in ``path``'s directory that becomes ``path`` only on success."""
-    temporary = path.parent / f".{path.name}.cryophile-{os.getpid()}.part"
+    What a restore killed outright (kill -9, a power cut) left under the same
+    scheme is removed first, and said: it holds plaintext, and nobody else
+    would ever remove it.
+    """
+    _remove_dead_leftovers(path, notify)
+    temporary = path.parent / f".{path.name}{_PART_INFIX}{os.getpid()}.part"
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as error:
@@ -252,3 +186,35 @@ def _output_file(path: Path) -> Iterator[int]:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+_PART_INFIX = ".cryophile-"
+
+
+def _remove_dead_leftovers(path: Path, notify: Callable[[str], None]) -> None:
+    """Remove ``.NAME.cryophile-PID.part`` files in ``path``'s directory whose restore
+    (PID) is no longer alive."""
+    stem = f".{path.name}{_PART_INFIX}"
+    with contextlib.suppress(OSError):
+        for leftover in path.parent.iterdir():
+            name = leftover.name
+            pid_text = name[len(stem):-len(".part")] if (
+                name.startswith(stem) and name.endswith(".part")) else ""
+            if not (pid_text.isascii() and pid_text.isdigit()):
+                continue
+            if _alive(int(pid_text)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+            notify(f"removed {leftover}: the partial output of an earlier restore that was "
+                   f"killed (pid {pid_text})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

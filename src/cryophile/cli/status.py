@@ -6,24 +6,31 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from cryophile import presence
 from cryophile.backup_id import BackupId
 from cryophile.cli.resources import open_config, open_spool
-from cryophile.daemons.freeze import uploads_in_flight
-from cryophile.daemons.thaw import FragmentState
+from cryophile.errors import CryophileError
+from cryophile.in_flight import uploads_in_flight
 from cryophile.inventory import BackupState, SpoolRecord, scan_spool
 from cryophile.pipeline.stages import write_all
+from cryophile.spool import Spool
+from cryophile.thaw_request import FragmentState
 from cryophile.units import human_bytes
+from cryophile.uploads import UploadRecords
 
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
 
 DESCRIPTION = """\
 Show what the daemons have to do now, read from the spool alone (no vault is
-contacted, no key is needed): per queue, the backups in it; for the freeze
-queue the fragments and bytes waiting for upload; for the thaw queue each
-restore request with its fragments cold / restoring / downloaded, and the
-error of a failed one; the restore queue's backups; and abandoned backups
-(no manifest, writer gone), which nothing will ever upload.
+contacted, no key is needed): whether a freeze and a thaw daemon serve this
+spool; per queue, the backups in it; for the freeze queue the fragments and
+bytes waiting for upload, the error that stopped a backup's last upload (and
+since when), the uploads running now, and withdrawn backups whose uploaded
+objects the next pass removes; for the thaw queue each restore request with
+its fragments cold / restoring / downloaded, and the error of a failed one;
+the restore queue's backups; and abandoned backups (no manifest, writer gone),
+which nothing will ever upload.
 """
 
 EXAMPLES = """\
@@ -52,7 +59,9 @@ def _identity(backup_id: BackupId) -> dict[str, Any]:
 
 
 def build_status(spool_root: str, records: dict[BackupId, SpoolRecord]) -> dict[str, Any]:
-    """The ``status --json`` document (the schema is documented in the README)."""
+    """The ``status --json`` document from the queues (the schema is documented in
+    the README); :func:`run` adds what only a live spool has (daemons, uploads,
+    withdrawn backups)."""
     writers: list[dict[str, Any]] = []
     freezes: list[dict[str, Any]] = []
     thaws: list[dict[str, Any]] = []
@@ -113,6 +122,9 @@ def format_status(document: dict[str, Any]) -> str:
     """The human form of :func:`build_status`'s document."""
     totals = document["totals"]
     lines = [f"spool {document['spool']}"]
+    for name, pid in document.get("daemons", {}).items():
+        lines.append(f"{name} daemon: running (pid {pid})" if pid is not None
+                     else f"{name} daemon: not running")
 
     def section(title: str, entries: list[dict[str, Any]], summary: str,
                 describe: Any) -> None:
@@ -145,6 +157,9 @@ def format_status(document: dict[str, Any]) -> str:
     for upload in document.get("uploading", []):
         lines.append(f"  uploading now: {upload['key']} ({human_bytes(upload['bytes'])}, "
                      f"since {upload['started']})")
+    for entry in document.get("withdrawn", []):
+        lines.append(f"  withdrawn {entry['id']}: its writer removed it; the next freeze pass "
+                     f"removes the {entry['objects']} object(s) it uploaded of it")
 
     def describe_thaw(entry: dict[str, Any]) -> str:
         total = entry["fragments_total"]
@@ -172,12 +187,34 @@ def format_status(document: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _withdrawn(spool: Spool, records: dict[BackupId, SpoolRecord]) -> list[dict[str, Any]]:
+    """Backups whose writer removed them while objects of theirs were uploaded: the
+    next freeze pass removes those objects (:mod:`cryophile.uploads`)."""
+    uploads = UploadRecords(spool)
+    found: list[dict[str, Any]] = []
+    for backup_id in uploads.backup_ids():
+        record = records.get(backup_id)
+        if record is not None and (record.writer is not None or record.freeze is not None):
+            continue  # still queued: not withdrawn
+        try:
+            upload = uploads.load(backup_id)
+        except CryophileError:
+            continue  # a damaged record: the freeze pass reports it
+        if upload is not None and upload.objects:
+            found.append({**_identity(backup_id), "objects": len(upload.objects)})
+    return found
+
+
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Scan the spool and print what waits in it."""
     config = open_config(args)
     spool = open_spool(args, environment.env, config, read_only=True)
-    document = build_status(str(spool.root), scan_spool(spool))
+    records = scan_spool(spool)
+    document = build_status(str(spool.root), records)
+    document["daemons"] = {name: presence.alive(spool, name)
+                           for name in (presence.FREEZE, presence.THAW)}
     document["uploading"] = uploads_in_flight(spool)
+    document["withdrawn"] = _withdrawn(spool, records)
     output = json.dumps(document, indent=1) + "\n" if args.json else format_status(document)
     write_all(environment.stdout_fd, output.encode())
     return 0

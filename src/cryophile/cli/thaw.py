@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from cryophile.cli.arguments import add_selection_options, non_negative_seconds, selection_from
 from cryophile.cli.daemon import add_daemon_options, pass_exit_code, serve_until_signalled
 from cryophile.cli.resources import open_config, open_spool
-from cryophile.daemons.thaw import FIRST_POLL_SECONDS, MAX_POLL_SECONDS, Thawer, ThawPlan
+from cryophile.daemons.thaw import FIRST_POLL_SECONDS, MAX_POLL_SECONDS, Thawer
 from cryophile.metrics import recorder
+from cryophile.thaw_plan import ThawPlan
 from cryophile.vault.factory import open_vault
 
 if TYPE_CHECKING:

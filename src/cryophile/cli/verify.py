@@ -15,7 +15,9 @@ Three depths, each including the ones before:
    for two fragments, not the whole backup.
 
 Exit status: 0 healthy, 65 damaged (each bad fragment is named), 75 not
-checkable now (archived fragments and ``--download``: thaw them first).
+checkable now (archived fragments and ``--download``: thaw them first); with
+``--all``, 3 when some manifests could not be read (each is named) and every
+other backup was verified.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from cryophile.backup_id import (
 )
 from cryophile.cli.arguments import file_descriptor
 from cryophile.cli.resources import open_config, open_spool
-from cryophile.errors import ExitCode, NoInputError, UsageError
-from cryophile.inventory import list_vault
+from cryophile.errors import ExitCode, NoInputError, UsageError, VaultUnavailableError
+from cryophile.inventory import DOWN_AFTER, list_vault
 from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.keys import load_secret_keys
 from cryophile.pipeline.openpgp import ENGINES, engine_for
@@ -69,9 +71,11 @@ examples:
   cryophile verify -v VAULT -p hosts/db1 -u 01JDX… --download -k backup.key -P 3 3<pass
   cryophile verify -v VAULT -p hosts/db1 --all --signed-by host-sign.cert
 exit status: 0 healthy; 65 damaged (each bad fragment is named; with
---signed-by also a missing or bad manifest signature); 75 not
-checkable now (archived fragments with --download: thaw them first); 66 no such
-backup in the vault; 77 -k: no key or passphrase fits.
+--signed-by also a missing or bad manifest signature); 3 (--all) some
+manifests unreadable (archived, or the vault failed on them; each is named),
+the rest verified; 75 not checkable now (archived fragments with --download:
+thaw them first; one backup's manifest not readable now); 66 no such backup in
+the vault; 77 -k: no key or passphrase fits.
 """
 
 
@@ -143,27 +147,45 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     with tempfile.TemporaryDirectory(prefix=".cryophile-verify-", dir=spool.root) as name:
         verifier = Verifier(opened, Path(name), download=args.download, decryption=decryption,
                             signers=signers)
+        failing: list[VaultUnavailableError] = []
         for backup_id in targets:
             if not args.all:
                 backup_id = _check_exists(opened, backup_id)
             report = verifier.verify(backup_id)
             reports.append(report)
             write_all(environment.stdout_fd, (report.describe() + "\n").encode())
+            if isinstance(report.unreadable, VaultUnavailableError):
+                failing.append(report.unreadable)
+            else:
+                failing.clear()
+            if len(failing) >= DOWN_AFTER:
+                # Not one object failing: the vault is down, and each further try
+                # would cost the client's whole retry budget.
+                raise VaultUnavailableError(
+                    f"vault {vault_id} failed on {len(failing)} manifests in a row, so the "
+                    f"other backups were not verified: {failing[-1]}")
     for backup_id in partial:
         write_all(environment.stdout_fd,
                   f"{backup_id}: skipped: fragments without a manifest (an upload in "
                   "progress, or abandoned)\n".encode())
-    codes = [report.exit_code for report in reports]
+    damaged = [report for report in reports if report.exit_code is ExitCode.DATAERR]
+    unreadable = [report for report in reports
+                  if report.unreadable is not None and report.exit_code is not ExitCode.DATAERR]
+    later = [report for report in reports
+             if report.unreadable is None and report.exit_code is ExitCode.TEMPFAIL]
     if args.all:
-        summary = (f"{len(reports)} backup(s): {codes.count(ExitCode.OK)} healthy, "
-                   f"{codes.count(ExitCode.DATAERR)} damaged, "
-                   f"{codes.count(ExitCode.TEMPFAIL)} not checkable now")
+        healthy = len(reports) - len(damaged) - len(unreadable) - len(later)
+        summary = (f"{len(reports)} backup(s): {healthy} healthy, {len(damaged)} damaged, "
+                   f"{len(later)} not checkable now, {len(unreadable)} unreadable")
         if partial:
             summary += f"; {len(partial)} incomplete upload(s) skipped"
         write_all(environment.stdout_fd, (summary + "\n").encode())
-    if ExitCode.DATAERR in codes:
+    if damaged:
         return int(ExitCode.DATAERR)
-    if ExitCode.TEMPFAIL in codes:
+    if unreadable:
+        # --all: the others were verified (3, partial); one backup: its error's code.
+        return int(ExitCode.PARTIAL if args.all else unreadable[0].exit_code)
+    if later:
         return int(ExitCode.TEMPFAIL)
     return 0
 

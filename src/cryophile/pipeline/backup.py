@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cryophile.backup_id import BackupId, fragment_name
+from cryophile.backup_id import MANIFEST_NAME, SIGNATURE_NAME, BackupId
+from cryophile.destination import Destination
 from cryophile.durable import remove_empty_dirs
 from cryophile.errors import StorageIOError
 from cryophile.manifest import Fragment, Manifest
@@ -37,8 +38,8 @@ from cryophile.pipeline.stages import (
     threaded,
     tune_allocator,
 )
-from cryophile.signing import SIGNATURE_NAME
 from cryophile.spool import LOCK_NAME, Queue, Spool, describe_os_error, write_file_durably
+from cryophile.uploads import UploadRecords
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class BackupPlan:
     # Signs the manifest bytes (--sign-key): a detached signature published
     # as chunk.0.sig *before* chunk.0, so the "complete" marker comes last.
     sign: Callable[[bytes], bytes] | None = None
+    # Where the backup is bound for: recorded in the spool when it is queued,
+    # so that freeze never sends it anywhere else (cryophile.uploads).
+    destination: Destination | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,13 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
     tune_allocator()
     backup_id = plan.backup_id
     lock = spool.create_backup(backup_id)
+    records = UploadRecords(spool)
+    if plan.destination is not None:
+        try:
+            records.claim(backup_id, plan.destination)
+        except BaseException:
+            spool.abandon_claim(backup_id, lock)
+            raise
     work_dir = spool.backup_dir(Queue.BACKUP, backup_id)
     freeze_dir = spool.backup_dir(Queue.FREEZE, backup_id)
     counters = counters if counters is not None else Counters()
@@ -116,8 +127,8 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
             if plan.sign is not None:
                 write_file_durably(work_dir / f"{SIGNATURE_NAME}.part",
                                    freeze_dir / SIGNATURE_NAME, plan.sign(manifest_bytes))
-            write_file_durably(work_dir / f"{fragment_name(0)}.part",
-                               freeze_dir / fragment_name(0), manifest_bytes)
+            write_file_durably(work_dir / f"{MANIFEST_NAME}.part",
+                               freeze_dir / MANIFEST_NAME, manifest_bytes)
         except OSError as error:
             # Name the place and say "full" like a fragment's error does.
             raise StorageIOError(f"cannot write the manifest to the spool ({freeze_dir}): "
@@ -128,11 +139,14 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
         if not completed:
             # The manifest first: one linked before its directory fsync failed
             # must never outlive the fragments it lists.
-            for path in [freeze_dir / fragment_name(0), *writer.published,
+            for path in [freeze_dir / MANIFEST_NAME, *writer.published,
                          freeze_dir / SIGNATURE_NAME]:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             remove_empty_dirs(freeze_dir, spool.queue_dir(Queue.FREEZE))
+            # What a freezer uploaded meanwhile stays recorded: the freezer removes
+            # it from the vault again. A record with nothing uploaded just goes.
+            records.release(backup_id)
         lock.release()
         with contextlib.suppress(FileNotFoundError):
             (work_dir / LOCK_NAME).unlink()

@@ -75,9 +75,20 @@ class ReferenceEngine:
 
     def decrypt(self, ciphertext: Iterable[Buffer], key: SecretKey,
                 passphrase: str | None) -> Iterator[bytes]:
-        """See :meth:`Engine.decrypt`."""
-        request = {"key": base64.b64encode(key.key_bytes).decode(), "passphrase": passphrase}
-        return _run_worker("decrypt", request, ciphertext)
+        """See :meth:`Engine.decrypt`.
+
+        pysequoia 0.1.35 cannot be told which subkey to decrypt with: for a
+        backup whose subkey it will not use (expired, revoked, not its first
+        encryption subkey) the fast engine recovers the session key and hands
+        it over in an SKESK packet (:func:`.fastpgp.engine.reference_handover`).
+        """
+        # Imported on use, like the fast engine itself (it imports this module).
+        from cryophile.pipeline.fastpgp.engine import reference_handover  # noqa: PLC0415
+
+        message, password = reference_handover(ciphertext, key, passphrase)
+        request = {"key": base64.b64encode(key.key_bytes).decode(), "passphrase": passphrase,
+                   "password": password}
+        return _run_worker("decrypt", request, message)
 
 
 def _run_worker(operation: str, request: Mapping[str, object],

@@ -8,7 +8,10 @@ in threads.
 Usage: ``python -m cryophile.pipeline.openpgp_worker encrypt|decrypt FD``.
 Keys arrive as one JSON document on file descriptor FD (never in argv or the
 environment): ``{"certificates": [base64, ...]}`` to encrypt,
-``{"key": base64, "passphrase": str | null}`` to decrypt. Exit status 0 on
+``{"key": base64, "passphrase": str | null, "password": str | null}`` to
+decrypt: with a password, the message starts with an SKESK packet that it
+opens and the key is not used (pysequoia would refuse an expired or revoked
+subkey; the parent recovered the session key instead). Exit status 0 on
 success, 65 when the input is not a valid message for this key (damaged,
 truncated, wrong key), 64 on a bad invocation; the reason is one line on
 standard error.
@@ -44,6 +47,8 @@ def main(argv: list[str]) -> int:
             certs = [pysequoia.Cert.from_bytes(base64.b64decode(item))
                      for item in request["certificates"]]
             pysequoia.encrypt_file("/dev/stdin", "/dev/stdout", recipients=certs, armor=False)
+        elif request.get("password"):
+            pysequoia.decrypt_file("/dev/stdin", "/dev/stdout", passwords=[request["password"]])
         else:
             tsk = pysequoia.Tsk.from_bytes(base64.b64decode(request["key"]))
             decryptor = tsk.decryptor(request["passphrase"])

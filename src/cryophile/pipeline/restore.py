@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryophile.backup_id import BackupId, fragment_name
-from cryophile.daemons.watch import DirectoryWatcher, wait_for_file
 from cryophile.durable import make_dirs
 from cryophile.errors import (
     CryophileError,
@@ -37,6 +36,7 @@ from cryophile.pipeline.keys import SecretKey, select_secret_keys, unlock
 from cryophile.pipeline.openpgp import Engine
 from cryophile.pipeline.stages import Buffer, Counters, threaded, tune_allocator, write_all
 from cryophile.spool import Queue, Spool, read_spool_file
+from cryophile.watch import DirectoryWatcher, wait_for_file
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ class RestorePlan:
     # Checks the manifest's bytes (and its directory, for chunk.0.sig) before
     # they are trusted; raises to refuse the backup (--signed-by).
     authenticate: Callable[[Path, bytes], None] | None = None
+    # Told every minute while a fragment is awaited (its path, seconds waited).
+    still_waiting: Callable[[Path, float], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class _Waiter:
         self.deadline = None if plan.timeout is None else time.monotonic() + plan.timeout
         self.watcher = DirectoryWatcher(directory)
         self.supplier_failure = plan.supplier_failure
+        self.still_waiting = plan.still_waiting
 
     def check(self) -> None:
         """Raise DataError when the thaw request serving this restore failed."""
@@ -98,7 +101,8 @@ class _Waiter:
         try:
             wait_for_file(self.watcher, path, deadline=self.deadline, check=self.check,
                           on_wait=lambda p: logger.info("waiting for %s to arrive in %s",
-                                                        p.name, self.directory))
+                                                        p.name, self.directory),
+                          still_waiting=self.still_waiting)
         finally:
             self.counters.waiting_for = None
 
@@ -183,7 +187,7 @@ def choose_key(manifest: Manifest, secret_keys: list[SecretKey],
     failure: KeyAccessError | None = None
     for key in candidates:
         try:
-            return key, unlock(key, ask_passphrase)
+            return key, unlock(key, manifest.recipients, ask_passphrase)
         except KeyAccessError as error:
             failure = error
     assert failure is not None

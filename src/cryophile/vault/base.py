@@ -37,29 +37,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from cryophile.errors import UsageError
-
-#: S3's storage classes. Every vault accepts all of them (a directory vault
-#: only records the name), so a config written for AWS works on any vault.
-STORAGE_CLASSES = frozenset(
-    {
-        "STANDARD",
-        "STANDARD_IA",
-        "ONEZONE_IA",
-        "INTELLIGENT_TIERING",
-        "GLACIER",
-        "GLACIER_IR",
-        "DEEP_ARCHIVE",
-        "REDUCED_REDUNDANCY",
-        "EXPRESS_ONEZONE",
-    }
-)
-
-#: Classes whose objects must be restored (RestoreObject) before a GET works.
-#: GLACIER_IR is "instant retrieval": readable at once, so it is not here.
-COLD_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
-
-#: Glacier retrieval tiers, fastest (and dearest) last.
-RESTORE_TIERS = frozenset({"Bulk", "Standard", "Expedited"})
+from cryophile.storage_classes import RESTORE_TIERS, STORAGE_CLASSES
 
 #: S3's limit on the length of a key, in bytes of UTF-8.
 MAX_KEY_BYTES = 1024
@@ -96,7 +74,8 @@ class ObjectInfo:
     ``sha256`` is the lower-case hex SHA-256 of the whole content, or None when
     the vault cannot tell (an object some other tool uploaded without one).
     ``restore_expiry`` is set only for ``RestoreState.RESTORED`` (and even then
-    only when the server says when the copy expires).
+    only when the server says when the copy expires). ``modified`` is when the
+    object was stored (S3 ``Last-Modified``, a file's mtime), None when unknown.
     """
 
     size: int
@@ -104,6 +83,7 @@ class ObjectInfo:
     storage_class: str
     restore_state: RestoreState
     restore_expiry: datetime | None = None
+    modified: datetime | None = None
 
 
 @runtime_checkable
@@ -129,8 +109,9 @@ class Vault(Protocol):
         with other content, or with content whose SHA-256 the vault cannot
         tell, raise AlreadyExistsError and leave the stored object untouched.
 
-        ``storage_class`` is one of :data:`STORAGE_CLASSES`; the vault stores
-        the object in that class (a directory vault records the name).
+        ``storage_class`` is one of
+        :data:`~cryophile.storage_classes.STORAGE_CLASSES`; the vault stores the
+        object in that class (a directory vault records the name).
         """
         ...
 
@@ -144,9 +125,9 @@ class Vault(Protocol):
     def request_restore(self, key: str, *, days: int, tier: str) -> RestoreState:
         """Ask for a temporary readable copy of a cold object for ``days`` days.
 
-        ``tier`` is one of :data:`RESTORE_TIERS`. Returns RESTORING when a
-        restore was started or is already running (asking twice is not an
-        error), RESTORED when a readable copy already exists, and NOT_NEEDED
+        ``tier`` is one of :data:`~cryophile.storage_classes.RESTORE_TIERS`.
+        Returns RESTORING when a restore was started or is already running
+        (asking twice is not an error), RESTORED when a readable copy already exists, and NOT_NEEDED
         when the object's class needs no restore or the vault has no restore
         operation at all (then ``get`` works at once). A missing key raises
         NoInputError.

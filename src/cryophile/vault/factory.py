@@ -2,22 +2,31 @@
 
 The embedded default is a local directory vault, one per vault id, in a data
 directory beside the spool (``SPOOL-vaults/<uuid>`` next to ``SPOOL``), so
-the whole quick start runs without any cloud account or configuration.
+the whole quick start runs without any cloud account or configuration. It
+serves only when no configuration file lists vaults: once one does, an id it
+does not list is a configuration error naming the ids it does list (a typo
+in ``-v`` must never send a backup to a directory on this host while the user
+believes it went off-site). A file with only global settings (``spool``,
+``sign_key``, ...) leaves the embedded vaults as they are.
 Retry and logging policy live in the vault implementations' clients, composed
 here in one place.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryophile.config import Config, VaultConfig
+from cryophile.destination import Destination
+from cryophile.durable import make_dirs
+from cryophile.errors import ConfigError
 from cryophile.vault.base import Vault
 from cryophile.vault.local import DirectoryVault
 
-MANIFEST_STORAGE_CLASS = "STANDARD"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class OpenedVault:
     restore_tier: str
     restore_days: int
     embedded: bool
+    destination: Destination
 
 
 def default_vault_root(spool_root: Path, vault_id: uuid.UUID) -> Path:
@@ -38,14 +48,65 @@ def default_vault_root(spool_root: Path, vault_id: uuid.UUID) -> Path:
 
 
 def open_vault(vault_id: uuid.UUID, config: Config, spool_root: Path) -> OpenedVault:
-    """The vault ``vault_id`` names: configured, or the embedded directory default."""
+    """The vault ``vault_id`` names: configured, or (when no configuration file lists
+    vaults) the embedded directory default. Raises ConfigError for an id the
+    configuration's vaults do not include."""
     entry = config.vault(vault_id)
     if entry is None:
+        if config.vaults:
+            raise unknown_vault(vault_id, config)
         root = default_vault_root(spool_root, vault_id)
         return OpenedVault(vault_id, DirectoryVault(root, create=True), "STANDARD", "Bulk", 1,
-                           embedded=True)
+                           embedded=True,
+                           destination=Destination.directory(str(root), embedded=True))
     return OpenedVault(vault_id, _from_config(entry), entry.storage_class, entry.restore_tier,
-                       entry.restore_days, embedded=False)
+                       entry.restore_days, embedded=False, destination=destination_of(entry))
+
+
+def destination_for(vault_id: uuid.UUID, config: Config, spool_root: Path) -> Destination:
+    """Where ``vault_id``'s objects go, without opening the vault (``backup`` never
+    talks to the network, nor loads boto3). ConfigError like :func:`open_vault`."""
+    entry = config.vault(vault_id)
+    if entry is not None:
+        return destination_of(entry)
+    if config.vaults:
+        raise unknown_vault(vault_id, config)
+    return Destination.directory(str(default_vault_root(spool_root, vault_id)), embedded=True)
+
+
+def destination_of(entry: VaultConfig) -> Destination:
+    """Where a configured vault keeps its objects."""
+    if entry.provider == "dir":
+        assert entry.path is not None  # the config loader requires it for "dir"
+        return Destination.directory(str(entry.path))
+    assert entry.bucket is not None  # the config loader requires it for "s3"
+    return Destination.s3(entry.bucket, entry.endpoint_url)
+
+
+def unknown_vault(vault_id: uuid.UUID, config: Config) -> ConfigError:
+    """The error for an id that a configuration file does not list."""
+    listed = ", ".join(str(entry.id) for entry in config.vaults)
+    return ConfigError(
+        f"vault {vault_id} is not in the configuration {config.source} (it lists: {listed}); "
+        "check -v for a typo, or add a [[vault]] entry for it (the embedded directory vault "
+        "serves only when no configuration file lists vaults)")
+
+
+def announce_embedded(vault_id: uuid.UUID, destination: Destination) -> None:
+    """Say once, after its first backup, that an embedded vault is on this host.
+
+    Its directory is created then (empty, 0700), which is what "once" remembers:
+    later backups stay quiet, so a cron job's mail does not repeat it nightly.
+    """
+    if not destination.embedded or destination.path is None or destination.path_exists():
+        return
+    logger.warning("vault %s has no configuration: its backups go to the embedded directory "
+                   "vault %s on this host, not off-site; configure it in cryophile.toml to "
+                   "send them elsewhere (said once)", vault_id, destination.path)
+    try:
+        make_dirs(Path(destination.path))
+    except OSError as error:
+        logger.debug("cannot create %s: %s", destination.path, error)
 
 
 def _from_config(entry: VaultConfig) -> Vault:

@@ -33,6 +33,7 @@ import logging
 import os
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -120,7 +121,7 @@ class DirectoryVault:
         path = self._object_path(key)
         self._check_root()
         try:
-            size = _stat_regular(path)
+            size, mtime = _stat_regular(path)
         except FileNotFoundError:
             return None
         meta = self._read_meta(key)
@@ -142,6 +143,7 @@ class DirectoryVault:
             sha256=sha256,
             storage_class=storage_class,
             restore_state=RestoreState.NOT_NEEDED,
+            modified=datetime.fromtimestamp(mtime, UTC),
         )
 
     def request_restore(self, key: str, *, days: int, tier: str) -> RestoreState:
@@ -370,13 +372,13 @@ def _hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stat_regular(path: Path) -> int:
-    """Size of the regular file at ``path``; FileNotFoundError if there is none
-    (a directory is not an object)."""
+def _stat_regular(path: Path) -> tuple[int, float]:
+    """Size and mtime of the regular file at ``path``; FileNotFoundError if there is
+    none (a directory is not an object)."""
     try:
         st = path.stat()
     except NotADirectoryError:
         raise FileNotFoundError(errno.ENOENT, "not an object", str(path)) from None
     if not os.path.isfile(path):
         raise FileNotFoundError(errno.ENOENT, "not an object", str(path))
-    return st.st_size
+    return st.st_size, st.st_mtime

@@ -87,8 +87,8 @@ from cryophile.errors import (
     UsageError,
     VaultUnavailableError,
 )
+from cryophile.storage_classes import COLD_STORAGE_CLASSES
 from cryophile.vault.base import (
-    COLD_STORAGE_CLASSES,
     ObjectInfo,
     RestoreState,
     check_key,
@@ -367,6 +367,7 @@ class S3Vault:
             storage_class=storage_class,
             restore_state=state,
             restore_expiry=expiry,
+            modified=head.get("LastModified"),
         )
 
     def request_restore(self, key: str, *, days: int, tier: str) -> RestoreState:

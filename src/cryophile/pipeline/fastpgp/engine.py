@@ -50,6 +50,7 @@ from cryophile.pipeline.fastpgp.packets import (
     key_packets,
     read_header,
 )
+from cryophile.pipeline.fastpgp.packets import packet as whole_packet
 from cryophile.pipeline.fastpgp.pkesk import (
     Pkesk,
     SessionKey,
@@ -60,7 +61,14 @@ from cryophile.pipeline.fastpgp.pkesk import (
     supported_recipient,
 )
 from cryophile.pipeline.fastpgp.secretkey import SecretKeyPacket, secret_keys, unlock
-from cryophile.pipeline.keys import Recipients, SecretKey
+from cryophile.pipeline.fastpgp.skesk import password_packet
+from cryophile.pipeline.keys import (
+    Recipients,
+    SecretKey,
+    describe_secret_key,
+    gpg_form,
+    sequoia_decrypts,
+)
 from cryophile.pipeline.openpgp import ReferenceEngine
 from cryophile.pipeline.stages import Buffer
 
@@ -176,18 +184,55 @@ def _session_key(pkesk_bodies: list[bytes], key: SecretKey,
     if not candidates:
         if unsupported is not None:
             raise unsupported
-        raise KeyAccessError(f"the backup is not encrypted to secret key {key.fingerprint} "
-                             f"(from {key.source}): it names key id(s) "
-                             f"{', '.join(named) or 'none'}")
-    failure: DataError | None = None
-    for pkesk, packet in candidates:
-        private = unlock(packet, passphrase)
+        raise KeyAccessError(f"the backup is not encrypted to {describe_secret_key(key)}, from "
+                             f"{key.source}: it names subkey id(s) "
+                             f"{', '.join(gpg_form(key_id) for key_id in named) or 'none'}")
+    failure: DataError | KeyAccessError | None = None
+    # Unprotected subkeys first: restore asks for a passphrase only when every
+    # recipient subkey of this key is protected.
+    for pkesk, packet in sorted(candidates, key=lambda candidate: candidate[1].protected):
         try:
+            private = unlock(packet, passphrase)
             return decrypt_session_key(pkesk, packet.public, private)
-        except DataError as error:
+        except (DataError, KeyAccessError) as error:
             failure = failure or error
     assert failure is not None
     raise failure
+
+
+def reference_handover(ciphertext: Iterable[Buffer], key: SecretKey,
+                       passphrase: str | None) -> tuple[Iterator[Buffer], str | None]:
+    """What the reference engine gives pysequoia: the message, and an SKESK password or None.
+
+    pysequoia 0.1.35 decrypts only with the first alive, unrevoked encryption
+    subkey of a key, so not a backup whose subkey has since expired or been
+    revoked, or that is encrypted to another subkey than that one. This reads
+    the message's session key packets, recovers the session key with this
+    engine and asks pysequoia to decrypt a probe with the same PKESKs
+    (:func:`cryophile.pipeline.keys.sequoia_decrypts`). If it can, the message
+    goes to pysequoia unchanged (None: decrypt with ``key`` and
+    ``passphrase``); if not, it goes with an SKESK packet in front that holds
+    the session key (:mod:`.skesk`), and the password that opens it. When
+    this engine cannot read the session key itself (another algorithm or
+    packet version, a damaged packet), the message goes unchanged and
+    pysequoia reports what it finds.
+    """
+    recorder = _Recorder(ciphertext)
+    try:
+        pkesks, _ = _read_packets(StreamReader(recorder))
+        session = _session_key(pkesks, key, passphrase)
+    except (UnsupportedError, DataError, KeyAccessError) as why:
+        logger.debug("session key not recovered for the reference engine: %s", why)
+        return recorder.replay(), None
+    lead = b"".join(whole_packet(TAG_PKESK, body) for body in pkesks)
+    probe = b"".join(seipd.encrypt([b""], session, lead))
+    if sequoia_decrypts(probe, key, passphrase):
+        return recorder.replay(), None
+    logger.info("pysequoia does not decrypt with the subkey of %s this backup is encrypted to "
+                "(expired, revoked or not its first encryption subkey): the fast engine "
+                "recovered the session key and hands it to pysequoia", describe_secret_key(key))
+    skesk, password = password_packet(session)
+    return itertools.chain([skesk], recorder.replay()), password
 
 
 class FastEngine:

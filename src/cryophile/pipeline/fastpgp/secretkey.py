@@ -181,7 +181,7 @@ def unlock(packet: SecretKeyPacket, passphrase: str | None) -> PrivateKey:
     key), UnsupportedError for an algorithm or protection form not handled.
     """
     _supported(packet)
-    name = packet.public.hex
+    name = packet.public.hex.upper()  # as gpg prints it
     if packet.usage == S2K_USAGE_NONE:
         cleartext = packet.secret
         check_size = 2

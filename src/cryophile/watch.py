@@ -64,15 +64,27 @@ class DirectoryWatcher:
 
 
 class TreeWatcher:
-    """Wakes up early when something lands anywhere below a directory.
+    """Wakes up early when something another process cares about lands below a directory.
 
     inotify watches one directory, not a tree: :meth:`refresh` (called at each
-    rescan) adds a watch for every directory that exists below the root now.
+    rescan) adds a watch for every directory that exists below the root now,
+    and a directory created or moved in while :meth:`sleep` waits is watched
+    at once (with what is below it).
+
+    ``wake(name, is_directory)`` decides which events end a sleep. A daemon
+    must never wake itself: the files it writes (its state, its lock opened
+    for writing, its downloads) raise the same events as the files it waits
+    for, so it names only what others deliver (``chunk.N`` linked in by a
+    backup, a request directory renamed in by a restore). Every other event
+    is read and ignored. An event queue overflow always wakes (rescan).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path,
+                 wake: Callable[[str, bool], bool] | None = None) -> None:
         self.root = root
+        self._wake = wake if wake is not None else (lambda _name, _is_dir: True)
         self._inotify: inotify_simple.INotify | None = None
+        self._directories: dict[int, Path] = {}
 
     def __enter__(self) -> TreeWatcher:
         try:
@@ -85,27 +97,33 @@ class TreeWatcher:
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+        self._directories.clear()
 
     def refresh(self) -> None:
-        """Watch every directory below the root (already watched ones are kept).
+        """Watch every directory below the root (already watched ones are kept)."""
+        self._watch_tree(self.root)
+
+    def _watch_tree(self, top: Path) -> None:
+        """Watch ``top`` and every directory below it.
 
         Each directory is watched *before* it is listed: a subdirectory made
         between the two is then either listed or reported, never missed.
         """
         if self._inotify is None:
             return
-        pending = [self.root]
+        pending = [top]
         while pending:
             directory = pending.pop()
             try:
-                self._inotify.add_watch(str(directory), _FLAGS)
+                descriptor = self._inotify.add_watch(str(directory), _FLAGS)
+                self._directories[descriptor] = directory
                 pending.extend(entry for entry in directory.iterdir()
                                if entry.is_dir() and not entry.is_symlink())
             except OSError:
                 continue  # gone meanwhile, or out of watches: the rescan covers it
 
     def sleep(self, timeout: float, stop: threading.Event) -> None:
-        """Block until an event, ``stop`` being set, or ``timeout`` seconds."""
+        """Block until a waking event, ``stop`` being set, or ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while not stop.is_set():
             left = deadline - time.monotonic()
@@ -115,21 +133,46 @@ class TreeWatcher:
             slice_seconds = min(left, 1.0)
             if self._inotify is None:
                 time.sleep(slice_seconds)
-            elif self._inotify.read(timeout=int(slice_seconds * 1000)):
+                continue
+            events = self._inotify.read(timeout=max(1, int(slice_seconds * 1000)))
+            if self._handle(events):
                 return
+
+    def _handle(self, events: list[inotify_simple.Event]) -> bool:
+        """Watch new directories; True when one of ``events`` should wake the sleeper."""
+        wake = False
+        for event in events:
+            if event.mask & inotify_simple.flags.Q_OVERFLOW:
+                wake = True  # events were lost: only a rescan can tell
+                continue
+            is_directory = bool(event.mask & inotify_simple.flags.ISDIR)
+            parent = self._directories.get(event.wd)
+            if is_directory and parent is not None and event.name:
+                self._watch_tree(parent / event.name)
+            if event.name and self._wake(event.name, is_directory):
+                wake = True
+        return wake
+
+
+#: How often a waiter says it is still waiting, and for what.
+NOTICE_SECONDS = 60.0
 
 
 def wait_for_file(watcher: DirectoryWatcher, path: Path, *, deadline: float | None,
                   on_wait: Callable[[Path], None] | None = None,
                   check: Callable[[], None] | None = None,
-                  rescan: float = RESCAN_SECONDS) -> None:
+                  still_waiting: Callable[[Path, float], None] | None = None,
+                  rescan: float = RESCAN_SECONDS, notice: float = NOTICE_SECONDS) -> None:
     """Return once ``path`` exists; raise TryLaterError when ``deadline`` (monotonic) passes.
 
     ``on_wait`` is called once, when the file is not there on the first look;
-    ``check`` at every look, to raise when whatever should deliver the file
-    has given up.
+    ``still_waiting(path, seconds)`` every ``notice`` seconds after that (a
+    person at the terminal must never face silence); ``check`` at every look,
+    to raise when whatever should deliver the file has given up.
     """
     announced = False
+    started = time.monotonic()
+    next_notice = started + notice
     while not path.exists():
         if check is not None:
             check()
@@ -141,5 +184,8 @@ def wait_for_file(watcher: DirectoryWatcher, path: Path, *, deadline: float | No
         if deadline is not None and now >= deadline:
             raise TryLaterError(f"gave up waiting for {path}: it has not arrived yet; "
                                 "run restore again later")
+        if still_waiting is not None and now >= next_notice:
+            still_waiting(path, now - started)
+            next_notice = now + notice
         timeout = rescan if deadline is None else min(rescan, deadline - now)
         watcher.sleep(max(timeout, 0.01))

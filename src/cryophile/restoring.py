@@ -1,0 +1,360 @@
+"""The restore use case: a backup id in, its plaintext out, wherever the fragments are.
+
+``cryophile restore`` makes one call here (as ``backup`` calls
+:func:`~cryophile.pipeline.backup.run_backup`). In order:
+
+1. one restore of a backup at a time on a spool: a second one fails at once
+   (two would fight over the restore queue, and the first to finish would
+   remove it from under the other);
+2. where the fragments come from (:func:`prepare`): all already in the
+   restore queue; a thaw request that exists (a failed one is retried: the
+   missing fragment may be back); or the vault, whose manifest is read now;
+3. before anything is paid for or waited on: the manifest's signature
+   (``--signed-by``) and whether a secret key here decrypts the backup (and
+   its passphrase);
+4. the request is filed and served: by this process (``--thaw``, or when no
+   thaw daemon runs on the spool, which is then said), else by the daemon;
+5. :func:`~cryophile.pipeline.restore.run_restore` streams the plaintext out
+   as fragments arrive, saying every minute what it still waits for;
+6. the restore queue and the request are removed (unless ``keep``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryophile import presence, thaw_request
+from cryophile.backup_id import MANIFEST_NAME, BackupId, Selection, fragment_name
+from cryophile.catalog import fetch_manifest, fetch_signature
+from cryophile.daemons.thaw import FIRST_POLL_SECONDS, Thawer
+from cryophile.durable import FILE_MODE, make_dirs, remove_empty_dirs
+from cryophile.errors import CryophileError, DataError, NoInputError, TryLaterError
+from cryophile.manifest import Manifest, parse
+from cryophile.pipeline.keys import SecretKey
+from cryophile.pipeline.openpgp import Engine
+from cryophile.pipeline.restore import RestorePlan, RestoreResult, choose_key, run_restore
+from cryophile.pipeline.stages import Counters
+from cryophile.signing import TrustedSigners, check_manifest_signature, read_local_signature
+from cryophile.spool import Queue, Spool, read_spool_file
+from cryophile.storage_classes import check_tier
+from cryophile.thaw_plan import ThawPlan, make_plan
+from cryophile.vault.base import RestoreState
+from cryophile.vault.factory import OpenedVault
+
+logger = logging.getLogger(__name__)
+
+Notify = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """What to restore and how (checked by the caller)."""
+
+    backup_id: BackupId
+    secret_keys: list[SecretKey]
+    ask_passphrase: Callable[[SecretKey], str]
+    engine: Engine
+    tier: str
+    days: int
+    compression: str | None = None
+    # Do the thaw work in this process: True always, False never, None (the
+    # default) when no thaw daemon serves the spool.
+    thaw: bool | None = None
+    wait: bool = False  # wait for fragments someone else delivers
+    timeout: float | None = None
+    poll: float = FIRST_POLL_SECONDS
+    keep: bool = False
+    signers: TrustedSigners | None = None
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """Where a restore's fragments will come from.
+
+    ``local``: every fragment is already in the restore queue. ``manifest``,
+    its bytes and ``plan`` are set when the backup must come from the vault and
+    no thaw request exists yet. ``delivered``: someone else fills the restore
+    queue (``--wait`` with fragments arriving and no request). ``retried`` is
+    the error of a failed request this restore starts again.
+    """
+
+    local: bool
+    plan: ThawPlan | None = None
+    manifest: Manifest | None = None
+    manifest_data: bytes | None = None
+    delivered: bool = False
+    retried: str | None = None
+
+    def describe(self, backup_id: BackupId) -> str:
+        """What ``restore --dry-run`` prints."""
+        if self.plan is not None:
+            return self.plan.describe()
+        if self.local:
+            return f"backup {backup_id}: already in the restore queue"
+        if self.delivered:
+            return f"backup {backup_id}: fragments are arriving in the restore queue"
+        return f"backup {backup_id}: a thaw request is already in progress"
+
+
+def in_restore_queue(spool: Spool, backup_id: BackupId) -> bool:
+    """True when the manifest and every fragment it lists are in the restore queue."""
+    directory = spool.backup_dir(Queue.RESTORE, backup_id)
+    try:
+        manifest = parse(read_spool_file(directory / MANIFEST_NAME), expected=backup_id)
+    except FileNotFoundError:
+        return False
+    return all((directory / fragment_name(f.index)).exists() for f in manifest.fragments)
+
+
+def _missing(directory: Path, backup_id: BackupId) -> list[str]:
+    try:
+        manifest = parse(read_spool_file(directory / MANIFEST_NAME), expected=backup_id)
+    except FileNotFoundError:
+        return [f"{MANIFEST_NAME} (the manifest)"]
+    return [fragment_name(f.index) for f in manifest.fragments
+            if not (directory / fragment_name(f.index)).exists()]
+
+
+def prepare(spool: Spool, opened: OpenedVault, backup_id: BackupId, *, tier: str, days: int,
+            wait: bool = False, dry_run: bool = False) -> Preparation:
+    """Find out where the fragments of ``backup_id`` will come from.
+
+    Changes nothing, except that a failed thaw request is made active again
+    (not on a ``dry_run``). Otherwise the manifest is read from the vault
+    (NoInputError: the vault does not have the backup) and every fragment is
+    ``stat``-ed for the plan.
+    """
+    if wait and spool.backup_dir(Queue.RESTORE, backup_id).exists() and not (
+            thaw_request.request_dir(spool, backup_id).exists()):
+        # Someone else delivers the fragments (a copy, a thaw elsewhere): just wait.
+        return Preparation(local=False, delivered=True)
+    if in_restore_queue(spool, backup_id):
+        return Preparation(local=True)
+    if thaw_request.request_dir(spool, backup_id).exists():
+        retried = None if dry_run else thaw_request.retry_failed(spool, backup_id)
+        if thaw_request.request_dir(spool, backup_id).exists():
+            return Preparation(local=False, retried=retried)
+    try:
+        manifest, data = fetch_manifest(opened, backup_id, spool.queue_dir(Queue.THAW))
+    except NoInputError as error:
+        local = spool.backup_dir(Queue.RESTORE, backup_id)
+        if local.exists():
+            # Part of it is here: say what is missing, not just where it is not.
+            raise DataError(f"{', '.join(_missing(local, backup_id))} missing from {local}, "
+                            f"and {error}") from None
+        raise
+    infos = {f.index: opened.vault.stat(backup_id.object_key(f.index))
+             for f in manifest.fragments}
+    for info in infos.values():
+        if info is not None and info.restore_state is RestoreState.COLD:
+            check_tier(info.storage_class, tier)
+    return Preparation(False, make_plan(backup_id, manifest, infos, tier, days), manifest,
+                       data)
+
+
+def check_signature(spool: Spool, opened: OpenedVault, backup_id: BackupId,
+                    signers: TrustedSigners, preparation: Preparation) -> None:
+    """Before any Glacier restore is paid for: is it the signer's backup at all?"""
+    if preparation.manifest_data is not None:
+        check_manifest_signature(signers, backup_id, preparation.manifest_data,
+                                 fetch_signature(opened, backup_id,
+                                                 spool.queue_dir(Queue.THAW)))
+
+
+def finish_restore(spool: Spool, backup_id: BackupId) -> None:
+    """Remove a restored backup from the restore queue (and any leftover request).
+
+    A thaw daemon may still be finishing its pass on the request; it takes the
+    request's disappearance as the end of the request.
+    """
+    directory = spool.backup_dir(Queue.RESTORE, backup_id)
+    shutil.rmtree(directory, ignore_errors=True)
+    remove_empty_dirs(directory.parent, spool.queue_dir(Queue.RESTORE))
+    thaw_request.close(spool, backup_id)
+
+
+def restore(spool: Spool, opened: OpenedVault, options: RestoreOptions, output_fd: int, *,
+            counters: Counters | None = None, notify: Notify | None = None) -> RestoreResult:
+    """Restore ``options.backup_id`` into ``output_fd``; see the module docstring.
+
+    ``notify`` receives what a person waiting should read (the plan, who thaws,
+    what is still awaited); messages go nowhere without it. Raises what
+    :func:`prepare` and :func:`~cryophile.pipeline.restore.run_restore` raise,
+    and TryLaterError when another restore of the same backup runs.
+    """
+    say: Notify = notify if notify is not None else (lambda _message: None)
+    backup_id = options.backup_id
+    with _one_restore_at_a_time(spool, backup_id):
+        preparation = prepare(spool, opened, backup_id, tier=options.tier, days=options.days,
+                              wait=options.wait)
+        if preparation.retried is not None:
+            say(f"retrying the thaw request of {backup_id}, which had failed: "
+                f"{preparation.retried}")
+        if options.signers is not None:
+            check_signature(spool, opened, backup_id, options.signers, preparation)
+        if preparation.manifest is not None:
+            # Before paying for a Glacier restore and waiting hours: can we decrypt it?
+            choose_key(preparation.manifest, options.secret_keys, options.ask_passphrase)
+            if preparation.plan is not None:
+                say(preparation.plan.describe())
+            thaw_request.file_request(spool, backup_id, tier=options.tier, days=options.days)
+        served_here = _thaw_here(spool, options, preparation, say)
+        signers = options.signers
+
+        def authenticate(directory: Path, data: bytes) -> None:
+            # The manifest actually used is checked again: the vault may have changed since.
+            assert signers is not None
+            check_manifest_signature(signers, backup_id, data, read_local_signature(directory))
+
+        plan = RestorePlan(
+            backup_id=backup_id,
+            secret_keys=options.secret_keys,
+            ask_passphrase=options.ask_passphrase,
+            engine=options.engine,
+            compression=options.compression,
+            wait=options.wait or not preparation.local,
+            timeout=options.timeout,
+            supplier_failure=lambda: thaw_request.failure(spool, backup_id),
+            authenticate=None if signers is None else authenticate,
+            still_waiting=lambda path, seconds: say(
+                _waiting_for(spool, backup_id, path, seconds, served_here)),
+        )
+        with _thawing(served_here, spool, opened, backup_id, options.poll):
+            result = run_restore(spool, plan, output_fd, counters)
+        if not options.keep:
+            finish_restore(spool, backup_id)
+    return result
+
+
+def _thaw_here(spool: Spool, options: RestoreOptions, preparation: Preparation,
+               say: Notify) -> bool:
+    """Whether this process does the thaw work: with ``--thaw``, or when a request
+    exists and no thaw daemon serves the spool (a restore must never wait forever
+    on a request nobody will serve)."""
+    if preparation.local or preparation.delivered or options.thaw is False:
+        return False
+    if options.thaw:
+        return True
+    daemon = presence.alive(spool, presence.THAW)
+    if daemon is not None:
+        say(f"the thaw daemon (pid {daemon}) serves this request")
+        return False
+    say("no thaw daemon is running on this spool: thawing in this process (a Glacier "
+        "restore takes hours; keep it running, or start 'cryophile thaw' and run restore "
+        "again)")
+    return True
+
+
+def _waiting_for(spool: Spool, backup_id: BackupId, path: Path, seconds: float,
+                 served_here: bool) -> str:
+    """A line saying what the restore still waits for, and who is to deliver it."""
+    minutes = int(seconds // 60)
+    line = f"still waiting for {path.name} of {backup_id} ({minutes} min)"
+    try:
+        request = thaw_request.load(thaw_request.request_dir(spool, backup_id))
+    except (FileNotFoundError, DataError):
+        return line + ": no thaw request; waiting for the fragment to be delivered"
+    counts = request.counts()
+    states = ", ".join(f"{counts[state]} {state.value}" for state in counts)
+    if served_here:
+        who = "thawed by this process"
+    elif (pid := presence.alive(spool, presence.THAW)) is not None:
+        who = f"served by the thaw daemon (pid {pid})"
+    else:
+        who = "no thaw daemon runs any more: start 'cryophile thaw' or restore with --thaw"
+    return f"{line}: thaw request ({request.tier} tier) {states}; {who}"
+
+
+@contextlib.contextmanager
+def _one_restore_at_a_time(spool: Spool, backup_id: BackupId) -> Iterator[None]:
+    """Hold this backup's restore lock; TryLaterError when another restore has it.
+
+    The lock file goes when the restore ends (a refused restore leaves the
+    spool as it was). So a lock taken on a file that was unlinked meanwhile
+    is worth nothing: it is taken again on the file the path names now.
+    """
+    path = spool.restore_lock_path(backup_id)
+    # What this restore creates, it removes: SPOOL/run too, unless it was there.
+    keep = spool.run_dir if spool.run_dir.exists() else spool.root
+    fd = _locked_file(path, backup_id)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            remove_empty_dirs(path.parent, keep)
+    finally:
+        os.close(fd)
+
+
+def _locked_file(path: Path, backup_id: BackupId) -> int:
+    """An fd of ``path`` holding its exclusive lock, the file still linked there."""
+    while True:
+        make_dirs(path.parent)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         FILE_MODE)
+        except FileNotFoundError:
+            continue  # the directory went with the last restore's lock: make it again
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise TryLaterError(f"another restore of {backup_id} is running (pid {other}); "
+                                "wait for it to finish, then run restore again") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the restore that held it finished and removed it: start over
+
+
+@contextlib.contextmanager
+def _thawing(enabled: bool, spool: Spool, opened: OpenedVault, backup_id: BackupId,
+             poll: float) -> Iterator[None]:
+    """With ``enabled``, serve this backup's thaw request in a background thread."""
+    if not enabled:
+        yield
+        return
+    stop = threading.Event()
+
+    def on_pass(_completed: list[BackupId], errors: dict[BackupId, CryophileError]) -> None:
+        if backup_id in errors and thaw_request.failure(spool, backup_id) is not None:
+            _wake_waiter(spool.backup_dir(Queue.RESTORE, backup_id))
+
+    thawer = Thawer(spool, lambda _: opened, first_poll=poll, on_pass=on_pass,
+                    selection=Selection.only(backup_id))
+    worker = threading.Thread(target=thawer.run, args=(stop,), kwargs={"until_done": True},
+                              name="thaw", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _wake_waiter(directory: Path) -> None:
+    """Make the restore waiting on ``directory`` look again now, not at its next rescan
+    (up to 5 s later): the thaw request it waits on has failed, so it can stop."""
+    marker = directory / f".thaw-failed.{os.getpid()}"
+    with contextlib.suppress(OSError):
+        marker.touch()
+        marker.unlink()

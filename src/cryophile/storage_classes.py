@@ -1,0 +1,78 @@
+"""Facts about S3 storage classes and Glacier retrieval tiers, in one place.
+
+Which classes exist, which need a restore before a GET works, which tier a
+class allows, how long AWS says a restore takes, and how long an object must
+stay before deleting it is free. The vault layer, the thaw daemon, prune
+and the configuration all read these; none of them keeps a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from cryophile.errors import UsageError
+
+#: S3's storage classes. Every vault accepts all of them (a directory vault
+#: only records the name), so a config written for AWS works on any vault.
+STORAGE_CLASSES = frozenset(
+    {
+        "STANDARD",
+        "STANDARD_IA",
+        "ONEZONE_IA",
+        "INTELLIGENT_TIERING",
+        "GLACIER",
+        "GLACIER_IR",
+        "DEEP_ARCHIVE",
+        "REDUCED_REDUNDANCY",
+        "EXPRESS_ONEZONE",
+    }
+)
+
+#: Classes whose objects must be restored (RestoreObject) before a GET works.
+#: GLACIER_IR is "instant retrieval": readable at once, so it is not here.
+COLD_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+
+#: The class manifests and signatures are always stored in, so that listing,
+#: verifying and planning a restore never need a restore themselves.
+MANIFEST_STORAGE_CLASS = "STANDARD"
+
+#: Glacier retrieval tiers, fastest (and dearest) last.
+RESTORE_TIERS = frozenset({"Bulk", "Standard", "Expedited"})
+
+#: Minimum storage durations in days (AWS S3): an object deleted sooner is billed
+#: as if it had been stored that long. Classes not here have no minimum.
+MINIMUM_STORAGE_DAYS: Mapping[str, int] = {
+    "GLACIER": 90,
+    "GLACIER_IR": 90,
+    "DEEP_ARCHIVE": 180,
+    "STANDARD_IA": 30,
+    "ONEZONE_IA": 30,
+}
+
+#: AWS's documented retrieval times, by storage class and tier.
+EXPECTED_WAIT: Mapping[tuple[str, str], str] = {
+    ("GLACIER", "Expedited"): "1–5 minutes",
+    ("GLACIER", "Standard"): "3–5 hours",
+    ("GLACIER", "Bulk"): "5–12 hours",
+    ("DEEP_ARCHIVE", "Standard"): "within 12 hours",
+    ("DEEP_ARCHIVE", "Bulk"): "within 48 hours",
+}
+
+
+def needs_restore(storage_class: str) -> bool:
+    """True for classes whose objects may need a RestoreObject before they can be read
+    (the archive classes, and Intelligent-Tiering's archive tiers)."""
+    return storage_class in COLD_STORAGE_CLASSES or storage_class == "INTELLIGENT_TIERING"
+
+
+def expected_wait(storage_class: str, tier: str) -> str:
+    """AWS's documented wait for a restore of ``storage_class`` at ``tier``."""
+    kind = "DEEP_ARCHIVE" if storage_class == "DEEP_ARCHIVE" else "GLACIER"
+    return EXPECTED_WAIT.get((kind, tier), "unknown")
+
+
+def check_tier(storage_class: str, tier: str) -> None:
+    """Refuse tier/class pairs AWS refuses, with a message saying what works."""
+    if storage_class == "DEEP_ARCHIVE" and tier == "Expedited":
+        raise UsageError("the Expedited tier is not available for DEEP_ARCHIVE objects; use "
+                         "Standard (within 12 hours) or Bulk (within 48 hours)")

@@ -1,0 +1,266 @@
+"""A restore request on disk: ``SPOOL/thaw/<vault>/<prefix>/<ULID>/``.
+
+``restore`` files it; the thaw daemon (or ``restore --thaw`` in-process)
+serves it; ``status`` and ``list`` read it. The directory holds:
+
+- ``state.json``: the :class:`ThawRequest`, versioned JSON, replaced
+  atomically after every change, so a killed or rebooted thaw loses nothing::
+
+      {"version": 1, "tier": "Bulk", "days": 7, "created": "<RFC 3339>",
+       "status": "active" | "failed", "error": null | "...",
+       "fragments": {"1": {"state": "cold" | "restoring" | "downloaded",
+                           "attempts": 0, "requested_at": null, "thawed_until": null}}}
+
+- ``.lock``: held (flock) by whoever serves the request now;
+- ``chunk.N.part``: a download in progress (never seen by a restore).
+
+A request is filed under a name no scanner takes for one and renamed into
+place, so nobody ever sees a request without its state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from cryophile.backup_id import BackupId, rfc3339
+from cryophile.durable import DIR_MODE, FILE_MODE, make_dirs, remove_empty_dirs, replace_file
+from cryophile.errors import DataError
+from cryophile.spool import LOCK_NAME, Queue, Spool, read_spool_file
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "state.json"
+FORMAT_VERSION = 1
+
+
+class Status(StrEnum):
+    """Where a request stands."""
+
+    ACTIVE = "active"
+    FAILED = "failed"
+
+
+class FragmentState(StrEnum):
+    """Where one fragment of a request stands."""
+
+    COLD = "cold"
+    RESTORING = "restoring"
+    DOWNLOADED = "downloaded"
+
+
+@dataclass
+class FragmentProgress:
+    """One fragment's progress: its state, failed attempts, when a restore was asked for
+    and until when the restored copy is readable (RFC 3339 texts, as stored)."""
+
+    state: FragmentState = FragmentState.COLD
+    attempts: int = 0
+    requested_at: str | None = None
+    thawed_until: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The fragment's entry in ``state.json``."""
+        return {"state": self.state.value, "attempts": self.attempts,
+                "requested_at": self.requested_at, "thawed_until": self.thawed_until}
+
+
+@dataclass
+class ThawRequest:
+    """The state of one request (see the module docstring for its JSON form)."""
+
+    tier: str
+    days: int
+    created: str
+    status: Status = Status.ACTIVE
+    error: str | None = None
+    fragments: dict[int, FragmentProgress] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        """The request gave up (``error`` says why)."""
+        return self.status is Status.FAILED
+
+    def fail(self, error: str) -> None:
+        """Mark the request failed with ``error`` (restore stops with it)."""
+        self.status, self.error = Status.FAILED, error
+
+    def counts(self) -> dict[FragmentState, int]:
+        """How many fragments are in each state."""
+        counts = dict.fromkeys(FragmentState, 0)
+        for progress in self.fragments.values():
+            counts[progress.state] += 1
+        return counts
+
+    def to_json(self) -> bytes:
+        """``state.json``'s bytes."""
+        return json.dumps({
+            "version": FORMAT_VERSION, "tier": self.tier, "days": self.days,
+            "created": self.created, "status": self.status.value, "error": self.error,
+            "fragments": {str(index): progress.as_json()
+                          for index, progress in sorted(self.fragments.items())},
+        }, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: Path) -> ThawRequest:
+        """Parse ``state.json``; DataError naming ``where`` when it is not a request state."""
+        try:
+            return _parse(json.loads(data))
+        except (ValueError, TypeError, KeyError) as problem:
+            raise DataError(f"thaw state {where} is damaged: {problem}") from None
+
+
+def _parse(document: Any) -> ThawRequest:
+    if not isinstance(document, dict) or not isinstance(document.get("fragments"), dict):
+        raise TypeError("not a cryophile thaw state")
+    if document.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise ValueError(f"version {document.get('version')!r}, expected {FORMAT_VERSION}")
+    tier, days = document["tier"], document["days"]
+    if not isinstance(tier, str) or isinstance(days, bool) or not isinstance(days, int):
+        raise TypeError("bad tier or days")
+    fragments: dict[int, FragmentProgress] = {}
+    for name, entry in document["fragments"].items():
+        if not (isinstance(name, str) and name.isascii() and name.isdigit()):
+            raise ValueError(f"bad fragment index {name!r}")
+        if not isinstance(entry, dict):
+            raise TypeError(f"fragment {name} is not an object")
+        attempts = entry.get("attempts", 0)
+        fragments[int(name)] = FragmentProgress(
+            FragmentState(entry.get("state", FragmentState.COLD.value)),
+            attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0,
+            _text(entry.get("requested_at")), _text(entry.get("thawed_until")))
+    error = document.get("error")
+    return ThawRequest(tier, days, str(document.get("created") or ""),
+                       Status(document.get("status") or Status.ACTIVE.value),
+                       error if isinstance(error, str) else None, fragments)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def now_text() -> str:
+    """The current time as requests store it."""
+    return rfc3339(datetime.now(UTC))
+
+
+# -- the request directory -----------------------------------------------------------
+
+
+def request_dir(spool: Spool, backup_id: BackupId) -> Path:
+    """``SPOOL/thaw/ID``."""
+    return spool.backup_dir(Queue.THAW, backup_id)
+
+
+def load(directory: Path) -> ThawRequest:
+    """The request in ``directory``; FileNotFoundError if none, DataError if damaged."""
+    return ThawRequest.from_json(read_spool_file(directory / STATE_NAME), directory / STATE_NAME)
+
+
+def save(directory: Path, request: ThawRequest) -> None:
+    """Replace the request's state atomically and durably."""
+    replace_file(directory / STATE_NAME, request.to_json())
+
+
+def file_request(spool: Spool, backup_id: BackupId, *, tier: str, days: int) -> bool:
+    """Create the request for ``backup_id`` unless one exists; True if created."""
+    directory = request_dir(spool, backup_id)
+    if directory.exists():
+        return False
+    make_dirs(directory.parent)
+    # Built under a name no scanner takes for a request (not a ULID), then
+    # renamed into place: a thaw daemon never sees a request without state.
+    staging = directory.parent / f".{directory.name}.{os.getpid()}.new"
+    staging.mkdir(mode=DIR_MODE)
+    save(staging, ThawRequest(tier, days, now_text()))
+    try:
+        os.rename(staging, directory)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if directory.exists():
+            return False  # filed meanwhile by another restore
+        raise
+    logger.info("thaw request filed for %s (tier %s, %d days)", backup_id, tier, days)
+    return True
+
+
+def failure(spool: Spool, backup_id: BackupId) -> str | None:
+    """The error of a failed request for ``backup_id``, or None."""
+    try:
+        request = load(request_dir(spool, backup_id))
+    except FileNotFoundError:
+        return None
+    except DataError as damaged:
+        # A damaged state (or a symlink in its place) is never served: a restore
+        # waiting on it must stop with the reason, not wait for its timeout.
+        return str(damaged)
+    return request.error if request.failed else None
+
+
+def retry_failed(spool: Spool, backup_id: BackupId) -> str | None:
+    """Make a failed request for ``backup_id`` active again; return its old error.
+
+    A new restore retries: the cause (a missing fragment put back, a
+    configuration fixed) may be gone. Failed attempts are forgotten, fragments
+    already downloaded stay. None when there is no failed request.
+    """
+    directory = request_dir(spool, backup_id)
+    with lock(directory) as held:
+        if not held:
+            return None  # being served right now: not failed
+        try:
+            request = load(directory)
+        except FileNotFoundError:
+            return None
+        except DataError:
+            # Damaged (or a planted symlink): not ours to repair silently; the
+            # restore reports it (see failure()).
+            return None
+        if not request.failed:
+            return None
+        old = request.error
+        request.status, request.error = Status.ACTIVE, None
+        for progress in request.fragments.values():
+            progress.attempts = 0
+        save(directory, request)
+    logger.info("retrying the failed thaw request of %s (it failed: %s)", backup_id, old)
+    return old
+
+
+@contextlib.contextmanager
+def lock(directory: Path) -> Iterator[bool]:
+    """Hold the request's lock; yield False when someone else holds it (or the
+    request is gone)."""
+    try:
+        # O_NOFOLLOW: O_CREAT through a planted dangling symlink would create its target.
+        fd = os.open(directory / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, FILE_MODE)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def close(spool: Spool, backup_id: BackupId) -> None:
+    """Remove the request directory (the request is done or withdrawn)."""
+    directory = request_dir(spool, backup_id)
+    shutil.rmtree(directory, ignore_errors=True)
+    remove_empty_dirs(directory.parent, spool.queue_dir(Queue.THAW))
