@@ -184,6 +184,53 @@ def kill_freeze_at_seeded_points(s3: fs.S3Freeze, proxy: FaultProxy, ulid: str,
     return kills
 
 
+def test_a_killed_freezes_incomplete_uploads_are_aborted_by_the_next_pass(
+        cli: Cli, gpg_key: oracles.KeyPair, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """``freeze --once`` SIGKILLed in the middle of a multipart upload (a 65 MiB
+    fragment over a 2 MiB/s link: killed once the server lists the upload), and a
+    second incomplete upload of the same key with one part, as an earlier killed
+    attempt would leave: the next ``freeze --once`` aborts both, says so, exits 0,
+    and the bucket holds the backup and no incomplete upload of its key."""
+    client = s3_bucket.endpoint.client()
+    with FaultProxy(fs.s3_port(s3_bucket), always(Fault.SLOW), slow_rate=2 * MiB,
+                    receive_buffer=16 * 1024) as proxy:
+        s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url)
+        data = random.Random(1212).randbytes(65 * MiB)
+        ulid = cli.backup(gpg_key, data, "-C", "none", size="80M")
+        manifest_bytes = (cli.freeze_dir(ulid) / "chunk.0").read_bytes()
+        key = f"{PREFIX}/{ulid}/chunk.1"
+
+        def uploads_of_key() -> list[str]:
+            listed = client.list_multipart_uploads(Bucket=s3_bucket.name, Prefix=key)
+            return [upload["UploadId"] for upload in listed.get("Uploads", [])
+                    if upload["Key"] == key]
+
+        log = tmp_path / "killed.log"
+        freezer = popen(s3, ["freeze", "--once", "-j", "1"], log)
+        try:
+            # Each 16 MiB part takes 8 s at this pace: no part, let alone the
+            # upload, can be complete when the kill lands.
+            wait_until(lambda: uploads_of_key() or freezer.poll() is not None,
+                       timeout=60, what="the multipart upload to start")
+            assert freezer.poll() is None, log.read_text()
+        finally:
+            kill(freezer)
+        (killed,) = uploads_of_key()
+        earlier = client.create_multipart_upload(Bucket=s3_bucket.name, Key=key)["UploadId"]
+        client.upload_part(Bucket=s3_bucket.name, Key=key, UploadId=earlier, PartNumber=1,
+                           Body=data[:5 * MiB])
+        assert sorted(uploads_of_key()) == sorted([killed, earlier])
+
+        proxy.schedule = always(Fault.NONE)  # the link is fast again
+        result = s3.freeze()
+
+    assert result.returncode == 0, result.stderr
+    assert f"aborted 2 incomplete upload(s) of {key}" in result.stderr
+    assert uploads_of_key() == []
+    assert not cli.freeze_dir(ulid).exists()
+    assert_bucket_is_exactly(s3, ulid, manifest_bytes)
+
+
 # -- kill -9 of thaw -------------------------------------------------------------------------
 
 
@@ -637,14 +684,6 @@ def no_answer_bound(connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     return 2 * (connect_timeout + read_timeout) + 25
 
 
-def unreachable_vault_config(path: Path, endpoint_url: str, **keys: float) -> Path:
-    lines = ["[[vault]]", f'id = "{VAULT}"', 'provider = "s3"', 'bucket = "cryo-silent"',
-             f'endpoint_url = "{endpoint_url}"', 'region = "us-east-1"',
-             *(f"{name} = {value}" for name, value in keys.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 #: Small timeouts, so that the tests wait seconds, not the defaults' minutes.
 QUICK_TIMEOUTS = {"connect_timeout": 1.0, "read_timeout": 2.0}
 
@@ -670,19 +709,20 @@ def test_a_silent_vault_fails_freeze_within_the_documented_bound(
     for its answer; silent only to the upload, a 24 MiB body stalls once the
     kernel's buffers are full. With the default settings it took 22.5 minutes:
     botocore tried 11 times, 120 s of silence each."""
-    env = fs.credentials_env(s3_bucket, tmp_path)
-    ulid = cli.backup(gpg_key, random.Random(size).randbytes(size), "-C", "none", size="32M")
-    queued = sorted(path.name for path in cli.freeze_dir(ulid).iterdir())
     bound = no_answer_bound(**QUICK_TIMEOUTS)
 
     def silence(request: Request) -> Fault:
         return Fault.HANG if silent_to in ("everything", request.method) else Fault.NONE
 
     with FaultProxy(fs.s3_port(s3_bucket), silence) as proxy:
-        config = fs.write_config(tmp_path / "silent.toml", s3_bucket.name, proxy.url,
-                                 s3_bucket.endpoint.region, **QUICK_TIMEOUTS)
+        s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url,
+                        connect_timeout=QUICK_TIMEOUTS["connect_timeout"],
+                        read_timeout=QUICK_TIMEOUTS["read_timeout"])
+        ulid = cli.backup(gpg_key, random.Random(size).randbytes(size), "-C", "none",
+                          size="32M")
+        queued = sorted(path.name for path in cli.freeze_dir(ulid).iterdir())
         started = time.monotonic()
-        result = cli.run(["-c", config, "freeze", "--once"], env=env, timeout=bound + 60)
+        result = s3.freeze(timeout=bound + 60)
         elapsed = time.monotonic() - started
     assert result.returncode == 75, result.stderr
     assert elapsed < bound, (elapsed, result.stderr)
@@ -701,9 +741,10 @@ def test_a_refused_connection_fails_freeze_within_the_documented_bound(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = unreachable_vault_config(tmp_path / "dead.toml", f"http://127.0.0.1:{port}",
-                                      **QUICK_TIMEOUTS)
+    config = fs.write_config(tmp_path / "dead.toml", "cryo-dead", f"http://127.0.0.1:{port}",
+                             "us-east-1", **QUICK_TIMEOUTS)
     env = fs.credentials_env(s3_bucket, tmp_path)
+    cli.config = config  # the backup is queued for this vault (freeze refuses any other)
     ulid = cli.backup(gpg_key, os.urandom(10_000))
     queued = sorted(path.name for path in cli.freeze_dir(ulid).iterdir())
     bound = no_answer_bound(**QUICK_TIMEOUTS)
@@ -731,15 +772,14 @@ def test_a_slow_link_whose_bytes_keep_moving_is_never_cut_off(
     last byte."""
     rate = 2 * MiB
     connect_timeout, read_timeout = 2, 4
-    data = random.Random(1211).randbytes(28 * MiB)
-    ulid = cli.backup(gpg_key, data, "-C", "none", size="32M")
-    manifest = manifest_of_queue(cli, ulid)
-    (fragment,) = manifest["fragments"]
     with FaultProxy(fs.s3_port(s3_bucket), always(Fault.SLOW), slow_rate=rate,
                     receive_buffer=16 * 1024) as proxy:
         s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url,
                         connect_timeout=connect_timeout, read_timeout=read_timeout,
                         max_attempts=1)
+        data = random.Random(1211).randbytes(28 * MiB)
+        ulid = cli.backup(gpg_key, data, "-C", "none", size="32M")
+        (fragment,) = manifest_of_queue(cli, ulid)["fragments"]
         started = time.monotonic()
         result = s3.freeze()
         elapsed = time.monotonic() - started

@@ -492,8 +492,8 @@ def test_a_server_answering_500_to_everything_exits_75_and_keeps_the_queue(
     assert queued_files(cli, ulid) == before
     assert s3.all_keys() == []
     assert proxy.injected[Fault.ERROR_500] >= 2  # retried, not given up at once
-    # botocore's standard mode: 10 retries with capped exponential back-off
-    # (0.05 s doubling, capped at 20 s, times a random factor): ~25-45 s.
+    # botocore's standard mode: 10 tries (max_attempts) with exponential back-off
+    # (0.05 s doubling, capped at 20 s, times a random factor): at most 25.6 s.
     assert elapsed < 90, elapsed
 
 
@@ -508,9 +508,11 @@ def test_a_refusing_vault_exits_69_naming_the_problem_and_keeps_the_queue(
         "wrong secret key": (make_s3(cli, s3_bucket, tmp_path, env={
             **good, "AWS_SECRET_ACCESS_KEY": "not-the-secret-" + os.urandom(8).hex()}),
             "access denied"),
+        # The first pass noted its upload, so this one first looks for incomplete
+        # uploads of it: ListMultipartUploads has a body that names the problem.
         "unknown access key": (make_s3(cli, s3_bucket, tmp_path, env={
             **good, "AWS_ACCESS_KEY_ID": "AKNOBODY" + os.urandom(6).hex().upper()}),
-            "access denied"),
+            "credentials refused (InvalidAccessKeyId)"),
     }
     for mistake, (s3, message) in mistakes.items():
         result = s3.freeze(timeout=120)
