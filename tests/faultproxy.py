@@ -10,11 +10,23 @@ to forward it or to fail it:
     Read the request head (and, when the client waits for ``100 Continue``,
     part of the body), then close the connection with an RST: a connection
     reset in the middle of the request. Nothing reaches the server.
-``Fault.ERROR_500`` / ``Fault.SLOW_DOWN``
-    Answer ``500 InternalError`` or ``503 SlowDown`` with a proper S3 XML
-    error body. Nothing reaches the server.
+``Fault.ERROR_500`` / ``Fault.SLOW_DOWN`` / ``Fault.ACCESS_DENIED``
+    Answer ``500 InternalError``, ``503 SlowDown`` or ``403 AccessDenied`` (a
+    policy that does not allow this request) with a proper S3 XML error
+    body. Nothing reaches the server.
 ``Fault.STALL``
     Sleep ``stall_seconds``, then forward as ``NONE``.
+``Fault.HANG``
+    Read the request head, then nothing more, and never answer: a server that
+    accepted the connection and went silent (a request body stalls once the
+    kernel's buffers are full). The connection is held until the proxy stops.
+``Fault.SLOW``
+    Forward as ``NONE``, but carry the bytes (both ways) at ``slow_rate``
+    bytes per second: a slow link on which the bytes keep moving. With
+    ``FaultProxy(..., receive_buffer=N)`` the kernel holds at most about N
+    bytes of the client's that the proxy has not read yet, so the client
+    waits in its sends as on a real slow link (else loopback's autotuned
+    buffers take megabytes at once).
 ``Fault.DROP_RESPONSE``
     Forward the whole request, let the server answer (so the server *did*
     the work, e.g. stored the object), then reset the connection instead of
@@ -76,6 +88,8 @@ from types import TracebackType
 IO_TIMEOUT = 60.0
 MAX_HEAD = 64 * 1024
 _BLOCK = 256 * 1024
+#: Block size of a ``Fault.SLOW`` connection (small, so that the pace is even).
+_SLOW_BLOCK = 16 * 1024
 
 
 class Fault(enum.Enum):
@@ -85,7 +99,10 @@ class Fault(enum.Enum):
     RESET = "reset"
     ERROR_500 = "500"
     SLOW_DOWN = "503"
+    ACCESS_DENIED = "403"
     STALL = "stall"
+    HANG = "hang"
+    SLOW = "slow"
     DROP_RESPONSE = "drop-response"
     TRUNCATE_REQUEST = "truncate-request"
     CORRUPT_REQUEST = "corrupt-request"
@@ -134,7 +151,7 @@ def capped(schedule: Schedule, per_target: int) -> Schedule:
 
     def decide(request: Request) -> Fault:
         fault = schedule(request)
-        if fault is Fault.NONE or fault is Fault.STALL:
+        if fault in (Fault.NONE, Fault.STALL, Fault.SLOW):
             return fault
         if failed[request.method, request.target] >= per_target:
             return Fault.NONE
@@ -148,6 +165,7 @@ _ERRORS = {
     Fault.ERROR_500: (500, "Internal Server Error", "InternalError",
                       "We encountered an internal error. Please try again."),
     Fault.SLOW_DOWN: (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+    Fault.ACCESS_DENIED: (403, "Forbidden", "AccessDenied", "Access Denied"),
 }
 
 
@@ -159,15 +177,31 @@ class FaultProxy:
     """
 
     def __init__(self, upstream_port: int, schedule: Schedule | None = None, *,
-                 stall_seconds: float = 1.0, upstream_host: str = "127.0.0.1") -> None:
+                 stall_seconds: float = 1.0, slow_rate: float = 1 << 20,
+                 receive_buffer: int | None = None,
+                 upstream_host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
         self.schedule = schedule or always(Fault.NONE)
         self.stall_seconds = stall_seconds
+        self.slow_rate = slow_rate
         self.injected: collections.Counter[Fault] = collections.Counter()
         self.log: list[tuple[int, str, str, Fault]] = []
         self._lock = threading.Lock()
         self._counter = itertools.count()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        #: Set by stop(): releases the connections that Fault.HANG holds.
+        self.stopping = threading.Event()
+        self._server = _Server(("127.0.0.1", 0), _Handler, bind_and_activate=False)
+        if receive_buffer is not None:
+            # On the listening socket, before any connection: accepted sockets
+            # inherit it, and the window is negotiated for it (set later, the
+            # kernel would drop what the larger window already let in).
+            self._server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        try:
+            self._server.server_bind()
+            self._server.server_activate()
+        except OSError:
+            self._server.server_close()
+            raise
         self._server.proxy = self
         self._thread = threading.Thread(target=self._server.serve_forever,
                                          kwargs={"poll_interval": 0.1},
@@ -196,6 +230,7 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
@@ -256,8 +291,13 @@ class _Handler(socketserver.BaseRequestHandler):
                 _read_exactly(client, length - len(rest))
             _send_error(client, fault, method, target)
             return
+        if fault is Fault.HANG:
+            proxy.stopping.wait(IO_TIMEOUT)
+            _reset(client)
+            return
         if fault is Fault.STALL:
             time.sleep(proxy.stall_seconds)
+        rate = proxy.slow_rate if fault is Fault.SLOW else None
         with socket.create_connection(proxy.upstream, timeout=IO_TIMEOUT) as upstream:
             if fault in BODY_FAULTS:
                 _body_fault(fault, client, upstream, head, rest, length, expects_continue,
@@ -272,7 +312,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 _reset(client)
                 return
             upstream.sendall(_rewrite_head(head) + rest)
-            _pipe(client, upstream)
+            _pipe(client, upstream, rate)
 
 
 def _body_fault(fault: Fault, client: socket.socket, upstream: socket.socket, head: bytes,
@@ -444,8 +484,12 @@ def _send_error(client: socket.socket, fault: Fault, method: str, target: str) -
     _drain(client)
 
 
-def _pipe(client: socket.socket, upstream: socket.socket) -> None:
-    """Copy both ways until the server has answered and closed."""
+def _pipe(client: socket.socket, upstream: socket.socket, rate: float | None = None) -> None:
+    """Copy both ways until the server has answered and closed; with ``rate``,
+    at most that many bytes per second (both ways together)."""
+    block = _BLOCK if rate is None else _SLOW_BLOCK
+    started = time.monotonic()
+    carried = 0
     with selectors.DefaultSelector() as selector:
         selector.register(client, selectors.EVENT_READ, upstream)
         selector.register(upstream, selectors.EVENT_READ, client)
@@ -457,9 +501,12 @@ def _pipe(client: socket.socket, upstream: socket.socket) -> None:
             for key, _mask in events:
                 source: socket.socket = key.fileobj  # type: ignore[assignment]
                 dest: socket.socket = key.data
-                data = source.recv(_BLOCK)
+                data = source.recv(block)
                 if data:
                     dest.sendall(data)
+                    if rate is not None:
+                        carried += len(data)
+                        time.sleep(max(0.0, started + carried / rate - time.monotonic()))
                     continue
                 selector.unregister(source)
                 open_sides -= 1

@@ -96,7 +96,14 @@ def test_defaults(tmp_path: Path) -> None:
     assert entry.compression is None
     assert entry.object_lock_mode is None
     assert entry.max_bandwidth is None
+    assert (entry.max_attempts, entry.connect_timeout, entry.read_timeout) == (10, 10.0, 30.0)
     assert config.spool is None
+
+
+def test_timeouts_are_seconds(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, vault_entry(connect_timeout=1, read_timeout=2.5)))
+    (entry,) = config.vaults
+    assert (entry.connect_timeout, entry.read_timeout) == (1.0, 2.5)
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:
@@ -252,6 +259,14 @@ def test_default_search_uses_home_config(tmp_path: Path, monkeypatch: pytest.Mon
         ({"endpoint_url": "localhost:8333"}, "'endpoint_url'"),
         ({"bucket": "a/b"}, "'bucket'"),
         ({"region": ""}, "'region'"),
+        ({"connect_timeout": 0}, "'connect_timeout': expected seconds, a number above 0 and "
+                                 "at most 3600, not 0"),
+        ({"connect_timeout": -1.5}, "'connect_timeout'"),
+        ({"read_timeout": 3601}, "'read_timeout'"),
+        ({"read_timeout": "30"}, "'read_timeout'"),
+        ({"read_timeout": True}, "'read_timeout'"),
+        ({"read_timeout": float("nan")}, "'read_timeout'"),
+        ({"read_timeout": float("inf")}, "'read_timeout'"),
     ],
 )
 def test_bad_values_name_entry_and_key(

@@ -44,7 +44,8 @@ import pytest
 import oracles
 import test_freeze_s3 as fs
 from conftest import VAULT, Cli
-from faultproxy import BODY_FAULTS, Fault, FaultProxy, Request, capped
+from cryophile.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
+from faultproxy import BODY_FAULTS, Fault, FaultProxy, Request, always, capped
 from polling import live_files, wait_until
 from s3server import S3Bucket, SeaweedFS, _new_bucket, isolated_aws_environment
 from stress import full, pick
@@ -181,6 +182,53 @@ def kill_freeze_at_seeded_points(s3: fs.S3Freeze, proxy: FaultProxy, ulid: str,
             kills.append(f"after upload request #{wanted} + {delay * 1000:.0f} ms")
         fs.assert_nothing_lost(s3, ulid, manifest)
     return kills
+
+
+def test_a_killed_freezes_incomplete_uploads_are_aborted_by_the_next_pass(
+        cli: Cli, gpg_key: oracles.KeyPair, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """``freeze --once`` SIGKILLed in the middle of a multipart upload (a 65 MiB
+    fragment over a 2 MiB/s link: killed once the server lists the upload), and a
+    second incomplete upload of the same key with one part, as an earlier killed
+    attempt would leave: the next ``freeze --once`` aborts both, says so, exits 0,
+    and the bucket holds the backup and no incomplete upload of its key."""
+    client = s3_bucket.endpoint.client()
+    with FaultProxy(fs.s3_port(s3_bucket), always(Fault.SLOW), slow_rate=2 * MiB,
+                    receive_buffer=16 * 1024) as proxy:
+        s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url)
+        data = random.Random(1212).randbytes(65 * MiB)
+        ulid = cli.backup(gpg_key, data, "-C", "none", size="80M")
+        manifest_bytes = (cli.freeze_dir(ulid) / "chunk.0").read_bytes()
+        key = f"{PREFIX}/{ulid}/chunk.1"
+
+        def uploads_of_key() -> list[str]:
+            listed = client.list_multipart_uploads(Bucket=s3_bucket.name, Prefix=key)
+            return [upload["UploadId"] for upload in listed.get("Uploads", [])
+                    if upload["Key"] == key]
+
+        log = tmp_path / "killed.log"
+        freezer = popen(s3, ["freeze", "--once", "-j", "1"], log)
+        try:
+            # Each 16 MiB part takes 8 s at this pace: no part, let alone the
+            # upload, can be complete when the kill lands.
+            wait_until(lambda: uploads_of_key() or freezer.poll() is not None,
+                       timeout=60, what="the multipart upload to start")
+            assert freezer.poll() is None, log.read_text()
+        finally:
+            kill(freezer)
+        (killed,) = uploads_of_key()
+        earlier = client.create_multipart_upload(Bucket=s3_bucket.name, Key=key)["UploadId"]
+        client.upload_part(Bucket=s3_bucket.name, Key=key, UploadId=earlier, PartNumber=1,
+                           Body=data[:5 * MiB])
+        assert sorted(uploads_of_key()) == sorted([killed, earlier])
+
+        proxy.schedule = always(Fault.NONE)  # the link is fast again
+        result = s3.freeze()
+
+    assert result.returncode == 0, result.stderr
+    assert f"aborted 2 incomplete upload(s) of {key}" in result.stderr
+    assert uploads_of_key() == []
+    assert not cli.freeze_dir(ulid).exists()
+    assert_bucket_is_exactly(s3, ulid, manifest_bytes)
 
 
 # -- kill -9 of thaw -------------------------------------------------------------------------
@@ -624,6 +672,124 @@ def test_an_unreachable_vault_is_try_later_and_max_attempts_makes_it_quick(
         assert "Traceback" not in result.stderr
         assert time.monotonic() - started < 30, command[0]
     assert sorted(path.name for path in cli.freeze_dir(ulid).iterdir()) == queued
+
+
+# -- a vault that does not answer (issue 12, point 11) -----------------------------------
+
+
+def no_answer_bound(connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                    read_timeout: float = DEFAULT_READ_TIMEOUT) -> float:
+    """The README's bound (Configuration, ``connect_timeout``) on one request to a
+    vault that does not answer, in seconds."""
+    return 2 * (connect_timeout + read_timeout) + 25
+
+
+#: Small timeouts, so that the tests wait seconds, not the defaults' minutes.
+QUICK_TIMEOUTS = {"connect_timeout": 1.0, "read_timeout": 2.0}
+
+
+def test_the_readme_states_the_bound_of_the_defaults() -> None:
+    """The defaults' bound, without waiting 60 s for it: the README's number is
+    the formula's (the tests below hold the formula with small timeouts)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"{no_answer_bound():g} s with the defaults" in readme
+
+
+@pytest.mark.parametrize(("size", "silent_to", "reason"), [
+    (10_000, "everything", "the vault did not answer within read_timeout = 2 s"),
+    (24 * MiB, "PUT", "the vault stopped taking the request for connect_timeout = 1 s"),
+], ids=["answer-awaited", "body-stalled"])
+def test_a_silent_vault_fails_freeze_within_the_documented_bound(
+        cli: Cli, gpg_key: oracles.KeyPair, s3_bucket: S3Bucket, tmp_path: Path,
+        size: int, silent_to: str, reason: str) -> None:
+    """A server that accepts connections and then reads and answers nothing, with
+    ``connect_timeout = 1`` and ``read_timeout = 2``: ``freeze --once`` exits 75
+    ("try later") within the README's bound, names the timeout that ran out, and
+    the queue is untouched. Silent to every request, the first one (a HEAD) waits
+    for its answer; silent only to the upload, a 24 MiB body stalls once the
+    kernel's buffers are full. With the default settings it took 22.5 minutes:
+    botocore tried 11 times, 120 s of silence each."""
+    bound = no_answer_bound(**QUICK_TIMEOUTS)
+
+    def silence(request: Request) -> Fault:
+        return Fault.HANG if silent_to in ("everything", request.method) else Fault.NONE
+
+    with FaultProxy(fs.s3_port(s3_bucket), silence) as proxy:
+        s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url,
+                        connect_timeout=QUICK_TIMEOUTS["connect_timeout"],
+                        read_timeout=QUICK_TIMEOUTS["read_timeout"])
+        ulid = cli.backup(gpg_key, random.Random(size).randbytes(size), "-C", "none",
+                          size="32M")
+        queued = sorted(path.name for path in cli.freeze_dir(ulid).iterdir())
+        started = time.monotonic()
+        result = s3.freeze(timeout=bound + 60)
+        elapsed = time.monotonic() - started
+    assert result.returncode == 75, result.stderr
+    assert elapsed < bound, (elapsed, result.stderr)
+    assert reason in result.stderr
+    assert "(connect_timeout + read_timeout = 3 s): giving up" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(path.name for path in cli.freeze_dir(ulid).iterdir()) == queued
+    assert s3_bucket.endpoint.client().list_objects_v2(Bucket=s3_bucket.name)["KeyCount"] == 0
+
+
+def test_a_refused_connection_fails_freeze_within_the_documented_bound(
+        cli: Cli, gpg_key: oracles.KeyPair, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """Nothing listens at the endpoint: botocore's back-off between the refused
+    tries fills the account, so ``freeze --once`` exits 75 within the README's
+    bound, the reason named, the queue untouched."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = fs.write_config(tmp_path / "dead.toml", "cryo-dead", f"http://127.0.0.1:{port}",
+                             "us-east-1", **QUICK_TIMEOUTS)
+    env = fs.credentials_env(s3_bucket, tmp_path)
+    cli.config = config  # the backup is queued for this vault (freeze refuses any other)
+    ulid = cli.backup(gpg_key, os.urandom(10_000))
+    queued = sorted(path.name for path in cli.freeze_dir(ulid).iterdir())
+    bound = no_answer_bound(**QUICK_TIMEOUTS)
+    started = time.monotonic()
+    result = cli.run(["-c", config, "freeze", "--once"], env=env, timeout=bound + 60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 75, result.stderr
+    assert elapsed < bound, (elapsed, result.stderr)
+    assert "Could not connect to the endpoint URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(path.name for path in cli.freeze_dir(ulid).iterdir()) == queued
+
+
+def test_a_slow_link_whose_bytes_keep_moving_is_never_cut_off(
+        cli: Cli, gpg_key: oracles.KeyPair, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """A 28 MiB fragment over a link that carries 2 MiB/s (the proxy paces it, and
+    its small receive buffer makes every send of the client wait, as on a real slow
+    link), with ``connect_timeout = 2`` (the timeout while sending), ``read_timeout =
+    4`` and a single try, so that no retry could hide a cut: the upload takes 14 s,
+    more than twice ``connect_timeout + read_timeout``, and goes through in one PUT.
+    A timeout measures silence, not the length of a transfer. (``max_bandwidth``
+    would not show this: the throttle waits before a request is sent, not while its
+    bytes move.) The timeouts leave seconds of margin for what is not paced: the
+    client's send buffer draining after its last send, the server's work after the
+    last byte."""
+    rate = 2 * MiB
+    connect_timeout, read_timeout = 2, 4
+    with FaultProxy(fs.s3_port(s3_bucket), always(Fault.SLOW), slow_rate=rate,
+                    receive_buffer=16 * 1024) as proxy:
+        s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url,
+                        connect_timeout=connect_timeout, read_timeout=read_timeout,
+                        max_attempts=1)
+        data = random.Random(1211).randbytes(28 * MiB)
+        ulid = cli.backup(gpg_key, data, "-C", "none", size="32M")
+        (fragment,) = manifest_of_queue(cli, ulid)["fragments"]
+        started = time.monotonic()
+        result = s3.freeze()
+        elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    # The pace is the proxy's, so this holds on any machine.
+    assert elapsed >= fragment["size"] / rate > 2 * (connect_timeout + read_timeout), elapsed
+    assert object_requests(proxy, "PUT") == 1, proxy.log
+    key = f"{PREFIX}/{ulid}/chunk.1"
+    assert s3.download_sha256(key) == (fragment["size"], fragment["sha256"])
+    assert not cli.freeze_dir(ulid).exists()
 
 
 def test_max_attempts_out_of_range_is_a_config_error(cli: Cli, tmp_path: Path) -> None:

@@ -101,10 +101,11 @@ class S3Freeze:
 
 
 def write_config(path: Path, bucket: str, endpoint_url: str, region: str,
-                 **extra: str) -> Path:
+                 **extra: str | float) -> Path:
     lines = ["[[vault]]", f'id = "{VAULT}"', 'provider = "s3"', f'bucket = "{bucket}"',
              f'endpoint_url = "{endpoint_url}"', f'region = "{region}"']
-    lines += [f'{name} = "{value}"' for name, value in extra.items()]
+    lines += [f'{name} = "{value}"' if isinstance(value, str) else f"{name} = {value}"
+              for name, value in extra.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -123,7 +124,7 @@ def credentials_env(bucket: S3Bucket, tmp_path: Path) -> dict[str, str]:
 
 def make_s3(cli: Cli, bucket: S3Bucket, tmp_path: Path, *, endpoint_url: str | None = None,
             bucket_name: str | None = None, env: Mapping[str, str] | None = None,
-            **extra: str) -> S3Freeze:
+            **extra: str | float) -> S3Freeze:
     config = write_config(tmp_path / f"cryophile-{len(list(tmp_path.glob('*.toml')))}.toml",
                           bucket_name or bucket.name, endpoint_url or bucket.endpoint.url,
                           bucket.endpoint.region, **extra)
@@ -491,8 +492,8 @@ def test_a_server_answering_500_to_everything_exits_75_and_keeps_the_queue(
     assert queued_files(cli, ulid) == before
     assert s3.all_keys() == []
     assert proxy.injected[Fault.ERROR_500] >= 2  # retried, not given up at once
-    # botocore's standard mode: 10 retries with capped exponential back-off
-    # (0.05 s doubling, capped at 20 s, times a random factor): ~25-45 s.
+    # botocore's standard mode: 10 tries (max_attempts) with exponential back-off
+    # (0.05 s doubling, capped at 20 s, times a random factor): at most 25.6 s.
     assert elapsed < 90, elapsed
 
 
@@ -507,9 +508,11 @@ def test_a_refusing_vault_exits_69_naming_the_problem_and_keeps_the_queue(
         "wrong secret key": (make_s3(cli, s3_bucket, tmp_path, env={
             **good, "AWS_SECRET_ACCESS_KEY": "not-the-secret-" + os.urandom(8).hex()}),
             "access denied"),
+        # The first pass noted its upload, so this one first looks for incomplete
+        # uploads of it: ListMultipartUploads has a body that names the problem.
         "unknown access key": (make_s3(cli, s3_bucket, tmp_path, env={
             **good, "AWS_ACCESS_KEY_ID": "AKNOBODY" + os.urandom(6).hex().upper()}),
-            "access denied"),
+            "credentials refused (InvalidAccessKeyId)"),
     }
     for mistake, (s3, message) in mistakes.items():
         result = s3.freeze(timeout=120)

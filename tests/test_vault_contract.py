@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -37,6 +38,7 @@ from cryophile.errors import (
 from cryophile.vault.base import ObjectInfo, RestoreState, Vault
 from cryophile.vault.local import DirectoryVault
 from cryophile.vault.s3 import S3Vault
+from faultproxy import Fault, FaultProxy, Request
 from s3server import S3Bucket, S3Endpoint
 
 MiB = 1 << 20
@@ -298,6 +300,17 @@ def test_delete(vault: Vault, files: Files) -> None:
     assert _read_back(vault, "x/y/z", files) == b"new content"
 
 
+def test_abort_incomplete_uploads_when_there_are_none(vault: Vault, files: Files) -> None:
+    source, sha256 = files.make(b"stored")
+    vault.put("a/chunk.1", source, sha256=sha256, storage_class="STANDARD")
+
+    assert vault.abort_incomplete_uploads("a/chunk.1") == 0
+    assert vault.abort_incomplete_uploads("a/chunk.2") == 0
+    assert _read_back(vault, "a/chunk.1", files) == b"stored"
+    with pytest.raises(UsageError):
+        vault.abort_incomplete_uploads("../escape")
+
+
 def test_multipart_round_trip(make_vault: VaultFactory, files: Files) -> None:
     vault = make_vault(multipart_threshold=8 * MiB, part_size=8 * MiB)
     data = os.urandom(20 * MiB + 12345)  # Three parts, the last one short.
@@ -496,6 +509,52 @@ def test_failed_multipart_upload_is_aborted(s3_bucket: S3Bucket, files: Files) -
         vault.put("k", source, sha256="0" * 64, storage_class="STANDARD")
     uploads = s3_bucket.endpoint.client().list_multipart_uploads(Bucket=s3_bucket.name)
     assert uploads.get("Uploads", []) == []
+
+
+def test_abort_incomplete_uploads_of_exactly_that_key(bucket: S3Bucket, files: Files) -> None:
+    """What a killed writer leaves: two uploads of the key (one with a part, one
+    without); uploads of a longer key and the stored object stay."""
+    client = bucket.endpoint.client()
+    vault = bucket.vault()
+    source, sha256 = files.make(b"stored")
+    vault.put("a/chunk.1", source, sha256=sha256, storage_class="STANDARD")
+    for key, parts in (("a/chunk.1", 1), ("a/chunk.1", 0), ("a/chunk.10", 1)):
+        upload = client.create_multipart_upload(Bucket=bucket.name, Key=key)
+        for number in range(1, parts + 1):
+            client.upload_part(Bucket=bucket.name, Key=key, UploadId=upload["UploadId"],
+                               PartNumber=number, Body=os.urandom(1000))
+
+    assert vault.abort_incomplete_uploads("a/chunk.1") == 2
+
+    left = client.list_multipart_uploads(Bucket=bucket.name).get("Uploads", [])
+    assert [upload["Key"] for upload in left] == ["a/chunk.10"]
+    assert vault.abort_incomplete_uploads("a/chunk.1") == 0
+    assert _read_back(vault, "a/chunk.1", files) == b"stored"
+
+
+def test_a_policy_that_forbids_listing_uploads_does_not_stop_uploads(
+        s3_bucket: S3Bucket, files: Files, caplog: pytest.LogCaptureFixture) -> None:
+    """ListMultipartUploads refused (AccessDenied): nothing aborted, one warning
+    that names the lifecycle rule to use instead, and uploads go on."""
+    def forbid_listing_uploads(request: Request) -> Fault:
+        query = request.target.partition("?")[2]
+        listing = request.method == "GET" and "uploads" in query.split("&")
+        return Fault.ACCESS_DENIED if listing else Fault.NONE
+
+    port = urlsplit(s3_bucket.endpoint.url).port
+    assert port is not None
+    with FaultProxy(port, forbid_listing_uploads) as proxy:
+        vault = s3_bucket.vault(s3_bucket.vault_config(endpoint_url=proxy.url))
+        assert vault.abort_incomplete_uploads("a/chunk.1") == 0
+        assert vault.abort_incomplete_uploads("a/chunk.2") == 0
+        source, sha256 = files.make(b"stored")
+        vault.put("a/chunk.1", source, sha256=sha256, storage_class="STANDARD")
+        assert _read_back(vault, "a/chunk.1", files) == b"stored"
+        assert proxy.injected == {Fault.ACCESS_DENIED: 2}
+    warnings = [record.getMessage() for record in caplog.records
+                if "incomplete uploads" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "AbortIncompleteMultipartUpload" in warnings[0]
 
 
 def test_object_lock_is_applied(seaweedfs: S3Endpoint, aws_isolation: None, files: Files) -> None:

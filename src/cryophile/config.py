@@ -34,7 +34,17 @@ The schema::
     object_lock_days = 30                    # s3, required with object_lock_mode; 1-36500
     max_bandwidth = "50M"                    # s3, optional: bytes/s, int or K/M/G/T
     max_attempts = 10                        # s3, optional: tries per request, 1-20
+    connect_timeout = 10                     # s3, optional: seconds, 0 < t <= 3600
+    read_timeout = 30                        # s3, optional: seconds, 0 < t <= 3600
     path = "/srv/vault"                      # dir: required
+
+``connect_timeout`` bounds the silence while connecting and while the server
+takes in a request's bytes (each block of the body must go within it);
+``read_timeout`` the silence while waiting for the answer and between blocks of
+it. They measure silence, never the length of a transfer that keeps moving.
+A request that gets no answer is tried again only while its silence and the
+back-off between its tries add up to less than ``connect_timeout +
+read_timeout`` (:mod:`cryophile.vault.s3`).
 
 Unknown keys are errors. Credentials are never read from this file: they come
 from the standard AWS chain (environment, ``profile``, instance roles).
@@ -72,6 +82,13 @@ MAX_DAYS = 36500
 #: most that makes sense (with back-off, 20 tries already take minutes).
 DEFAULT_MAX_ATTEMPTS = 10
 MAX_ATTEMPTS = 20
+#: Seconds of silence before one try of an S3 request fails: while connecting
+#: or sending, and while waiting for the answer. botocore's own defaults are
+#: 60 s each; an S3 server answers within a second or keeps bytes flowing.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 30.0
+#: Upper bound of both timeouts: more than an hour of silence is a typo.
+MAX_TIMEOUT = 3600.0
 
 _TOP_LEVEL_KEYS = frozenset({"spool", "metrics_file", "sign_key", "signed_by", "vault"})
 _COMMON_KEYS = frozenset(
@@ -87,6 +104,8 @@ _S3_KEYS = frozenset(
         "object_lock_days",
         "max_bandwidth",
         "max_attempts",
+        "connect_timeout",
+        "read_timeout",
     }
 )
 _DIR_KEYS = frozenset({"path"})
@@ -104,7 +123,8 @@ class VaultConfig:
     """One ``[[vault]]`` entry, validated and normalised.
 
     Keys that do not apply to the provider are None (the loader refuses them
-    in the file). ``max_bandwidth`` is in bytes per second.
+    in the file). ``max_bandwidth`` is in bytes per second; ``connect_timeout``
+    and ``read_timeout`` in seconds.
     """
 
     id: uuid.UUID
@@ -121,6 +141,8 @@ class VaultConfig:
     object_lock_days: int | None = None
     max_bandwidth: int | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
     path: Path | None = None
 
 
@@ -335,6 +357,9 @@ class _Validator:
                 self._fail(index, "max_attempts",
                            f"expected a whole number from 1 to {MAX_ATTEMPTS}, not {attempts!r}")
             values["max_attempts"] = attempts
+        for key in ("connect_timeout", "read_timeout"):
+            if key in table:
+                values[key] = self._seconds(index, key, table[key])
         return VaultConfig(**values)
 
     # -- value checkers: each returns the normalised value or fails --------
@@ -368,6 +393,14 @@ class _Validator:
         if value > MAX_DAYS:
             self._fail(index, key, f"{value} days is more than {MAX_DAYS} (100 years)")
         return value
+
+    def _seconds(self, index: int, key: str, value: Any) -> float:
+        # NaN fails both comparisons, inf the upper bound.
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not 0 < value <= MAX_TIMEOUT):
+            self._fail(index, key, f"expected seconds, a number above 0 and at most "
+                                   f"{MAX_TIMEOUT:g}, not {value!r}")
+        return float(value)
 
     def _uuid(self, index: int, value: Any) -> uuid.UUID:
         text = self._string(index, "id", value)

@@ -75,7 +75,8 @@ _CHUNK = re.compile(r"chunk\.(0|[1-9][0-9]*)")
 #: After the objects of this many backups in a row failed with
 #: VaultUnavailableError, the vault is taken as down (not one object failing):
 #: the rest is not tried, as each try costs the client's whole retry budget
-#: (25-45 s by default).
+#: (up to 105 s with the defaults against a vault that does not answer:
+#: :mod:`cryophile.vault.s3`).
 DOWN_AFTER = 3
 
 

@@ -282,12 +282,12 @@ def delete_own(vault: Vault, objects: Mapping[str, str]) -> list[str]:
 
 
 def abort_incomplete(vault: Vault, key: str) -> None:
-    """Abort multipart uploads of ``key`` that a killed freezer left (S3 only)."""
-    abort = getattr(vault, "abort_incomplete_uploads", None)
-    if abort is not None:
-        aborted = abort(key)
-        if aborted:
-            logger.info("aborted %d incomplete upload(s) of %s", aborted, key)
+    """Abort the incomplete uploads of ``key`` (S3's multipart uploads) that a killed
+    freezer left: their parts are billed, and invisible to ``list``."""
+    aborted = vault.abort_incomplete_uploads(key)
+    if aborted:
+        logger.info("aborted %d incomplete upload(s) of %s", aborted, key,
+                    extra={"event": "uploads-aborted", "key": key})
 
 
 def _now() -> str:

@@ -434,8 +434,9 @@ class Freezer:
         # Recorded before the upload starts: whatever happens next, this spool knows
         # the object under this key may be its own.
         previous = self.records.note_upload(backup_id, key, sha256)
-        if previous == sha256:
-            # Sent before and not confirmed (a killed freezer): its parts may linger.
+        if previous is not None:
+            # Sent before by this spool (a killed freezer; with other content, an
+            # earlier attempt under this id): the parts of an unfinished upload linger.
             abort_incomplete(opened.vault, key)
         with self._in_flight.upload(key, size):
             try:

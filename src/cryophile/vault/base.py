@@ -162,6 +162,20 @@ class Vault(Protocol):
         """
         ...
 
+    def abort_incomplete_uploads(self, key: str) -> int:
+        """Abort every incomplete upload of exactly ``key`` and return how many.
+
+        These are what a writer killed in the middle of an upload leaves (S3's
+        multipart uploads: invisible to ``list``, but their parts are billed).
+        Uploads of other keys, even of keys that start with ``key``, and the
+        object stored under ``key``, if any, are untouched. Call it only when
+        no upload of ``key`` is running: that one would be aborted too. A
+        vault that has nothing of the kind returns 0; one that may not list
+        or abort them (no permission, not implemented) logs that and returns 0,
+        as they cost storage, never correctness.
+        """
+        ...
+
 
 def check_key(key: str) -> str:
     """Return ``key`` if every vault can store it, else raise UsageError.

@@ -217,6 +217,13 @@ class DirectoryVault:
         remove_empty_dirs(path.parent, self.root)
         remove_empty_dirs(self._meta_path(key).parent, self.root / _RESERVED / "meta")
 
+    def abort_incomplete_uploads(self, key: str) -> int:
+        """See :meth:`cryophile.vault.base.Vault.abort_incomplete_uploads`:
+        always 0. A killed ``put`` leaves a temporary file in
+        ``.cryophile/tmp`` whose name does not tell its key."""
+        self._object_path(key)
+        return 0
+
     # -- internals -----------------------------------------------------------
 
     def _walk_error(self, error: OSError) -> None:

@@ -26,10 +26,26 @@ How the contract is met on S3:
   already running, 200 already restored, 403 not an archive class, 405/501 a
   server without cold storage) onto :class:`RestoreState`.
 - **Errors**: botocore retries throttling, 5xx and connection failures itself
-  (mode "standard" or "adaptive", 10 attempts by default); what is left is
-  mapped to the cryophile error tree: NoSuchBucket, AccessDenied, bad
-  credentials → ServiceError (permanent); connection failures, timeouts, 5xx
-  → VaultUnavailableError (transient); wrong checksum → DataError.
+  (mode "standard" or "adaptive", ``max_attempts`` tries in all, 10 by
+  default); what is left is mapped to the cryophile error tree: NoSuchBucket,
+  AccessDenied, bad credentials → ServiceError (permanent); connection
+  failures, timeouts, 5xx → VaultUnavailableError (transient); wrong checksum
+  → DataError.
+- **Silence is bounded, a long transfer is not**: ``connect_timeout`` is the
+  socket timeout while connecting and while sending (each block of a body
+  must go within it), ``read_timeout`` while waiting for the answer and
+  between blocks of it; neither limits a transfer that keeps moving. Left
+  alone, botocore tries a silent server ``max_attempts`` times, a full timeout
+  each (11 × 120 s before these settings). So each request keeps an account
+  of its *waiting*: the silence of each try that failed without an answer
+  (the timeout that ran out, or the whole try when it never connected) and
+  the back-off between tries. Once the account reaches ``connect_timeout +
+  read_timeout``, a failure without an answer is not tried again. A request
+  to a vault that does not answer therefore ends within ``2 ×
+  (connect_timeout + read_timeout)`` plus one back-off (at most 20 s): the
+  account, then the last try. A try cut off after its bytes flowed (a reset)
+  adds only its back-off, and a server that answers (5xx, throttling) is left
+  to botocore's retry mode and ``max_attempts``.
 
 - **Bandwidth**: ``max_bandwidth`` paces uploads through one
   :class:`~cryophile.vault.throttle.Throttle` per vault: each object or part
@@ -48,6 +64,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -137,6 +154,13 @@ _TRANSIENT_CODES = frozenset(
 )
 _NOT_IMPLEMENTED_CODES = frozenset({"NotImplemented", "MethodNotAllowed"})
 
+#: Keys in botocore's request context (one dict shared by all tries of a
+#: request): when the current try began, when the last one failed, and the
+#: seconds waited so far (see the module docstring).
+_TRY_STARTED = "cryophile_try_started"
+_FAILED_AT = "cryophile_failed_at"
+_WAITED = "cryophile_waited"
+
 _RESTORE_ONGOING = re.compile(r'ongoing-request\s*=\s*"(true|false)"', re.IGNORECASE)
 _RESTORE_EXPIRY = re.compile(r'expiry-date\s*=\s*"([^"]+)"', re.IGNORECASE)
 _HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -151,8 +175,8 @@ class S3Vault:
     with explicit keys. The remaining parameters tune transfers: files of at
     least ``multipart_threshold`` bytes go up in ``part_size`` parts (≥ 5 MiB,
     raised as needed to stay within 10 000 parts), ``max_concurrency`` parts at
-    a time; ``retry_mode``/``max_attempts`` (default: the vault's configured
-    ``max_attempts``) and the timeouts go to botocore.
+    a time; ``retry_mode``, ``max_attempts`` (tries in all) and the two timeouts
+    (default: the vault's configured values) go to botocore.
     """
 
     def __init__(
@@ -165,8 +189,8 @@ class S3Vault:
         max_concurrency: int = 4,
         retry_mode: RetryMode = "standard",
         max_attempts: int | None = None,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 120.0,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
     ) -> None:
         if config.provider != "s3" or not config.bucket:
             raise ConfigError(f"vault {config.id}: not an S3 vault with a bucket")
@@ -188,12 +212,21 @@ class S3Vault:
                 raise ConfigError(
                     f"vault {config.id}: AWS profile {config.profile!r} not found"
                 ) from None
+        self._max_attempts = config.max_attempts if max_attempts is None else max_attempts
+        self._connect_timeout = (config.connect_timeout if connect_timeout is None
+                                 else connect_timeout)
+        self._read_timeout = config.read_timeout if read_timeout is None else read_timeout
+        if self._max_attempts < 1 or self._connect_timeout <= 0 or self._read_timeout <= 0:
+            raise UsageError("max_attempts must be at least 1 and the timeouts above 0")
+        #: Waiting (see the module docstring) after which a request that got no
+        #: answer is not tried again.
+        self._patience = self._connect_timeout + self._read_timeout
         client_config = botocore.config.Config(
-            retries={"mode": retry_mode,
-                     "max_attempts": config.max_attempts if max_attempts is None
-                     else max_attempts},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
+            # total_max_attempts counts the first try; botocore's max_attempts
+            # would count retries only (one try more than configured).
+            retries={"mode": retry_mode, "total_max_attempts": self._max_attempts},
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
             # Several uploads in parallel, each with several parts in flight.
             max_pool_connections=max(10, 4 * max_concurrency),
         )
@@ -203,13 +236,16 @@ class S3Vault:
             region_name=config.region,
             config=client_config,
         )
-        # botocore retries quietly; an operator wants to see a flaky link.
-        self._client.meta.events.register_first("needs-retry.s3", self._log_failed_attempt)
+        # botocore retries quietly; an operator wants to see a flaky link. And
+        # it would try a silent server max_attempts times: keep the account.
+        self._client.meta.events.register_first("request-created.s3", self._start_try)
+        self._client.meta.events.register_first("needs-retry.s3", self._after_try)
         # Learned from the server, once: flags only ever flip one way, so the
         # races between threads setting them are harmless.
         self._bucket_seen = False
         self._conditional_writes = True
         self._restore_unsupported_logged = False
+        self._abort_refusal_logged = False
         self._lock = threading.Lock()
         self._throttle = (Throttle(config.max_bandwidth) if config.max_bandwidth is not None
                           else None)
@@ -218,19 +254,70 @@ class S3Vault:
         where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
         return f"S3Vault(s3://{self.bucket}{where})"
 
-    def _log_failed_attempt(self, response: Any = None, attempts: int = 0,
-                            caught_exception: Exception | None = None,
-                            operation: Any = None, **_: Any) -> None:
-        """Log an attempt that failed in a way botocore may retry; decide nothing."""
+    def _start_try(self, request: Any = None, **_: Any) -> None:
+        """``request-created``: a try begins. The time since the previous try
+        failed was botocore's back-off: waiting (see the module docstring)."""
+        context = getattr(request, "context", None)
+        if isinstance(context, dict):
+            now = time.monotonic()
+            if _FAILED_AT in context:
+                context[_WAITED] = context.get(_WAITED, 0.0) + now - context.pop(_FAILED_AT)
+            context[_TRY_STARTED] = now
+
+    def _after_try(self, response: Any = None, attempts: int = 0,
+                   caught_exception: Exception | None = None, operation: Any = None,
+                   request_dict: Any = None, **_: Any) -> None:
+        """``needs-retry``, ahead of botocore's own handler: log a try that failed
+        in a way botocore may retry, and end a request that got no answer once
+        its waiting reaches ``connect_timeout + read_timeout``. Otherwise decide
+        nothing: botocore's retry mode does."""
         name = getattr(operation, "name", "request")
-        if caught_exception is not None:
-            reason = f"{type(caught_exception).__name__}: {caught_exception}"
-        else:
+        if caught_exception is None:
             status = response[0].status_code if response else 0
             if status < 500 and status != 429:
                 return
             code = (response[1].get("Error", {}) or {}).get("Code", "") if response else ""
-            reason = f"HTTP {status} {code}".strip()
+            self._log_try(name, attempts, f"HTTP {status} {code}".strip())
+            return
+        reason = f"{type(caught_exception).__name__}: {caught_exception}"
+        context = request_dict.get("context") if isinstance(request_dict, dict) else None
+        if isinstance(context, dict) and attempts < self._max_attempts:
+            now = time.monotonic()
+            waited = context.get(_WAITED, 0.0) + self._silence(
+                caught_exception, now - context.get(_TRY_STARTED, now))
+            context[_WAITED] = waited
+            context[_FAILED_AT] = now
+            if waited >= self._patience:
+                logger.warning("s3://%s %s attempt %d failed (%s); no answer for %.0f s in all "
+                               "(connect_timeout + read_timeout = %g s): giving up",
+                               self.bucket, name, attempts, reason, waited, self._patience,
+                               extra={"event": "retry", "operation": name,
+                                      "attempt": attempts})
+                # Raised, as botocore raises it when it gives up. (Returning
+                # False would stop the retry too, but botocore's handler would
+                # still run and spend its retry quota on a retry never made.)
+                raise caught_exception
+        self._log_try(name, attempts, reason)
+
+    def _silence(self, exc: Exception, took: float) -> float:
+        """The seconds a try that failed with ``exc`` after ``took`` s spent in
+        silence: the timeout that ran out, the whole try when it never connected
+        (refused, no name, a connect timeout), none when the server cut it off."""
+        if isinstance(exc, botocore.exceptions.ReadTimeoutError):
+            return self._read_timeout
+        if _stalled_send(exc):
+            return self._connect_timeout
+        if isinstance(exc, botocore.exceptions.ConnectionError):
+            return took
+        return 0.0
+
+    def _log_try(self, name: str, attempts: int, reason: str) -> None:
+        if attempts >= self._max_attempts:
+            logger.warning("s3://%s %s attempt %d failed (%s); that was the last of "
+                           "max_attempts = %d", self.bucket, name, attempts, reason,
+                           self._max_attempts,
+                           extra={"event": "retry", "operation": name, "attempt": attempts})
+            return
         logger.warning("s3://%s %s attempt %d failed (%s); retrying with back-off while "
                        "attempts remain", self.bucket, name, attempts, reason,
                        extra={"event": "retry", "operation": name, "attempt": attempts})
@@ -420,6 +507,53 @@ class S3Vault:
             raise self._error(exc, "delete", key) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, "delete", key) from exc
+
+    def abort_incomplete_uploads(self, key: str) -> int:
+        """See :meth:`cryophile.vault.base.Vault.abort_incomplete_uploads`.
+
+        ListMultipartUploads with ``key`` as prefix, then AbortMultipartUpload
+        for each upload of exactly ``key``. A server that refuses to list them
+        (a policy without s3:ListBucketMultipartUploads, or no such operation)
+        is warned about once and counts as none: backups must not stop for it.
+        """
+        check_key(key)
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        aborted = 0
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=key):
+                for upload in page.get("Uploads", []):
+                    if upload.get("Key") == key:
+                        aborted += self._abort_upload(key, upload["UploadId"])
+        except botocore.exceptions.ClientError as exc:
+            if (_code(exc) in _ACCESS_CODES | _NOT_IMPLEMENTED_CODES
+                    or _status(exc) in (405, 501)):
+                self._cannot_abort(key, exc)
+                return aborted
+            raise self._error(exc, "abort incomplete uploads of", key) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, "abort incomplete uploads of", key) from exc
+        if aborted:
+            logger.debug("aborted %d incomplete upload(s) of %s", aborted, self._where(key))
+        return aborted
+
+    def _abort_upload(self, key: str, upload_id: str) -> int:
+        """Abort one listed upload: 1, or 0 if it ended in the meantime."""
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) == "NoSuchUpload":
+                return 0
+            raise
+        return 1
+
+    def _cannot_abort(self, key: str, exc: botocore.exceptions.ClientError) -> None:
+        with self._lock:
+            if self._abort_refusal_logged:
+                return
+            self._abort_refusal_logged = True
+        logger.warning("%r refuses to list or abort incomplete uploads (%s, for %s); "
+                       "their parts stay until a lifecycle rule (AbortIncompleteMultipartUpload) "
+                       "removes them", self, _code(exc) or _status(exc), key)
 
     # -- uploads ---------------------------------------------------------------
 
@@ -744,6 +878,18 @@ class S3Vault:
             return ConfigError(f"{action} {where}: no usable AWS credentials{self._profile_hint()}")
         if isinstance(exc, botocore.exceptions.SSLError):
             return ServiceError(f"{action} {where}: TLS failure: {exc}")
+        if isinstance(exc, botocore.exceptions.ReadTimeoutError):
+            return VaultUnavailableError(
+                f"{action} {where}: the vault did not answer within read_timeout = "
+                f"{self._read_timeout:g} s ({exc})")
+        if isinstance(exc, botocore.exceptions.ConnectTimeoutError):
+            return VaultUnavailableError(
+                f"{action} {where}: no connection within connect_timeout = "
+                f"{self._connect_timeout:g} s ({exc})")
+        if _stalled_send(exc):
+            return VaultUnavailableError(
+                f"{action} {where}: the vault stopped taking the request for connect_timeout "
+                f"= {self._connect_timeout:g} s ({exc})")
         if isinstance(
             exc,
             botocore.exceptions.ConnectionError
@@ -767,6 +913,15 @@ _BODY_BREAKS = (
     botocore.exceptions.ResponseStreamingError,
     botocore.exceptions.ReadTimeoutError,
 )
+
+
+def _stalled_send(exc: Exception) -> bool:
+    """True for a send that made no progress for connect_timeout: urllib3
+    reports it as "Connection aborted." around the socket's TimeoutError."""
+    if not isinstance(exc, botocore.exceptions.ConnectionClosedError):
+        return False
+    error = exc.kwargs.get("error")
+    return any(isinstance(arg, TimeoutError) for arg in getattr(error, "args", ()))
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
