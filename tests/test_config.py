@@ -10,6 +10,7 @@ import pytest
 
 from cryophile.config import Config, VaultConfig, load_config, parse_config, parse_size
 from cryophile.errors import ConfigError
+from cryophile.spool_budget import SpoolLimit
 
 VAULT_A = "0b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"
 VAULT_B = "5d3f8a9e-0c4b-4e1a-8f2d-9a7b6c5d4e3f"
@@ -324,3 +325,20 @@ def test_parse_size(text: str | int, value: int) -> None:
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="size"):
         parse_size(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('"48M"', SpoolLimit(size=48 << 20)),
+    ("1048576", SpoolLimit(size=1 << 20)),
+    ('"25%"', SpoolLimit(percent=25.0)),
+])
+def test_spool_limit_is_a_size_or_a_percentage(tmp_path: Path, text: str,
+                                               expected: SpoolLimit) -> None:
+    config = parse_config(f"spool_limit = {text}\n", tmp_path / "c.toml")
+    assert config.spool_limit == expected
+
+
+@pytest.mark.parametrize("text", ['"0%"', '"120%"', '"lots"', "0", "true"])
+def test_a_bad_spool_limit_is_named_with_its_line(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match=r"line 1.*spool_limit"):
+        parse_config(f"spool_limit = {text}\n", tmp_path / "c.toml")

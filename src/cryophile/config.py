@@ -15,6 +15,8 @@ skipped, so a typo never silently sends backups somewhere else.
 The schema::
 
     spool = "/var/spool/cryophile"          # optional
+    spool_limit = "20G"                     # optional: bytes or "25%" of its file system
+                                            # (default: free space less 10 %; spool_budget)
     metrics_file = "/var/lib/prometheus/node-exporter/cryophile.prom"   # optional
     sign_key = "/etc/cryophile/sign.key"    # optional: backup signs manifests with it
     signed_by = "/etc/cryophile/sign.cert"  # optional: restore/verify/prune require that signer
@@ -67,6 +69,7 @@ from urllib.parse import urlsplit
 
 from cryophile import units
 from cryophile.errors import ConfigError
+from cryophile.spool_budget import SpoolLimit, parse_spool_limit
 from cryophile.storage_classes import RESTORE_TIERS, STORAGE_CLASSES
 
 Provider = Literal["s3", "dir"]
@@ -90,7 +93,9 @@ DEFAULT_READ_TIMEOUT = 30.0
 #: Upper bound of both timeouts: more than an hour of silence is a typo.
 MAX_TIMEOUT = 3600.0
 
-_TOP_LEVEL_KEYS = frozenset({"spool", "metrics_file", "sign_key", "signed_by", "vault"})
+_TOP_LEVEL_KEYS = frozenset(
+    {"spool", "spool_limit", "metrics_file", "sign_key", "signed_by", "vault"}
+)
 _COMMON_KEYS = frozenset(
     {"id", "provider", "storage_class", "restore_tier", "restore_days", "compression"}
 )
@@ -150,13 +155,15 @@ class VaultConfig:
 class Config:
     """The whole configuration. ``source`` is the file it came from, or None
     for the built-in defaults; ``spool`` is None unless the file sets it, and so is
-    ``metrics_file`` (where the daemons write Prometheus metrics). ``sign_key``
+    ``metrics_file`` (where the daemons write Prometheus metrics), and ``spool_limit``
+    (the spool's budget, :mod:`cryophile.spool_budget`). ``sign_key``
     is the secret key ``backup`` signs manifests with (``--sign-key`` wins);
     ``signed_by`` the certificate whose signature ``restore``, ``verify`` and ``prune``
     require (``--signed-by`` wins)."""
 
     source: Path | None = None
     spool: Path | None = None
+    spool_limit: SpoolLimit | None = None
     metrics_file: Path | None = None
     vaults: tuple[VaultConfig, ...] = ()
     sign_key: Path | None = None
@@ -255,12 +262,18 @@ class _Validator:
         if unknown:
             self._fail(
                 None, unknown[0],
-                f"unknown key {unknown[0]!r} (expected 'spool', 'metrics_file', 'sign_key', "
-                "'signed_by', [[vault]])",
+                f"unknown key {unknown[0]!r} (expected 'spool', 'spool_limit', 'metrics_file', "
+                "'sign_key', 'signed_by', [[vault]])",
             )
         spool = None
         if "spool" in document:
             spool = self._path(None, "spool", document["spool"])
+        spool_limit = None
+        if "spool_limit" in document:
+            try:
+                spool_limit = parse_spool_limit(document["spool_limit"])
+            except ValueError as error:
+                self._fail(None, "spool_limit", str(error))
         metrics_file = None
         if "metrics_file" in document:
             metrics_file = self._path(None, "metrics_file", document["metrics_file"])
@@ -287,7 +300,8 @@ class _Validator:
                 )
             seen[entry.id] = index
             vaults.append(entry)
-        return Config(source=self.source, spool=spool, metrics_file=metrics_file,
+        return Config(source=self.source, spool=spool, spool_limit=spool_limit,
+                      metrics_file=metrics_file,
                       vaults=tuple(vaults), sign_key=sign_key, signed_by=signed_by)
 
     def _vault(self, index: int, table: Mapping[str, Any]) -> VaultConfig:
