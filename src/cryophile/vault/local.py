@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,7 +90,12 @@ class DirectoryVault:
 
     def put(self, key: str, source: Path, *, sha256: str, storage_class: str) -> None:
         """See :meth:`cryophile.vault.base.Vault.put`. The SHA-256 is checked
-        on the bytes as copied into the vault, before they become visible."""
+        on the bytes as stored in the vault, before they become visible.
+
+        On the file system of ``source`` the object is a hard link to it, not a
+        copy: the callers' sources are published spool files, never written
+        again (and removed once stored), so one read to hash replaces a read, a
+        write and an fsync."""
         target = self._object_path(key)
         sha256 = check_sha256(sha256)
         check_storage_class(storage_class)
@@ -104,7 +110,7 @@ class DirectoryVault:
         make_dirs(tmp_dir)
         tmp = tmp_dir / f"{secrets.token_hex(8)}.tmp"
         try:
-            size, digest = _copy_hashing(source, tmp)
+            size, digest = _link_or_copy_hashing(source, tmp)
             if digest != sha256:
                 raise DataError(
                     f"{source}: SHA-256 is {digest}, expected {sha256}; "
@@ -360,6 +366,30 @@ def _copy_hashing(source: Path, dest: Path, *, exclusive: bool = True) -> tuple[
     except OSError as exc:
         raise StorageIOError(f"cannot copy {source} to {dest}: {exc}") from exc
     return size, digest.hexdigest()
+
+
+def _link_or_copy_hashing(source: Path, dest: Path) -> tuple[int, str]:
+    """Hard-link ``source`` at ``dest`` when both are on one file system, else copy
+    it (:func:`_copy_hashing`); return (size, hex SHA-256) of what ``dest`` holds."""
+    try:
+        os.link(source, dest, follow_symlinks=False)
+    except FileNotFoundError as exc:
+        if not os.path.lexists(source):
+            raise NoInputError(f"{source}: no such file") from exc
+        raise StorageIOError(f"cannot store {source} as {dest}: {exc}") from exc
+    except OSError:
+        # EXDEV (another file system), EPERM (protected_hardlinks, a file system
+        # without links), EMLINK: a copy does the same job.
+        return _copy_hashing(source, dest)
+    if not stat.S_ISREG(os.lstat(dest).st_mode):
+        dest.unlink()
+        return _copy_hashing(source, dest)
+    # The stored time is when the vault got the object, as S3's Last-Modified
+    # (prune --incomplete --older-than reads it), not when the spool wrote it.
+    os.utime(dest, follow_symlinks=False)
+    with dest.open("rb") as reader:
+        size = os.fstat(reader.fileno()).st_size
+    return size, _hash_file(dest)
 
 
 def _hash_file(path: Path) -> str:
