@@ -17,8 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from cryophile.backup_id import BackupId
-from cryophile.errors import DataError
+from cryophile.backup_id import BackupId, parse_timestamp, parse_ulid, ulid_for_timestamp
+from cryophile.errors import DataError, TryLaterError, UsageError
+from cryophile.inventory import BackupState, Entry, Inventory
+
+#: A backup in these states was completed: it can be a parent.
+COMPLETE_STATES = frozenset({BackupState.QUEUED, BackupState.PARTLY_FROZEN,
+                             BackupState.FROZEN, BackupState.RESTORED,
+                             BackupState.THAW_REQUESTED, BackupState.THAWING})
+#: A backup in these states never finished: ``latest`` passes over it.
+UNFINISHED_STATES = frozenset({BackupState.WRITING, BackupState.INCOMPLETE})
+LATEST = "latest"
 
 Parents = Mapping[BackupId, BackupId | None]
 
@@ -101,3 +110,69 @@ def children_of(parents: Parents) -> dict[BackupId, list[BackupId]]:
     for found in children.values():
         found.sort(key=lambda backup: (backup.created, str(backup.ulid)))
     return children
+
+
+def pick_parent(spec: str, child: BackupId, inventory: Inventory) -> BackupId:
+    """The parent ``backup --parent SPEC`` names for the new backup ``child``.
+
+    ``spec`` is a ULID, a time as ``-t`` takes it, or ``latest`` (the newest
+    backup of the same vault and prefix that was completed, older than
+    ``child``). The parent must be in the same vault and prefix, older than the
+    child, complete and undamaged: else UsageError saying what is wrong with it.
+    When the vault could not be read, or (for ``latest``) one of the series'
+    backups could not, TryLaterError: the parent cannot be checked now.
+    """
+    if child.vault in inventory.failures:
+        raise TryLaterError(f"cannot check the parent of {child}: vault {child.vault} "
+                            f"cannot be read: {inventory.failures[child.vault]}")
+    series = [entry for entry in inventory.entries
+              if entry.backup_id.vault == child.vault
+              and entry.backup_id.prefix == child.prefix and entry.backup_id != child]
+    if spec == LATEST:
+        return _latest(child, series)
+    try:
+        ulid = parse_ulid(spec)
+    except UsageError:
+        try:
+            ulid = ulid_for_timestamp(parse_timestamp(spec))
+        except UsageError:
+            raise UsageError(f"--parent {spec!r} is neither a ULID, a time (as -t takes "
+                             "it) nor 'latest'") from None
+    wanted = BackupId(child.vault, child.prefix, ulid)
+    found = next((entry for entry in series if entry.backup_id == wanted), None)
+    if found is None:
+        raise UsageError(f"--parent: no backup {wanted} in the spool or the vault (a chain "
+                         "stays in one vault and prefix; `cryophile list` shows them)")
+    _check_usable(found, child)
+    return wanted
+
+
+def _latest(child: BackupId, series: list[Entry]) -> BackupId:
+    older = sorted((entry for entry in series
+                    if (entry.backup_id.created, str(entry.backup_id.ulid))
+                    < (child.created, str(child.ulid))),
+                   key=lambda entry: (entry.backup_id.created, str(entry.backup_id.ulid)))
+    unreadable = [entry for entry in older if entry.state is BackupState.UNREADABLE]
+    if unreadable:
+        raise TryLaterError(f"--parent latest: cannot tell which backup of "
+                            f"{child.vault}/{child.prefix} is the latest: "
+                            f"{unreadable[-1].backup_id} cannot be read now "
+                            f"({unreadable[-1].error})")
+    finished = [entry for entry in older if entry.state not in UNFINISHED_STATES]
+    if not finished:
+        raise UsageError(f"--parent latest: {child.vault}/{child.prefix or '(no prefix)'} has "
+                         "no complete backup older than this one; make a full backup first "
+                         "(without --parent)")
+    _check_usable(finished[-1], child)
+    return finished[-1].backup_id
+
+
+def _check_usable(entry: Entry, child: BackupId) -> None:
+    parent = entry.backup_id
+    if (parent.created, str(parent.ulid)) >= (child.created, str(child.ulid)):
+        raise UsageError(f"--parent {parent.ulid} is not older than the new backup "
+                         f"{child.ulid}: a parent comes first")
+    if entry.state not in COMPLETE_STATES:
+        why = f": {entry.error}" if entry.error else ""
+        raise UsageError(f"--parent {parent} is {entry.state.value}{why}; only a complete, "
+                         "undamaged backup can be a parent (cryophile verify checks one)")

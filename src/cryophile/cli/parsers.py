@@ -26,6 +26,7 @@ from cryophile.cli.arguments import (
     duration,
     file_descriptor,
     fragment_size,
+    label_pair,
     non_negative_count,
     non_negative_seconds,
     whole_number_up_to,
@@ -93,6 +94,8 @@ examples:
   tar -C /etc -c . | cryophile backup -v VAULT -p etc -k a.cert -k b.cert -C lz4
   cryophile backup -v VAULT -p pg -t 2026-11-26T03:00:00Z -i /var/backups/dump.fifo -k k.pgp
   tar -C /etc -c . | cryophile backup -v VAULT -p etc -k backup.cert --sign-key host-sign.key
+  zfs send -i @mon tank/data@tue | cryophile backup -v VAULT -p tank -k k.cert \
+      --parent latest --label snapshot=tank/data@tue
 """
 
 
@@ -123,6 +126,14 @@ def _add_backup(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--sign-pass-fd", type=file_descriptor, default=None, metavar="N",
                         help="read the signing key's passphrase from file descriptor N (else "
                              "$CRYOPHILE_ASKPASS, else the terminal)")
+    parser.add_argument("--parent", metavar="ULID|TIME|latest", default=None,
+                        help="this stream is an increment of that backup (same vault and "
+                             "prefix; latest: the newest complete one); prune then keeps the "
+                             "parent as long as this backup, restore --chain replays both")
+    parser.add_argument("--label", action="append", type=label_pair, default=[],
+                        metavar="KEY=VALUE",
+                        help="store a label in the manifest (repeatable), e.g. "
+                             "snapshot=tank/data@2026-12-06; list shows it, --label filters")
     parser.add_argument("--json", action="store_true",
                         help="print the result as one JSON object on stdout")
     add_progress_option(parser)
