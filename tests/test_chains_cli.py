@@ -98,3 +98,39 @@ def test_prune_keeps_the_parents_of_the_backups_it_keeps(
         restored = cli.run(["restore", "--thaw", "-v", VAULT, "-p", PREFIX, "-u", ulid,
                             "-k", gpg_key.secret])
         assert restored.returncode == 0, restored.stderr
+
+
+def test_list_shows_parent_labels_and_chain_filters_by_label_and_draws_the_tree(
+        cli: Cli, gpg_key: oracles.KeyPair) -> None:
+    full = _backup(cli, gpg_key, "2026-11-01T03:00:00Z", "--label", "snapshot=tank/data@mon")
+    inc1 = _backup(cli, gpg_key, "2026-11-02T03:00:00Z", "--parent", "latest",
+                   "--label", "snapshot=tank/data@tue")
+    inc2 = _backup(cli, gpg_key, "2026-11-03T03:00:00Z", "--parent", "latest")
+    lone = _backup(cli, gpg_key, "2026-11-04T03:00:00Z")
+    listed = cli.run(["list", "--json", "-v", VAULT])
+    assert listed.returncode == 0, listed.stderr
+    entries = {entry["ulid"]: entry for entry in json.loads(listed.stdout)}
+    ident = {ulid: f"{VAULT}/{PREFIX}/{ulid}" for ulid in (full, inc1, inc2, lone)}
+    assert entries[inc2]["parent"] == inc1
+    assert entries[inc2]["chain"] == [ident[full], ident[inc1], ident[inc2]]
+    assert entries[inc2]["chain_problem"] is None
+    assert entries[full]["parent"] is None
+    assert entries[full]["labels"] == {"snapshot": "tank/data@mon"}
+    assert entries[lone]["chain"] == [ident[lone]]
+    picked = cli.run(["list", "--json", "-v", VAULT, "--label", "snapshot=tank/data@tue"])
+    assert [entry["ulid"] for entry in json.loads(picked.stdout)] == [inc1]
+    tree = cli.run(["list", "--tree", "-v", VAULT])
+    assert tree.returncode == 0, tree.stderr
+    lines = tree.stdout.decode().splitlines()
+    assert [line.split()[-1] if "snapshot" not in line else line.split()[-2]
+            for line in lines] == [ident[lone], ident[full], ident[inc1], ident[inc2]]
+    assert lines[2].startswith("└─ ")
+    assert lines[3].startswith("  └─ ")
+    # The full backup gone (deleted by hand): the chain says it cannot be restored.
+    vault_dir = cli.spool.parent / f"{cli.spool.name}-vaults" / VAULT / PREFIX / full
+    assert cli.run(["freeze", "--once"]).returncode == 0
+    for path in sorted(vault_dir.iterdir()):
+        path.unlink()
+    broken = cli.run(["list", "--json", "-v", VAULT])
+    entries = {entry["ulid"]: entry for entry in json.loads(broken.stdout)}
+    assert f"needs its parent {full}" in entries[inc2]["chain_problem"]

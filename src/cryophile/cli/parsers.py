@@ -353,6 +353,11 @@ def _add_list(commands: Any) -> argparse.ArgumentParser:
                         help="only this vault (default: every vault known)")
     parser.add_argument("-p", "--prefix", metavar="PREFIX",
                         help="only backups with this prefix or one below it")
+    parser.add_argument("--label", action="append", type=label_pair, default=[],
+                        metavar="KEY=VALUE",
+                        help="only backups carrying this label (repeatable: all of them)")
+    parser.add_argument("--tree", action="store_true",
+                        help="draw incremental chains: each backup under its parent")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON array of objects (schema in the README)")
     return parser
