@@ -52,7 +52,7 @@ def mutate(change: Any) -> bytes:
 
 @pytest.mark.parametrize(("change", "message"), [
     (lambda d: d.update(format="other"), "not a cryophile manifest"),
-    (lambda d: d.update(version=2), "version 2"),
+    (lambda d: d.update(version=3), "version 3"),
     (lambda d: d.update(version="1"), "'version' should be int"),
     (lambda d: d.pop("fragments"), "'fragments' is missing"),
     (lambda d: d.update(fragments=[]), "no fragments"),

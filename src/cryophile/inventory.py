@@ -488,6 +488,9 @@ class Entry:
             "in_vault": self.in_vault,
             "queues": list(self.queues),
             "error": self.error,
+            "parent": (str(manifest.parent) if manifest is not None
+                       and manifest.parent is not None else None),
+            "labels": dict(manifest.labels) if manifest is not None else {},
         }
 
 

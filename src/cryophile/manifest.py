@@ -18,6 +18,13 @@ Schema (version 1)::
       "fragments": [{"index": 1, "size": <int>, "sha256": "<hex>"}, ...]
     }
 
+Version 2 adds two optional fields, and is written only when one is present
+(a backup without them stays readable by a cryophile that knows version 1)::
+
+      "parent": "<ULID>",                  the backup this incremental stream needs
+                                           (same vault and prefix), see chains.py
+      "labels": {"<key>": "<value>", ...}  the user's labels (backup --label K=V)
+
 :func:`parse` is strict: a manifest is data from storage we do not trust, so
 every field is type- and range-checked and a bad one is a DataError naming it.
 """
@@ -28,13 +35,18 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryophile.backup_id import BackupId, normalize_prefix, parse_ulid, parse_vault
 from cryophile.errors import DataError, UsageError
 
+if TYPE_CHECKING:
+    from ulid import ULID
+
 FORMAT = "cryophile-manifest"
-VERSION = 1
+VERSION = 2
+#: Versions this cryophile reads. Version 1 has neither parent nor labels.
+VERSIONS = (1, 2)
 COMPRESSIONS = ("none", "lz4", "zstd")
 #: Never in a manifest: what a restore may be told instead of one of COMPRESSIONS,
 #: to detect the compression from the data.
@@ -50,7 +62,12 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{16,64}")
 _KEYS = frozenset({"format", "version", "vault", "prefix", "ulid", "created", "compression",
                    "encryption", "engine", "recipients", "fragment_size", "fragments"})
+_KEYS_V2 = _KEYS | {"parent", "labels"}
 _FRAGMENT_KEYS = frozenset({"index", "size", "sha256"})
+#: A label's key: what a shell word and a metrics label can carry unquoted.
+LABEL_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", re.ASCII)
+MAX_LABEL_VALUE = 256
+MAX_LABELS = 64
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,21 @@ class Manifest:
     recipients: tuple[str, ...]
     fragment_size: int
     fragments: tuple[Fragment, ...]
+    #: The ULID of the backup this one's stream is an increment of, if any.
+    parent: ULID | None = None
+    #: The user's labels, sorted by key.
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def parent_id(self) -> BackupId | None:
+        """The parent's full id (same vault and prefix), or None for a full backup."""
+        if self.parent is None:
+            return None
+        return BackupId(self.backup_id.vault, self.backup_id.prefix, self.parent)
+
+    def label(self, key: str) -> str | None:
+        """The value of label ``key``, or None."""
+        return dict(self.labels).get(key)
 
     @property
     def stored_bytes(self) -> int:
@@ -81,9 +113,10 @@ class Manifest:
 
     def to_json(self) -> bytes:
         """Serialise to the canonical UTF-8 JSON form (stable key order)."""
+        extended = self.parent is not None or bool(self.labels)
         document: dict[str, Any] = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": VERSION if extended else 1,
             "vault": str(self.backup_id.vault),
             "prefix": self.backup_id.prefix,
             "ulid": str(self.backup_id.ulid),
@@ -97,6 +130,10 @@ class Manifest:
                 {"index": f.index, "size": f.size, "sha256": f.sha256} for f in self.fragments
             ],
         }
+        if self.parent is not None:
+            document["parent"] = str(self.parent)
+        if self.labels:
+            document["labels"] = dict(self.labels)
         return (json.dumps(document, indent=1) + "\n").encode()
 
 
@@ -121,12 +158,12 @@ def parse(data: bytes, expected: BackupId | None = None) -> Manifest:
         raise DataError("not a cryophile manifest (format "
                         f"{_shorten(repr(document.get('format')))})")
     version = _field(document, "version", int)
-    if version != VERSION:
+    if version not in VERSIONS:
         raise DataError(f"manifest version {_shorten(str(version))} is not supported (this "
-                        f"cryophile reads version {VERSION}); upgrade cryophile")
-    # Version 1's schema is closed: a key we never write means the document
+                        f"cryophile reads versions 1 to {VERSION}); upgrade cryophile")
+    # Each version's schema is closed: a key we never write means the document
     # was not written by us (or was tampered with), so it is not trusted.
-    _refuse_unknown(document, _KEYS, "manifest")
+    _refuse_unknown(document, _KEYS if version == 1 else _KEYS_V2, "manifest")
     try:
         backup_id = BackupId(
             parse_vault(_field(document, "vault", str)),
@@ -168,8 +205,42 @@ def parse(data: bytes, expected: BackupId | None = None) -> Manifest:
         raise DataError("manifest field 'fragment_size' out of range: "
                         f"{_shorten(str(fragment_size))}")
     fragments = tuple(_parse_fragments(_field(document, "fragments", list), fragment_size))
+    parent = None
+    if "parent" in document:
+        try:
+            parent = parse_ulid(_field(document, "parent", str))
+        except UsageError as error:
+            raise DataError(f"manifest field 'parent' is not a backup id: {error}") from None
+        if parent == backup_id.ulid:
+            raise DataError("manifest names its own backup as its parent")
+    labels: tuple[tuple[str, str], ...] = ()
+    if "labels" in document:
+        try:
+            labels = check_labels(_field(document, "labels", dict))
+        except ValueError as error:
+            raise DataError(f"manifest field 'labels': {error}") from None
     return Manifest(backup_id, created, compression, engine, tuple(recipients), fragment_size,
-                    fragments)
+                    fragments, parent, labels)
+
+
+def check_labels(labels: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Validated labels, sorted by key; ValueError naming the first bad one.
+
+    Keys match :data:`LABEL_KEY`; values are strings of at most
+    :data:`MAX_LABEL_VALUE` characters without control characters.
+    """
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"{len(labels)} labels, more than {MAX_LABELS}")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key):
+            raise ValueError(f"bad label key {_shorten(repr(key))}: a letter, then letters, "
+                             "digits, '_', '.' or '-' (at most 64)")
+        if not isinstance(value, str):
+            raise ValueError(f"label {key!r} has a value that is not a string")  # noqa: TRY004
+        if len(value) > MAX_LABEL_VALUE or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError(f"label {key!r} has a bad value {_shorten(repr(value))}: at most "
+                             f"{MAX_LABEL_VALUE} characters, no control characters")
+    return tuple(sorted(labels.items()))
 
 
 def _parse_fragments(entries: list[Any], fragment_size: int) -> list[Fragment]:

@@ -45,6 +45,7 @@ from typing import Any
 from cryophile import abandoned
 from cryophile.backup_id import SIGNATURE_NAME, BackupId, parse_ulid, rfc3339
 from cryophile.catalog import fetch_manifest, fetch_signature
+from cryophile.chains import needed_by
 from cryophile.durable import make_dirs, replace_file
 from cryophile.errors import CryophileError, DataError, UsageError
 from cryophile.inventory import VaultListing, list_vault, within
@@ -336,8 +337,28 @@ def decide(outcome: Outcome, policy: Policy, spool: Spool, now: datetime, *,
             candidate.action = Action.BLOCKED
         else:
             candidate.action = Action.REMOVE
+    _keep_chains_whole(outcome)
     outcome.candidates.sort(key=lambda c: (c.backup_id.prefix, c.backup_id.created,
                                            str(c.backup_id.ulid)), reverse=True)
+
+
+def _keep_chains_whole(outcome: Outcome) -> None:
+    """Keep every ancestor of a backup that stays: an incremental is worthless
+    without its parents. ``kept_by`` says "parent of <ULID>" for each backup that
+    needs it; the storage classes' minimum durations apply to the chain as a whole
+    (a parent stays while a too-young incremental of it stays)."""
+    parents = {c.backup_id: c.manifest.parent_id for c in outcome.candidates}
+    by_id = {candidate.backup_id: candidate for candidate in outcome.candidates}
+    staying = [c.backup_id for c in outcome.candidates if c.action in KEPT_ACTIONS]
+    for ancestor, users in needed_by(staying, parents).items():
+        candidate = by_id[ancestor]
+        reason = tuple(f"parent of {user.ulid}" for user in users)
+        if candidate.action in (Action.REMOVE, Action.BLOCKED):
+            candidate.action = Action.KEEP
+            candidate.early = None
+            candidate.kept_by = reason
+        elif candidate.action is Action.KEEP and candidate.kept_by != ("restore",):
+            candidate.kept_by = (*candidate.kept_by, *reason)
 
 
 def execute(opened: OpenedVault, outcome: Outcome, unfinished: dict[BackupId, VaultListing],

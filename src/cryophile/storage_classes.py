@@ -9,6 +9,7 @@ and the configuration all read these; none of them keeps a copy.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from cryophile.errors import UsageError
 
@@ -57,6 +58,51 @@ EXPECTED_WAIT: Mapping[tuple[str, str], str] = {
     ("DEEP_ARCHIVE", "Standard"): "within 12 hours",
     ("DEEP_ARCHIVE", "Bulk"): "within 48 hours",
 }
+
+
+@dataclass(frozen=True)
+class RetrievalPrice:
+    """What a Glacier restore costs: per GiB retrieved and per 1,000 restore requests (USD)."""
+
+    per_gib: float
+    per_1000_requests: float
+
+
+#: When and where :data:`RETRIEVAL_PRICES` were read. Prices change: a vault's
+#: configuration can override them (``retrieval_prices``).
+PRICES_AS_OF = "AWS S3 list prices, us-east-1, as published in 2026"
+
+#: AWS's retrieval prices by storage class and tier (Flexible Retrieval Bulk is free).
+RETRIEVAL_PRICES: Mapping[tuple[str, str], RetrievalPrice] = {
+    ("GLACIER", "Expedited"): RetrievalPrice(0.03, 10.00),
+    ("GLACIER", "Standard"): RetrievalPrice(0.01, 0.05),
+    ("GLACIER", "Bulk"): RetrievalPrice(0.0, 0.0),
+    ("DEEP_ARCHIVE", "Standard"): RetrievalPrice(0.02, 0.10),
+    ("DEEP_ARCHIVE", "Bulk"): RetrievalPrice(0.0025, 0.025),
+    # Intelligent-Tiering's archive tiers: Standard and Bulk restores are free.
+    ("INTELLIGENT_TIERING", "Expedited"): RetrievalPrice(0.03, 10.00),
+    ("INTELLIGENT_TIERING", "Standard"): RetrievalPrice(0.0, 0.0),
+    ("INTELLIGENT_TIERING", "Bulk"): RetrievalPrice(0.0, 0.0),
+}
+#: The restored temporary copy is billed as STANDARD storage while it is kept.
+RESTORED_COPY_PER_GIB_MONTH = 0.023
+#: Data transfer out of AWS to the internet, first 10 TB of a month.
+EGRESS_PER_GIB = 0.09
+GIB = 1 << 30
+
+
+def retrieval_cost(storage_class: str, tier: str, objects: int, size: int, days: int,
+                   prices: Mapping[tuple[str, str], RetrievalPrice] | None = None) -> float:
+    """USD to restore ``objects`` objects of ``size`` bytes in all from
+    ``storage_class`` at ``tier`` and keep the copies ``days`` days (retrieval,
+    requests, the temporary copy's storage; not the download's transfer)."""
+    table = RETRIEVAL_PRICES if prices is None else {**RETRIEVAL_PRICES, **prices}
+    price = table.get((storage_class, tier))
+    if price is None:
+        return 0.0
+    gib = size / GIB
+    return (gib * price.per_gib + objects / 1000 * price.per_1000_requests
+            + gib * RESTORED_COPY_PER_GIB_MONTH * days / 30)
 
 
 def needs_restore(storage_class: str) -> bool:

@@ -26,6 +26,7 @@ from cryophile.backup_id import (
     ulid_for_timestamp,
 )
 from cryophile.errors import UsageError
+from cryophile.manifest import check_labels
 
 KIB = 1024
 # S3 requires multipart parts of at least 5 MiB; a smaller fragment could not
@@ -149,6 +150,18 @@ def backup_id_from(args: argparse.Namespace, *, new: bool) -> BackupId:
     else:
         raise UsageError("name the backup with -u/--ulid or -t/--timestamp")
     return BackupId(vault, prefix, ulid)
+
+
+def label_pair(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` → (key, value), checked as the manifest checks labels."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"invalid label {text!r}: expected KEY=VALUE")
+    try:
+        check_labels({key: value})
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return key, value
 
 
 def add_keyring_option(parser: argparse.ArgumentParser, help_text: str, *,

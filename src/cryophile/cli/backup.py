@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryophile.backup_id import BackupId
+from cryophile.chains import pick_parent
 from cryophile.cli.arguments import backup_id_from
 from cryophile.cli.progress import progress_line
 from cryophile.cli.resources import CommandContext
 from cryophile.errors import NoInputError, StorageIOError, UsageError
+from cryophile.inventory import take_inventory
 from cryophile.passphrase import passphrase_source
 from cryophile.pipeline.backup import BackupPlan, BackupResult, run_backup
 from cryophile.pipeline.compress import codec_for
@@ -24,7 +27,11 @@ from cryophile.signing import load_signing_key
 from cryophile.vault.factory import announce_embedded, destination_for
 
 if TYPE_CHECKING:
+    from ulid import ULID
+
     from cryophile.cli.main import Environment
+
+logger = logging.getLogger(__name__)
 
 
 def run(args: argparse.Namespace, environment: Environment) -> int:
@@ -46,9 +53,11 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         recipients.subkeys)
     spool = context.spool
     destination = destination_for(backup_id.vault, config, spool.root)
+    labels = _labels(args.label)
+    parent = None if args.parent is None else _parent(args.parent, backup_id, context)
     plan = BackupPlan(backup_id, codec, args.size, recipients, engine_for(args.engine),
                       sign=None if signing_key is None else signing_key.sign,
-                      destination=destination)
+                      destination=destination, parent=parent, labels=labels)
     counters = Counters()
     with progress_line(counters, environment.stderr, args.progress and not args.quiet,
                        kind="backup"):
@@ -58,6 +67,26 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     if args.json or not args.quiet:
         _report(result, args.json, environment)
     return 0
+
+
+def _labels(pairs: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """``--label`` pairs, each key once."""
+    labels: dict[str, str] = {}
+    for key, value in pairs:
+        if key in labels and labels[key] != value:
+            raise UsageError(f"--label {key} given twice ({labels[key]!r} and {value!r})")
+        labels[key] = value
+    return tuple(sorted(labels.items()))
+
+
+def _parent(spec: str, backup_id: BackupId, context: CommandContext) -> ULID:
+    """The ``--parent`` backup, checked complete in the spool or the vault (before the
+    input is read: a bad parent must not cost the stream)."""
+    inventory = take_inventory(context.spool, context.vault, [backup_id.vault],
+                               prefix=backup_id.prefix or None, only_vault=backup_id.vault)
+    parent = pick_parent(spec, backup_id, inventory)
+    logger.info("backup %s: an increment of %s", backup_id, parent)
+    return parent.ulid
 
 
 def _check_input(name: str, environment: Environment) -> Path | None:
@@ -114,7 +143,9 @@ def _report(result: BackupResult, as_json: bool, environment: Environment) -> No
                     "created": manifest.created.isoformat().replace("+00:00", "Z"),
                     "input_bytes": result.input_bytes, "stored_bytes": stored,
                     "ratio": round(ratio, 3), "fragments": len(manifest.fragments),
-                    "compression": manifest.compression, "seconds": round(result.seconds, 3)}
+                    "compression": manifest.compression, "seconds": round(result.seconds, 3),
+                    "parent": None if manifest.parent is None else str(manifest.parent),
+                    "labels": dict(manifest.labels)}
         os.write(environment.stdout_fd, (json.dumps(document) + "\n").encode())
         return
     speed = result.input_bytes / result.seconds / 1e6 if result.seconds else 0.0

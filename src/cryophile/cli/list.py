@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryophile.backup_id import normalize_prefix, parse_vault, rfc3339
+from cryophile.chains import Parents, chain_of, children_of
 from cryophile.cli.resources import CommandContext
 from cryophile.errors import ExitCode, exit_code_of
 from cryophile.inventory import Entry, known_vaults, take_inventory
@@ -33,6 +34,45 @@ def _row(entry: Entry) -> tuple[str, ...]:
     )
 
 
+def _has_labels(entry: Entry, wanted: list[tuple[str, str]]) -> bool:
+    labels = dict(entry.manifest.labels) if entry.manifest is not None else {}
+    return all(labels.get(key) == value for key, value in wanted)
+
+
+def _chain_fields(entry: Entry, parents: Parents) -> dict[str, Any]:
+    """``chain``: the ids from the full backup to this one; ``chain_problem``: why it
+    cannot be restored (a parent missing or a loop), else null."""
+    chain = chain_of(entry.backup_id, parents)
+    return {"chain": [str(link) for link in chain.links], "chain_problem": chain.problem()}
+
+
+def _tree(entries: list[Entry], parents: Parents) -> str:
+    """Each full backup (or one whose parent is gone), newest first, with its
+    incrementals below it, oldest first."""
+    shown = {entry.backup_id: entry for entry in entries}
+    children = children_of({b: p for b, p in parents.items() if b in shown})
+    lines: list[str] = []
+
+    def draw(entry: Entry, depth: int) -> None:
+        labels = " ".join(f"{key}={value}" for key, value in
+                          (entry.manifest.labels if entry.manifest is not None else ()))
+        indent = "  " * (depth - 1) + "└─ " if depth else ""
+        missing = ""
+        parent = parents.get(entry.backup_id)
+        if depth == 0 and parent is not None:
+            missing = f"  (parent {parent.ulid} missing: cannot be restored)"
+        lines.append(f"{indent}{rfc3339(entry.backup_id.created)}  {entry.state.value:<13} "
+                     f"{entry.backup_id}{'  ' + labels if labels else ''}{missing}")
+        for child in children.get(entry.backup_id, []):
+            draw(shown[child], depth + 1)
+
+    for entry in entries:
+        parent = parents.get(entry.backup_id)
+        if parent is None or parent not in shown:
+            draw(entry, 0)
+    return "\n".join(lines) + "\n"
+
+
 def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     """Left-aligned columns (right-aligned numbers), the last column unpadded."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
@@ -56,11 +96,17 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     vault_ids = [only_vault] if only_vault is not None else known_vaults(spool, config)
     inventory = take_inventory(spool, context.vault, vault_ids, prefix=prefix,
                                only_vault=only_vault)
+    # Chains are worked out on everything listed, before --label picks entries.
+    parents = {entry.backup_id: entry.manifest.parent_id if entry.manifest else None
+               for entry in inventory.entries}
+    shown = [entry for entry in inventory.entries if _has_labels(entry, args.label)]
     if args.json:
-        document = [entry.as_json() for entry in inventory.entries]
+        document = [entry.as_json() | _chain_fields(entry, parents) for entry in shown]
         output = json.dumps(document, indent=1) + "\n"
-    elif inventory.entries:
-        output = format_table([_row(entry) for entry in inventory.entries], COLUMNS)
+    elif shown and args.tree:
+        output = _tree(shown, parents)
+    elif shown:
+        output = format_table([_row(entry) for entry in shown], COLUMNS)
     else:
         output = ""
         if not args.quiet:

@@ -26,6 +26,7 @@ from cryophile.cli.arguments import (
     duration,
     file_descriptor,
     fragment_size,
+    label_pair,
     non_negative_count,
     non_negative_seconds,
     whole_number_up_to,
@@ -93,6 +94,8 @@ examples:
   tar -C /etc -c . | cryophile backup -v VAULT -p etc -k a.cert -k b.cert -C lz4
   cryophile backup -v VAULT -p pg -t 2026-11-26T03:00:00Z -i /var/backups/dump.fifo -k k.pgp
   tar -C /etc -c . | cryophile backup -v VAULT -p etc -k backup.cert --sign-key host-sign.key
+  zfs send -i @mon tank/data@tue | cryophile backup -v VAULT -p tank -k k.cert \
+      --parent latest --label snapshot=tank/data@tue
 """
 
 
@@ -123,6 +126,14 @@ def _add_backup(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--sign-pass-fd", type=file_descriptor, default=None, metavar="N",
                         help="read the signing key's passphrase from file descriptor N (else "
                              "$CRYOPHILE_ASKPASS, else the terminal)")
+    parser.add_argument("--parent", metavar="ULID|TIME|latest", default=None,
+                        help="this stream is an increment of that backup (same vault and "
+                             "prefix; latest: the newest complete one); prune then keeps the "
+                             "parent as long as this backup, restore --chain replays both")
+    parser.add_argument("--label", action="append", type=label_pair, default=[],
+                        metavar="KEY=VALUE",
+                        help="store a label in the manifest (repeatable), e.g. "
+                             "snapshot=tank/data@2026-12-06; list shows it, --label filters")
     parser.add_argument("--json", action="store_true",
                         help="print the result as one JSON object on stdout")
     add_progress_option(parser)
@@ -342,6 +353,11 @@ def _add_list(commands: Any) -> argparse.ArgumentParser:
                         help="only this vault (default: every vault known)")
     parser.add_argument("-p", "--prefix", metavar="PREFIX",
                         help="only backups with this prefix or one below it")
+    parser.add_argument("--label", action="append", type=label_pair, default=[],
+                        metavar="KEY=VALUE",
+                        help="only backups carrying this label (repeatable: all of them)")
+    parser.add_argument("--tree", action="store_true",
+                        help="draw incremental chains: each backup under its parent")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON array of objects (schema in the README)")
     return parser

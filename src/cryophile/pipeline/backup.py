@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from cryophile.backup_id import MANIFEST_NAME, SIGNATURE_NAME, BackupId
 from cryophile.destination import Destination
@@ -41,6 +42,9 @@ from cryophile.pipeline.stages import (
 from cryophile.spool import LOCK_NAME, Queue, Spool, describe_os_error, write_file_durably
 from cryophile.uploads import UploadRecords
 
+if TYPE_CHECKING:
+    from ulid import ULID
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,6 +63,10 @@ class BackupPlan:
     # Where the backup is bound for: recorded in the spool when it is queued,
     # so that freeze never sends it anywhere else (cryophile.uploads).
     destination: Destination | None = None
+    # An incremental stream's parent (checked by the caller: cryophile.chains),
+    # and the user's labels, recorded in the manifest.
+    parent: ULID | None = None
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,8 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
             recipients=plan.recipients.subkeys,
             fragment_size=plan.fragment_size,
             fragments=fragments,
+            parent=plan.parent,
+            labels=plan.labels,
         )
         manifest_bytes = manifest.to_json()
         try:
