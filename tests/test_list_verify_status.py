@@ -82,6 +82,10 @@ LIST_SCHEMA: dict[str, Any] = {
         "queues": {"type": "array", "uniqueItems": True,
                    "items": {"enum": ["backup", "freeze", "thaw", "restore"]}},
         "error": _nullable("string"),
+        "parent": _nullable("string"),
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "chain": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "chain_problem": _nullable("string"),
     }),
 }
 

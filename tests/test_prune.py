@@ -466,8 +466,9 @@ PRUNE_SCHEMA: dict[str, Any] = {
                 "time": {"type": "string", "pattern": TIME_PATTERN},
                 "created": {"type": "string", "pattern": TIME_PATTERN},
                 "action": {"enum": ACTIONS},
-                "kept_by": {"type": "array", "items": {
-                    "enum": ["last", "daily", "weekly", "monthly", "restore"]}},
+                "kept_by": {"type": "array", "items": {"anyOf": [
+                    {"enum": ["last", "daily", "weekly", "monthly", "restore"]},
+                    {"type": "string", "pattern": "^parent of [0-9A-HJKMNP-TV-Z]{26}$"}]}},
                 "uncounted": {"type": "array", "uniqueItems": True,
                               "items": {"enum": ["untrusted", "future_dated"]}},
                 "signed_by": _nullable("string"),

@@ -39,6 +39,7 @@ def test_same_file_system_stores_a_link_dated_when_the_vault_got_it(tmp_path: Pa
     assert info is not None
     assert info.sha256 == digest
     assert info.size == 10000
+    assert info.modified is not None
     assert abs(info.modified.timestamp() - time.time()) < 300
     # The spool removes its copy once stored: the vault keeps the object.
     source.unlink()
