@@ -65,11 +65,15 @@ class UsageSampler:
         self._thread.join()
 
 
-@pytest.fixture(scope="module")
-def big_input() -> bytes:
+def make_big_input() -> bytes:
     """41 fragments' worth of incompressible bytes, with a compressible tail."""
     rng = random.Random(14)
     return rng.randbytes(40 * FRAGMENT + 2 * MiB) + b"backpressure\n" * 50_000
+
+
+@pytest.fixture(scope="module")
+def big_input() -> bytes:
+    return make_big_input()
 
 
 def spool_files(spool: Path) -> list[str]:

@@ -18,7 +18,7 @@ from cryophile.cli.arguments import backup_id_from
 from cryophile.cli.progress import progress_line
 from cryophile.cli.resources import CommandContext
 from cryophile.daemons.freeze import BackupFreezer
-from cryophile.errors import NoInputError, StorageIOError, UsageError
+from cryophile.errors import AlreadyExistsError, NoInputError, StorageIOError, UsageError
 from cryophile.in_flight import uploads_in_flight
 from cryophile.manifest import Manifest, parse
 from cryophile.metrics import MetricsFile
@@ -136,6 +136,7 @@ def _resume_interrupted(spool: Spool, opened: OpenedVault, backup_id: BackupId,
                         notify: Callable[[str], None]) -> Manifest | None:
     """What ``backup --freeze`` does with what an interrupted run of the same id left.
 
+    Complete in the vault already (its manifest there): AlreadyExistsError.
     Complete in the spool (manifest there, writer gone): its manifest, so that
     only the upload is done (the input is not read). Abandoned (no manifest,
     writer gone): removed from the vault and the spool (:mod:`cryophile.abandoned`),
@@ -146,6 +147,13 @@ def _resume_interrupted(spool: Spool, opened: OpenedVault, backup_id: BackupId,
     queued = spool.backup_dir(Queue.FREEZE, backup_id)
     if is_being_written(work / LOCK_NAME):
         return None
+    if opened.vault.stat(backup_id.manifest_key) is not None:
+        # Before the input is read: an earlier run finished (it was killed after the
+        # upload, before it could exit), or another host used the id.
+        raise AlreadyExistsError(
+            f"backup {backup_id} is already complete in vault {backup_id.vault} "
+            f"({opened.destination.describe()}); nothing was read or uploaded. Use another "
+            "-t/-u for a new backup")
     if (queued / MANIFEST_NAME).exists():
         manifest = parse(read_spool_file(queued / MANIFEST_NAME), expected=backup_id)
         notify(f"backup {backup_id} is complete in the spool (an earlier run was "
