@@ -12,6 +12,7 @@ proxy) it fails after ``--stall-timeout``, exit 75, leaving nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -79,6 +80,17 @@ def big_input() -> bytes:
 def spool_files(spool: Path) -> list[str]:
     return sorted(str(path.relative_to(spool)) for queue in ("backup", "freeze", "restore")
                   for path in (spool / queue).rglob("*") if path.is_file())
+
+
+def _feed(process: subprocess.Popen[bytes], data: bytes) -> None:
+    assert process.stdin is not None
+    try:
+        process.stdin.write(data)
+    except BrokenPipeError:
+        pass  # the backup failed and stopped reading: what the test expects
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
 
 
 def decrypt_vault_backup(s3: fs.S3Freeze, ulid: str, key: oracles.KeyPair,
@@ -202,8 +214,30 @@ def test_uploads_that_make_no_progress_fail_after_the_stall_timeout(
             wait_until(lambda: (cli.spool / "run" / "freeze.pid").exists()
                        and (cli.spool / "run" / "freeze.pid").stat().st_size > 0,
                        "the freeze daemon announced itself")
-            completed = run_backup(s3, gpg_key, big_input[:8 * FRAGMENT], "--spool-limit",
-                                   "15M", "--stall-timeout", "3")
+            command = [sys.executable, "-m", "cryophile", "backup", "-c", str(s3.config),
+                       "-v", VAULT, "-p", PREFIX, "-k", str(gpg_key.cert), "-s", "5M",
+                       "--spool-limit", "15M", "--stall-timeout", "3", "--json"]
+            out, err = tmp_path / "stdout", tmp_path / "stderr"
+            with out.open("wb") as out_file, err.open("wb") as err_file:
+                backup = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out_file,
+                                          stderr=err_file, env=cli.environment(s3.env))
+            feeder = threading.Thread(target=_feed, args=(backup, big_input[:8 * FRAGMENT]),
+                                      daemon=True)
+            feeder.start()
+
+            def waiting() -> bool:
+                document = json.loads(cli.run(["status", "--json"]).stdout)
+                return any(entry["state"] == "waiting" for entry in document["backup"])
+
+            # `status` shows it waiting, with the spool's fill against the budget.
+            wait_until(waiting, "status shows the backup waiting", timeout=60, interval=0.1)
+            shown = cli.run(["status"]).stdout.decode()
+            assert "waiting for upload: spool " in shown
+            assert "/15.0 MiB (spool_limit 15.0 MiB)" in shown
+            backup.wait(timeout=120)
+            feeder.join()
+            completed = subprocess.CompletedProcess(command, backup.returncode,
+                                                    out.read_bytes(), err.read_bytes())
         finally:
             process.terminate()
             process.wait(timeout=60)
