@@ -17,6 +17,8 @@ The schema::
     spool = "/var/spool/cryophile"          # optional
     spool_limit = "20G"                     # optional: bytes or "25%" of its file system
                                             # (default: free space less 10 %; spool_budget)
+    stall_timeout = 1800                    # optional: seconds a backup waiting for spool
+                                            # space tolerates uploads making no progress
     metrics_file = "/var/lib/prometheus/node-exporter/cryophile.prom"   # optional
     sign_key = "/etc/cryophile/sign.key"    # optional: backup signs manifests with it
     signed_by = "/etc/cryophile/sign.cert"  # optional: restore/verify/prune require that signer
@@ -92,9 +94,12 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 30.0
 #: Upper bound of both timeouts: more than an hour of silence is a typo.
 MAX_TIMEOUT = 3600.0
+#: Upper bound of ``stall_timeout``: a week.
+MAX_STALL_TIMEOUT = 7 * 24 * 3600.0
 
 _TOP_LEVEL_KEYS = frozenset(
-    {"spool", "spool_limit", "metrics_file", "sign_key", "signed_by", "vault"}
+    {"spool", "spool_limit", "stall_timeout", "metrics_file", "sign_key", "signed_by",
+     "vault"}
 )
 _COMMON_KEYS = frozenset(
     {"id", "provider", "storage_class", "restore_tier", "restore_days", "compression"}
@@ -156,7 +161,9 @@ class Config:
     """The whole configuration. ``source`` is the file it came from, or None
     for the built-in defaults; ``spool`` is None unless the file sets it, and so is
     ``metrics_file`` (where the daemons write Prometheus metrics), and ``spool_limit``
-    (the spool's budget, :mod:`cryophile.spool_budget`). ``sign_key``
+    (the spool's budget, :mod:`cryophile.spool_budget`); ``stall_timeout`` (seconds a
+    backup waiting for spool space accepts uploads making no progress; None: the
+    default of :mod:`cryophile.backpressure`). ``sign_key``
     is the secret key ``backup`` signs manifests with (``--sign-key`` wins);
     ``signed_by`` the certificate whose signature ``restore``, ``verify`` and ``prune``
     require (``--signed-by`` wins)."""
@@ -164,6 +171,7 @@ class Config:
     source: Path | None = None
     spool: Path | None = None
     spool_limit: SpoolLimit | None = None
+    stall_timeout: float | None = None
     metrics_file: Path | None = None
     vaults: tuple[VaultConfig, ...] = ()
     sign_key: Path | None = None
@@ -262,8 +270,8 @@ class _Validator:
         if unknown:
             self._fail(
                 None, unknown[0],
-                f"unknown key {unknown[0]!r} (expected 'spool', 'spool_limit', 'metrics_file', "
-                "'sign_key', 'signed_by', [[vault]])",
+                f"unknown key {unknown[0]!r} (expected 'spool', 'spool_limit', 'stall_timeout', "
+                "'metrics_file', 'sign_key', 'signed_by', [[vault]])",
             )
         spool = None
         if "spool" in document:
@@ -274,6 +282,14 @@ class _Validator:
                 spool_limit = parse_spool_limit(document["spool_limit"])
             except ValueError as error:
                 self._fail(None, "spool_limit", str(error))
+        stall_timeout = None
+        if "stall_timeout" in document:
+            value = document["stall_timeout"]
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not 0 < value <= MAX_STALL_TIMEOUT):
+                self._fail(None, "stall_timeout", f"expected seconds, a number above 0 and at "
+                                                  f"most {MAX_STALL_TIMEOUT:g}, not {value!r}")
+            stall_timeout = float(value)
         metrics_file = None
         if "metrics_file" in document:
             metrics_file = self._path(None, "metrics_file", document["metrics_file"])
@@ -301,7 +317,7 @@ class _Validator:
             seen[entry.id] = index
             vaults.append(entry)
         return Config(source=self.source, spool=spool, spool_limit=spool_limit,
-                      metrics_file=metrics_file,
+                      stall_timeout=stall_timeout, metrics_file=metrics_file,
                       vaults=tuple(vaults), sign_key=sign_key, signed_by=signed_by)
 
     def _vault(self, index: int, table: Mapping[str, Any]) -> VaultConfig:

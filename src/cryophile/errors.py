@@ -12,11 +12,14 @@ code  class               meaning
  64   UsageError          bad command line: option value, missing option
  65   DataError           bad data: corrupt/missing fragment, bad manifest, MDC failure
  66   NoInputError        input not found: backup not in the queue, input file missing
- 69   ServiceError        a service (vault, child process) unavailable or refusing
+ 69   ServiceError        a service (vault, child process) unavailable or refusing;
+                          SpoolFullError: the spool's budget is reached and no freezer
+                          runs to upload what is queued
  70   (internal error)    a bug: an exception that is not a CryophileError
  73   AlreadyExistsError  output exists: backup id taken, ``-o`` file exists
  74   StorageIOError      local I/O error: spool unwritable, disk full, read error
- 75   TryLaterError       transient: not thawed yet, timeout waiting; try again later
+ 75   TryLaterError       transient: not thawed yet, timeout waiting; try again later;
+                          UploadStalledError: uploads made no progress for the stall time
  77   KeyAccessError      no usable key: no matching secret key, wrong passphrase
  78   ConfigError         broken configuration file or keyring
 ====  ==================  ==========================================================
@@ -132,6 +135,21 @@ class VaultUnavailableError(ServiceError):
     """
 
     transient = True
+
+
+class SpoolFullError(ServiceError):
+    """The spool's budget is reached and nothing runs that would upload what is queued
+    (no freeze daemon, no ``backup --freeze``).
+
+    69, not 74: the disk is not full, a service the backup depends on (the
+    freezer) is missing; and not transient: waiting cures nothing until
+    somebody starts it.
+    """
+
+
+class UploadStalledError(TryLaterError):
+    """A backup waited for uploads to free spool space and none made progress for
+    the stall timeout (the vault unreachable, the freezer stuck): try later."""
 
 
 def exit_code_of(errors: Iterable[CryophileError]) -> ExitCode:

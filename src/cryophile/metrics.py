@@ -16,6 +16,12 @@ The metrics::
     cryophile_queue_fragments{queue}                               gauge
     cryophile_errors_total{daemon,kind}                            counter (transient|permanent)
     cryophile_last_pass_timestamp_seconds{daemon}                  gauge
+    cryophile_backup_waiting_for_upload{vault,prefix}              gauge (1 waiting, 0 not)
+    cryophile_spool_queued_bytes                                   gauge
+    cryophile_spool_budget_bytes                                   gauge
+
+``backup`` writes the last three when it starts and stops waiting for uploads
+(backpressure, :mod:`cryophile.backpressure`).
 
 Queues: ``freeze`` (fragments waiting for upload), ``thaw`` (fragments of
 restore requests not downloaded yet) and ``restore`` (fragments downloaded,
@@ -48,6 +54,9 @@ QUEUE_BYTES = "cryophile_queue_bytes"
 QUEUE_FRAGMENTS = "cryophile_queue_fragments"
 ERRORS = "cryophile_errors_total"
 LAST_RUN = "cryophile_last_pass_timestamp_seconds"
+BACKUP_WAITING = "cryophile_backup_waiting_for_upload"
+SPOOL_QUEUED = "cryophile_spool_queued_bytes"
+SPOOL_BUDGET = "cryophile_spool_budget_bytes"
 
 #: name → (type, help), in the order the file lists them.
 METRICS: Mapping[str, tuple[str, str]] = {
@@ -59,6 +68,11 @@ METRICS: Mapping[str, tuple[str, str]] = {
     QUEUE_FRAGMENTS: ("gauge", "Fragments waiting in a spool queue."),
     ERRORS: ("counter", "Errors that stopped a backup's or request's pass, by daemon and kind."),
     LAST_RUN: ("gauge", "Unix time the daemon last finished a pass over its queue."),
+    BACKUP_WAITING: ("gauge", "1 while a backup of this vault and prefix waits for uploads to "
+                              "free spool space (backpressure), else 0."),
+    SPOOL_QUEUED: ("gauge", "Bytes queued in the spool (backup and freeze queues) when a backup "
+                            "last started or stopped waiting for uploads."),
+    SPOOL_BUDGET: ("gauge", "The spool's budget for queued fragments, in bytes (spool_limit)."),
 }
 
 Labels = tuple[tuple[str, str], ...]
@@ -208,6 +222,18 @@ class MetricsFile:
                 samples[_key(QUEUE_FRAGMENTS, queue=queue)] = fragments
                 samples[_key(QUEUE_BYTES, queue=queue)] = size
             samples[_key(LAST_RUN, daemon=update.daemon)] = update.finished_at
+            self._replace(format_samples(samples))
+
+    def record_backup_wait(self, backup_id: BackupId, waiting: bool, queued: int | None,
+                           budget: int) -> None:
+        """Merge a backup's waiting state into the file; OSError when it cannot be written."""
+        with _directory_lock(self.path.parent):
+            samples = self.read()
+            samples[_key(BACKUP_WAITING, vault=str(backup_id.vault),
+                         prefix=backup_id.prefix)] = 1 if waiting else 0
+            if queued is not None:
+                samples[_key(SPOOL_QUEUED)] = queued
+            samples[_key(SPOOL_BUDGET)] = budget
             self._replace(format_samples(samples))
 
     def _replace(self, text: str) -> None:

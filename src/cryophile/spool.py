@@ -13,6 +13,8 @@ Layout (DESIGN.md §1)::
     SPOOL/run/uploading.json                            a freezer's uploads now
                                                         (:mod:`cryophile.in_flight`)
     SPOOL/run/restore/<hash>.lock                       held by the one restore of a backup
+    SPOOL/run/backup-wait/<hash>.json                   a backup waiting for spool space
+                                                        (:mod:`cryophile.backpressure`)
     SPOOL/prune/<vault>.json                            deletions under way (prune's journal)
     SPOOL/.cryophile-<purpose>-<random>/                a command's private scratch directory
                                                         (:meth:`Spool.scratch`)
@@ -143,6 +145,17 @@ class Spool:
         running on this spool (a hash: prefixes hold slashes and may be long)."""
         digest = hashlib.sha256(str(backup_id).encode()).hexdigest()[:32]
         return self.run_dir / "restore" / f"{digest}.lock"
+
+    @property
+    def backup_waits_dir(self) -> Path:
+        """``SPOOL/run/backup-wait``: one record per backup waiting for uploads to free
+        spool space (:mod:`cryophile.backpressure`)."""
+        return self.run_dir / "backup-wait"
+
+    def backup_wait_path(self, backup_id: BackupId) -> Path:
+        """``SPOOL/run/backup-wait/<hash>.json``: ``backup_id``'s wait record."""
+        digest = hashlib.sha256(str(backup_id).encode()).hexdigest()[:32]
+        return self.backup_waits_dir / f"{digest}.json"
 
     @property
     def run_dir(self) -> Path:

@@ -95,17 +95,29 @@ def spool_usage(root: Path) -> SpoolUsage:
     """Bytes of every file under the counted queues of the spool at ``root``.
 
     Files that vanish while they are counted (uploaded, consumed) count as 0.
-    Symlinks are not followed (the spool refuses them anyway).
+    Symlinks are not followed (the spool refuses them anyway). A file counts
+    once however many names it has, or had while it was walked (in the first
+    queue it is found in): a fragment being published is hard-linked into
+    ``freeze/`` a moment before its ``backup/`` name goes, and takes its bytes
+    once.
     """
     sizes: dict[str, int] = {}
+    seen: set[tuple[int, int]] = set()
     for queue in COUNTED_QUEUES:
         total = 0
         for directory, _dirs, files in os.walk(root / queue):
             for name in files:
                 try:
-                    total += os.lstat(os.path.join(directory, name)).st_size
+                    info = os.lstat(os.path.join(directory, name))
                 except FileNotFoundError:
                     continue
+                # By inode, whatever its link count now: a fragment counted under
+                # its backup/ name may be published (linked, then unlinked) before
+                # the walk reaches freeze/, where it then has one name again.
+                if (info.st_dev, info.st_ino) in seen:
+                    continue
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
         sizes[queue] = total
     return SpoolUsage(**sizes)
 

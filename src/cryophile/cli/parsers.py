@@ -39,6 +39,7 @@ from cryophile.daemons.thaw import FIRST_POLL_SECONDS
 from cryophile.errors import UsageError
 from cryophile.manifest import AUTO_COMPRESSION, COMPRESSIONS
 from cryophile.pipeline.engines import ENGINES
+from cryophile.spool_budget import SpoolLimit, parse_spool_limit
 from cryophile.storage_classes import RESTORE_TIERS
 
 SHELLS = ("bash", "zsh")
@@ -84,7 +85,10 @@ _BACKUP_DESCRIPTION = """\
 Read a stream (stdin, a FIFO or a file), compress it, encrypt it to the OpenPGP
 certificates in the keyrings, and cut it into fragments in the spool's freeze
 queue: SPOOL/freeze/VAULT/PREFIX/ULID/chunk.1 … chunk.N, then the manifest
-chunk.0, written last. Never talks to the network; `cryophile freeze` uploads.
+chunk.0, written last. Never talks to the network; `cryophile freeze` uploads
+(or this process, with --freeze). The spool is a bounded window: before each
+fragment, backup waits until the queued fragments of the spool plus this one fit
+its budget (--spool-limit), saying "waiting for upload: spool X/Y MiB".
 """
 
 
@@ -94,8 +98,13 @@ examples:
   tar -C /etc -c . | cryophile backup -v VAULT -p etc -k a.cert -k b.cert -C lz4
   cryophile backup -v VAULT -p pg -t 2026-11-26T03:00:00Z -i /var/backups/dump.fifo -k k.pgp
   tar -C /etc -c . | cryophile backup -v VAULT -p etc -k backup.cert --sign-key host-sign.key
-  zfs send -i @mon tank/data@tue | cryophile backup -v VAULT -p tank -k k.cert \
+  zfs send -i @mon tank/data@tue | cryophile backup -v VAULT -p tank -k k.cert \\
       --parent latest --label snapshot=tank/data@tue
+  zfs send -R pool@snap | cryophile backup --freeze -v VAULT -p hosts/db1 -k backup.cert
+exit status: 0 done (with --freeze: the manifest is in the vault), 69 the spool's
+budget is reached and no freeze daemon runs (start one, or use --freeze), 74 the
+spool's file system is full or unwritable, 75 uploads stalled (--stall-timeout),
+78 the spool budget holds fewer than two fragments.
 """
 
 
@@ -134,10 +143,44 @@ def _add_backup(commands: Any) -> argparse.ArgumentParser:
                         metavar="KEY=VALUE",
                         help="store a label in the manifest (repeatable), e.g. "
                              "snapshot=tank/data@2026-12-06; list shows it, --label filters")
+    parser.add_argument("--spool-limit", type=spool_limit, default=None, metavar="SIZE|PCT",
+                        help="the spool's budget for queued fragments, a size (48M, 20G) or a "
+                             "percentage of its file system (25%%); when the next fragment "
+                             "would exceed it, wait for uploads (default: spool_limit in the "
+                             "config, else free space less 10%%; at least two fragments)")
+    parser.add_argument("--stall-timeout", type=positive_seconds, default=None,
+                        metavar="SECONDS",
+                        help="fail (exit 75) when uploads free no spool space for this long "
+                             "while the backup waits (default: stall_timeout in the config, "
+                             "else 1800)")
+    parser.add_argument("--freeze", action="store_true",
+                        help="upload this backup's fragments from this process as they are "
+                             "written (no freeze daemon needed); exit 0 only once the "
+                             "manifest is in the vault")
+    parser.add_argument("-j", "--parallel", type=whole_number_up_to(MAX_PARALLEL),
+                        default=DEFAULT_PARALLEL, metavar="N",
+                        help=f"with --freeze: uploads in parallel, 1 to {MAX_PARALLEL} "
+                             f"(default {DEFAULT_PARALLEL})")
     parser.add_argument("--json", action="store_true",
                         help="print the result as one JSON object on stdout")
     add_progress_option(parser)
     return parser
+
+
+def spool_limit(text: str) -> SpoolLimit:
+    """``--spool-limit``: a size or a percentage (UsageError naming it otherwise)."""
+    try:
+        return parse_spool_limit(text)
+    except (ValueError, UsageError) as error:
+        raise UsageError(f"invalid --spool-limit {text!r}: {error}") from None
+
+
+def positive_seconds(text: str) -> float:
+    """A duration in seconds above 0."""
+    value = non_negative_seconds(text)
+    if value == 0:
+        raise UsageError(f"invalid number of seconds {text!r}: must be above 0")
+    return value
 
 
 # -- restore -------------------------------------------------------------------

@@ -28,12 +28,17 @@ def add_progress_option(parser: argparse.ArgumentParser) -> None:
 
 
 def backup_line(counters: Counters, elapsed: float) -> str:
-    """``1.2 GiB in → 800.0 MiB stored (1.50×), 3 fragment(s), 180.0 MiB/s, 7 s``."""
+    """``1.2 GiB in → 800.0 MiB stored (1.50×), 3 fragment(s), 180.0 MiB/s, 7 s``, and
+    ``, waiting for upload: spool 47.9/48.0 MiB`` while the backup waits for uploads."""
     ratio = counters.bytes_in / counters.bytes_out if counters.bytes_out else 0.0
     rate = counters.bytes_in / elapsed if elapsed > 0 else 0.0
-    return (f"{human_bytes(counters.bytes_in)} in → {human_bytes(counters.bytes_out)} stored "
+    line = (f"{human_bytes(counters.bytes_in)} in → {human_bytes(counters.bytes_out)} stored "
             f"({ratio:.2f}×), {counters.fragments} fragment(s), {human_bytes(rate)}/s, "
             f"{elapsed:.0f} s")
+    if counters.waiting_for:
+        # "waiting for upload: spool 47.9/48.0 MiB" (backpressure)
+        line += f", {counters.waiting_for}"
+    return line
 
 
 def restore_line(counters: Counters, elapsed: float) -> str:

@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from cryophile import presence
+from cryophile.backpressure import describe_fill, waiting_backups
 from cryophile.backup_id import BackupId
 from cryophile.cli.resources import CommandContext
 from cryophile.errors import CryophileError
@@ -14,6 +15,7 @@ from cryophile.in_flight import uploads_in_flight
 from cryophile.inventory import BackupState, SpoolRecord, scan_spool
 from cryophile.pipeline.stages import write_all
 from cryophile.spool import Spool
+from cryophile.spool_budget import spool_usage
 from cryophile.thaw_request import FragmentState
 from cryophile.units import human_bytes
 from cryophile.uploads import UploadRecords
@@ -103,10 +105,17 @@ def format_status(document: dict[str, Any]) -> str:
             state = entry.get("state") or ("complete" if entry.get("complete") else "partial")
             lines.append(f"  {state.ljust(max(width, 8))}  {entry['id']}  {describe(entry)}")
 
+    def describe_writer(entry: dict[str, Any]) -> str:
+        if entry["state"] == WAITING:
+            wait = entry["waiting_for_upload"]
+            return (f"waiting for upload: spool {describe_fill(wait['queued'], wait['limit'])}"
+                    f" ({wait['budget']}), since {wait['since']}")
+        if entry["state"] == BackupState.WRITING.value:
+            return f"{human_bytes(entry['bytes'])} in the fragment being written"
+        return "writer gone: remove it (see abandoned)"
+
     section("backup queue", document["backup"], f"{totals['writing']} being written",
-            lambda e: (f"{human_bytes(e['bytes'])} in the fragment being written"
-                       if e["state"] == BackupState.WRITING.value
-                       else "writer gone: remove it (see abandoned)"))
+            describe_writer)
 
     def describe_freeze(entry: dict[str, Any]) -> str:
         total = entry["fragments_total"]
@@ -174,6 +183,28 @@ def _withdrawn(spool: Spool, records: dict[BackupId, SpoolRecord]) -> list[dict[
     return found
 
 
+#: The state of a backup being written that waits for uploads to free spool space.
+WAITING = "waiting"
+
+
+def _mark_waiting(spool: Spool, document: dict[str, Any]) -> None:
+    """Backups being written that wait for uploads (backpressure) get the state
+    ``waiting`` and a ``waiting_for_upload`` object: the spool's queued bytes now,
+    the budget, and since when they wait."""
+    waiting = waiting_backups(spool)
+    if not waiting:
+        return
+    queued = spool_usage(spool.root).queued
+    for entry in document["backup"]:
+        record = waiting.get(entry["id"])
+        if record is None or entry["state"] != BackupState.WRITING.value:
+            continue
+        entry["state"] = WAITING
+        entry["waiting_for_upload"] = {"queued": queued, "limit": record.get("limit", 0),
+                                       "budget": record.get("budget"),
+                                       "since": record.get("since"), "pid": record.get("pid")}
+
+
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Scan the spool and print what waits in it."""
     spool = CommandContext(args, environment.env, read_only=True).spool
@@ -183,6 +214,7 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
                            for name in (presence.FREEZE, presence.THAW)}
     document["uploading"] = uploads_in_flight(spool)
     document["withdrawn"] = _withdrawn(spool, records)
+    _mark_waiting(spool, document)
     output = json.dumps(document, indent=1) + "\n" if args.json else format_status(document)
     write_all(environment.stdout_fd, output.encode())
     return 0

@@ -68,6 +68,7 @@ from cryophile.errors import (
     DataError,
     ServiceError,
     StorageIOError,
+    UploadStalledError,
 )
 from cryophile.in_flight import InFlight
 from cryophile.manifest import Manifest, parse
@@ -225,13 +226,18 @@ class Freezer:
             # For `cryophile status`: why this backup does not move.
             self.records.set_error(backup_id, str(error))
 
-    def run(self, stop: threading.Event, rescan: float = RESCAN_SECONDS) -> None:
+    def run(self, stop: threading.Event, rescan: float = RESCAN_SECONDS, *,
+            announce: bool = True) -> None:
         """Pass after pass until ``stop`` is set.
 
         Wakes early only when a backup delivers something; a backup whose pass
-        failed is retried after its back-off, never sooner.
+        failed is retried after its back-off, never sooner. ``announce``: publish
+        the freeze daemon's presence (not for ``backup --freeze``, which serves
+        its own backup only: other backups must not count on it).
         """
-        with presence.announce(self.spool, presence.FREEZE), \
+        announcing = (presence.announce(self.spool, presence.FREEZE) if announce
+                      else contextlib.nullcontext())
+        with announcing, \
                 TreeWatcher(self.spool.queue_dir(Queue.FREEZE), wake=_delivered) as watcher:
             while not stop.is_set():
                 watcher.refresh()
@@ -517,6 +523,98 @@ class Freezer:
             raise DataError(f"{key} in vault {opened.vault_id} does not match: stored "
                             f"{info.size} bytes with SHA-256 {info.sha256}, expected {size} "
                             f"bytes with {sha256}")
+
+
+class BackupFreezer:
+    """``backup --freeze``: the freeze daemon's loop, in a thread of the backup, for
+    that one backup only (the way ``restore --thaw`` thaws in-process).
+
+    Same code, same guarantees as the daemon (:class:`Freezer`): uploads in
+    parallel, verified before the local copy goes, manifest last, retries with
+    back-off. A permanent error stops it (:attr:`error`): retrying cannot cure
+    it, so the backup fails at once instead of waiting for the stall timeout.
+    """
+
+    #: Rescan period: inotify wakes the loop as fragments are published anyway.
+    RESCAN_SECONDS = 5.0
+
+    def __init__(self, spool: Spool, opened: OpenedVault, backup_id: BackupId, *,
+                 parallel: int = DEFAULT_PARALLEL) -> None:
+        self.backup_id = backup_id
+        self.freezer = Freezer(spool, lambda _vault: opened, parallel=parallel,
+                               selection=Selection.only(backup_id), on_pass=self._on_pass)
+        self.stop = threading.Event()
+        self.frozen = threading.Event()
+        #: The permanent error that stopped it, if any.
+        self.error: CryophileError | None = None
+        #: The last error of any kind (for messages).
+        self.last_error: CryophileError | None = None
+        #: When an upload last completed (monotonic clock): the stall detector.
+        self.progress_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="freeze", daemon=True)
+
+    def start(self) -> BackupFreezer:
+        """Start the uploading thread."""
+        self.progress_at = time.monotonic()
+        self._thread.start()
+        return self
+
+    def alive(self) -> bool:
+        """True while the thread serves the backup (not stopped, not dead of a bug)."""
+        return self._thread.is_alive() and not self.stop.is_set()
+
+    def _run(self) -> None:
+        self.freezer.run(self.stop, rescan=self.RESCAN_SECONDS, announce=False)
+
+    def _on_pass(self, report: PassReport) -> None:
+        if report.uploaded:
+            self.progress_at = time.monotonic()
+        if self.backup_id in report.completed:
+            self.frozen.set()
+            self.stop.set()
+        error = report.failed.get(self.backup_id)
+        if error is not None:
+            self.last_error = error
+            if not error.transient:
+                self.error = error
+                self.stop.set()
+
+    def wait_frozen(self, stall_timeout: float) -> None:
+        """Return once the backup is complete in the vault (manifest uploaded).
+
+        Raises the freezer's permanent error, or UploadStalledError when no upload
+        completed for ``stall_timeout`` seconds.
+        """
+        while not self.frozen.wait(0.2):
+            if self.error is not None:
+                raise self.error
+            if not self._thread.is_alive():
+                raise ServiceError(f"the uploads of backup {self.backup_id} stopped "
+                                   "unexpectedly; run it again (see the log with -d)")
+            stalled = time.monotonic() - self.progress_at
+            if stalled >= stall_timeout:
+                reason = f"; the last error: {self.last_error}" if self.last_error else ""
+                raise UploadStalledError(
+                    f"uploads of backup {self.backup_id} made no progress for {stalled:.0f} s "
+                    f"(stall timeout {stall_timeout:g} s){reason}; the backup is complete in "
+                    "the spool: 'cryophile freeze' uploads it, or run this backup again")
+
+    def close(self) -> None:
+        """Stop after the uploads in flight and wait for the thread."""
+        self.stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def clean_up(self) -> None:
+        """After the backup failed (its writer removed it from the spool): one pass that
+        removes from the vault what was uploaded of it. Its failure is logged, never
+        raised: the upload record keeps what is left for the next freeze."""
+        self.close()
+        report = self.freezer.run_pass()
+        error = report.failed.get(self.backup_id)
+        if error is not None:
+            logger.warning("backup %s: could not remove what was uploaded of it yet (%s); "
+                           "the next 'cryophile freeze' removes it", self.backup_id, error)
 
 
 @contextlib.contextmanager

@@ -79,8 +79,14 @@ class BackupResult:
 
 
 def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
-               counters: Counters | None = None) -> BackupResult:
+               counters: Counters | None = None,
+               reserve: Callable[[int], None] | None = None) -> BackupResult:
     """Write one backup into the spool; return its manifest.
+
+    ``reserve(size)`` is called before each fragment (with the fragment size)
+    and before the manifest (with its size): it returns once that many bytes
+    may be written to the spool, or raises (backpressure,
+    :class:`cryophile.backpressure.SpoolGate`).
 
     ``open_input`` returns a readable file descriptor; it is called only once
     the backup id has been claimed. Raises AlreadyExistsError when the id is
@@ -102,7 +108,8 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
     work_dir = spool.backup_dir(Queue.BACKUP, backup_id)
     freeze_dir = spool.backup_dir(Queue.FREEZE, backup_id)
     counters = counters if counters is not None else Counters()
-    writer = FragmentWriter(work_dir, freeze_dir, counters)
+    writer = FragmentWriter(work_dir, freeze_dir, counters,
+                            None if reserve is None else lambda: reserve(plan.fragment_size))
     completed = False
     try:
         input_fd = open_input()
@@ -133,10 +140,13 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
             labels=plan.labels,
         )
         manifest_bytes = manifest.to_json()
+        signature = None if plan.sign is None else plan.sign(manifest_bytes)
+        if reserve is not None:
+            reserve(len(manifest_bytes) + (len(signature) if signature is not None else 0))
         try:
-            if plan.sign is not None:
+            if signature is not None:
                 write_file_durably(work_dir / f"{SIGNATURE_NAME}.part",
-                                   freeze_dir / SIGNATURE_NAME, plan.sign(manifest_bytes))
+                                   freeze_dir / SIGNATURE_NAME, signature)
             write_file_durably(work_dir / f"{MANIFEST_NAME}.part",
                                freeze_dir / MANIFEST_NAME, manifest_bytes)
         except OSError as error:

@@ -109,10 +109,14 @@ class FragmentWriter:
     """
 
     def __init__(self, work_dir: Path, queue_dir: Path,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None,
+                 before_open: Callable[[], None] | None = None) -> None:
+        """``before_open()`` is called before each fragment's file is created: it may
+        wait (backpressure: room in the spool) or raise, which fails :meth:`write`."""
         self.work_dir = work_dir
         self.queue_dir = queue_dir
         self.counters = counters if counters is not None else Counters()
+        self.before_open = before_open
         #: Size of every published fragment; complete once :meth:`write` returned.
         self.sizes: dict[int, int] = {}
         #: Every fragment visible in the queue, in order (a failed backup removes them).
@@ -139,6 +143,8 @@ class FragmentWriter:
             self._publisher = publisher
             for piece in pieces:
                 if self._fd is None:
+                    if self.before_open is not None:
+                        self.before_open()
                     self._open(piece.index)
                 self._write_piece(piece.data)
                 if piece.last:
