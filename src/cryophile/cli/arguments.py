@@ -25,6 +25,7 @@ from cryophile.backup_id import (
     parse_vault,
     ulid_for_timestamp,
 )
+from cryophile.cli.defaults import needs_keyring, needs_vault
 from cryophile.errors import UsageError
 
 KIB = 1024
@@ -123,9 +124,10 @@ def file_descriptor(text: str) -> int:
 
 def add_backup_id_options(parser: argparse.ArgumentParser, *, ulid_required: bool) -> None:
     """``-v/--vault``, ``-p/--prefix`` and ``-u/--ulid`` | ``-t/--timestamp``."""
-    parser.add_argument("-v", "--vault", required=True, metavar="UUID",
+    parser.add_argument("-v", "--vault", metavar="UUID",
                         help="vault id (a UUID); a vault not in the configuration is a local "
-                             "directory vault")
+                             "directory vault (default: $CRYOPHILE_VAULT)")
+    needs_vault(parser)
     parser.add_argument("-p", "--prefix", default="", metavar="PREFIX",
                         help="path-like name of the backup series, e.g. hosts/db1")
     when = parser.add_mutually_exclusive_group(required=ulid_required)
@@ -153,9 +155,12 @@ def backup_id_from(args: argparse.Namespace, *, new: bool) -> BackupId:
 
 def add_keyring_option(parser: argparse.ArgumentParser, help_text: str, *,
                        required: bool = True) -> None:
-    """``-k/--keyring FILE``, repeatable."""
-    parser.add_argument("-k", "--keyring", action="append", type=Path, required=required,
-                        default=[], metavar="FILE", help=help_text)
+    """``-k/--keyring FILE``, repeatable; else ``$CRYOPHILE_KEYRING`` (``required``:
+    one of them must give a file)."""
+    parser.add_argument("-k", "--keyring", action="append", type=Path, default=[],
+                        metavar="FILE", help=f"{help_text} (default: $CRYOPHILE_KEYRING, "
+                                             "files separated by ':')")
+    needs_keyring(parser, required=required)
 
 
 def add_selection_options(parser: argparse.ArgumentParser) -> None:

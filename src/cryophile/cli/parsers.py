@@ -31,6 +31,7 @@ from cryophile.cli.arguments import (
     whole_number_up_to,
 )
 from cryophile.cli.daemon import add_daemon_options
+from cryophile.cli.defaults import needs_vault
 from cryophile.cli.progress import add_progress_option
 from cryophile.config import MAX_DAYS
 from cryophile.daemons.freeze import DEFAULT_PARALLEL, MAX_PARALLEL, RESCAN_SECONDS
@@ -70,8 +71,9 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
                        help="spool directory (default: $CRYOPHILE_SPOOL, else "
                             "/var/spool/cryophile as root, else ~/.local/state/cryophile/spool)")
     group.add_argument("-c", "--config", type=_path, default=default(None), metavar="FILE",
-                       help="configuration file (default: ~/.config/cryophile/cryophile.toml, "
-                            "else /etc/cryophile/cryophile.toml)")
+                       help="configuration file (default: $CRYOPHILE_CONFIG, else "
+                            "~/.config/cryophile/cryophile.toml, else "
+                            "/etc/cryophile/cryophile.toml)")
     group.add_argument("-d", "--debug", action="count", default=default(0),
                        help="more log output on stderr (-d info, -dd debug)")
     group.add_argument("-q", "--quiet", action="store_true", default=default(False),
@@ -381,7 +383,9 @@ def _add_verify(commands: Any) -> argparse.ArgumentParser:
         "verify", help="check that backups in the vault are complete and intact",
         description=_VERIFY_DESCRIPTION, epilog=_VERIFY_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", required=True, metavar="UUID", help="vault id (a UUID)")
+    parser.add_argument("-v", "--vault", metavar="UUID",
+                        help="vault id (a UUID; default: $CRYOPHILE_VAULT)")
+    needs_vault(parser)
     parser.add_argument("-p", "--prefix", default="", metavar="PREFIX",
                         help="the backup's prefix; with --all, this prefix and every one below")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -504,7 +508,9 @@ def _add_prune(commands: Any) -> argparse.ArgumentParser:
         "prune", help="delete old backups from a vault by a retention policy",
         description=_PRUNE_DESCRIPTION, epilog=_PRUNE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", required=True, metavar="UUID", help="the vault")
+    parser.add_argument("-v", "--vault", metavar="UUID",
+                        help="the vault (default: $CRYOPHILE_VAULT)")
+    needs_vault(parser)
     parser.add_argument("-p", "--prefix", metavar="PREFIX",
                         help="only backups with this prefix or one below it (each prefix is "
                              "its own series)")
@@ -575,6 +581,24 @@ _COMMANDS: dict[str, Callable[[Any], argparse.ArgumentParser]] = {
 COMMANDS = tuple(_COMMANDS)
 
 
+_MAIN_EPILOG = """\
+environment (an option always wins; an empty variable counts as unset):
+  CRYOPHILE_SPOOL      the spool (-S); it wins over the configuration's spool, and
+                       a command says so when the two differ
+  CRYOPHILE_CONFIG     the configuration file (-c)
+  CRYOPHILE_VAULT      the vault of backup, restore, verify and prune (-v)
+  CRYOPHILE_KEYRING    the keyring files of backup and restore (-k), ':'-separated
+  CRYOPHILE_LOG        what to log: a level (error warn info debug trace off) or
+                       TARGET=LEVEL,... as in warn,cryophile=trace
+  CRYOPHILE_LOG_STYLE  auto (default, also when empty), always, never, json
+  CRYOPHILE_ASKPASS    a program that prints a key's passphrase
+
+exit codes: 0 ok, 3 partial (some backups could not be read), 64 usage, 65 bad
+data, 66 no input, 69 service unavailable, 73 already exists, 74 I/O error,
+75 try later, 77 no usable key, 78 config.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, every command included (also used for docs and completion).
 
@@ -584,9 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cryophile",
         description="Off-site backup of streams: compress, encrypt to OpenPGP keys, split into "
                     "fragments in a spool, freeze to S3/Glacier, thaw and restore.",
-        epilog="Exit codes: 0 ok, 3 partial (some backups could not be read), 64 usage, "
-               "65 bad data, 66 no input, 69 service unavailable, 73 already exists, "
-               "74 I/O error, 75 try later, 77 no usable key, 78 config.")
+        epilog=_MAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"cryophile {__version__}")
     _add_global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
