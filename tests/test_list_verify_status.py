@@ -325,7 +325,7 @@ def test_states_across_backup_freeze_wipe_restore(cli: Cli, gpg_key: oracles.Key
                                                            z: "incomplete"}
     assert entries[x]["in_vault"] is True
     assert entries[x]["queues"] == []
-    assert entries[x]["storage_class"] == "STANDARD"
+    assert entries[x]["storage_class"] is None  # a directory vault has no storage classes
     assert entries[x]["stored_bytes"] == sum(f["size"] for f in manifest_x["fragments"])
     assert entries[y]["compression"] == "zstd"
     assert entries[z]["queues"] == ["backup", "freeze"]
@@ -346,7 +346,7 @@ def test_states_across_backup_freeze_wipe_restore(cli: Cli, gpg_key: oracles.Key
     assert lines[2].endswith(f"{VAULT}/{PREFIX}/{x}")
     created, state, size, unit, count, compression, storage_class, _ = lines[2].split()
     assert created == listed[1]["created"][:19] + "Z"
-    assert (state, count, compression, storage_class) == ("frozen", "4", "none", "STANDARD")
+    assert (state, count, compression, storage_class) == ("frozen", "4", "none", "-")
     assert unit == "MiB"
     assert float(size) == pytest.approx(entries[x]["stored_bytes"] / MiB, abs=0.05)
     # -p selects a prefix and what is below it, component by component.

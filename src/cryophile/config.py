@@ -28,7 +28,7 @@ The schema::
     endpoint_url = "https://..."             # s3: optional (R2, GCS, SeaweedFS, MinIO)
     region = "eu-central-1"                  # s3: optional
     profile = "backup"                       # s3: optional AWS profile name
-    storage_class = "GLACIER"                # default GLACIER
+    storage_class = "GLACIER"                # s3, default GLACIER (a directory has none)
     restore_tier = "Bulk"                    # Bulk | Standard | Expedited, default Bulk
     restore_days = 7                         # 1-36500, default 7
     compression = "zstd"                     # optional: none | lz4 | zstd
@@ -74,6 +74,10 @@ from cryophile.storage_classes import RESTORE_TIERS, STORAGE_CLASSES
 
 Provider = Literal["s3", "dir"]
 
+#: The class a directory vault records for every object: it has no classes, and
+#: this one no minimum storage duration.
+DIRECTORY_STORAGE_CLASS = "STANDARD"
+
 #: Where the configuration is looked for when no path is given, in order.
 SYSTEM_CONFIG = Path("/etc/cryophile/cryophile.toml")
 
@@ -97,10 +101,11 @@ _TOP_LEVEL_KEYS = frozenset(
     {"spool", "spool_limit", "metrics_file", "sign_key", "signed_by", "vault"}
 )
 _COMMON_KEYS = frozenset(
-    {"id", "provider", "storage_class", "restore_tier", "restore_days", "compression"}
+    {"id", "provider", "restore_tier", "restore_days", "compression"}
 )
 _S3_KEYS = frozenset(
     {
+        "storage_class",
         "bucket",
         "endpoint_url",
         "region",
@@ -128,7 +133,8 @@ class VaultConfig:
     """One ``[[vault]]`` entry, validated and normalised.
 
     Keys that do not apply to the provider are None (the loader refuses them
-    in the file). ``max_bandwidth`` is in bytes per second; ``connect_timeout``
+    in the file); a directory's ``storage_class`` is always
+    :data:`DIRECTORY_STORAGE_CLASS`. ``max_bandwidth`` is in bytes per second; ``connect_timeout``
     and ``read_timeout`` in seconds.
     """
 
@@ -316,6 +322,9 @@ class _Validator:
         provider = self._choice(index, "provider", table["provider"], ("s3", "dir"))
         allowed = _COMMON_KEYS | (_S3_KEYS if provider == "s3" else _DIR_KEYS)
         for key in table:
+            if key == "storage_class" and provider == "dir":
+                self._fail(index, key, "a directory vault has no storage classes (and no "
+                                       "minimum storage duration): remove the key")
             if key not in allowed:
                 self._fail(index, key, f"key {key!r} does not apply to provider {provider!r}")
 
@@ -336,6 +345,8 @@ class _Validator:
             )
 
         if provider == "dir":
+            # What the sidecars record: a class with no minimum duration.
+            values["storage_class"] = DIRECTORY_STORAGE_CLASS
             if "path" not in table:
                 self._fail(index, None, "missing key 'path' (required for provider \"dir\")")
             values["path"] = self._path(index, "path", table["path"])

@@ -431,7 +431,8 @@ def describe_in_vault(opened: OpenedVault, listing: VaultListing, scratch: Path,
     try:
         if 1 in listing.indices:
             info = opened.vault.stat(backup_id.object_key(1))
-            storage_class = info.storage_class if info is not None else None
+            if info is not None and opened.has_storage_classes:  # a directory has none
+                storage_class = info.storage_class
         if not listing.has_manifest:
             return VaultRecord(listing, None, storage_class,
                                "no manifest in the vault: an upload in progress or abandoned")
