@@ -23,6 +23,7 @@ The schema::
 
     [[vault]]
     id = "0b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"   # required, a UUID
+    name = "offsite"                         # optional, unique: -v offsite, --id offsite/...
     provider = "s3"                          # required: "s3" or "dir"
     bucket = "my-backups"                    # s3: required
     endpoint_url = "https://..."             # s3: optional (R2, GCS, SeaweedFS, MinIO)
@@ -101,7 +102,7 @@ _TOP_LEVEL_KEYS = frozenset(
     {"spool", "spool_limit", "metrics_file", "sign_key", "signed_by", "vault"}
 )
 _COMMON_KEYS = frozenset(
-    {"id", "provider", "restore_tier", "restore_days", "compression"}
+    {"id", "name", "provider", "restore_tier", "restore_days", "compression"}
 )
 _S3_KEYS = frozenset(
     {
@@ -124,6 +125,8 @@ _VAULT_KEYS = _COMMON_KEYS | _S3_KEYS | _DIR_KEYS
 _UUID_FORM = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
+#: A vault's ``name``: short, no "/" (it starts a ``--id VAULT/PREFIX/ULID``).
+VAULT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _VAULT_HEADER = re.compile(r"\s*\[\[\s*vault\s*\]\]\s*(#.*)?$")
 _ANY_HEADER = re.compile(r"\s*\[")
 
@@ -140,6 +143,7 @@ class VaultConfig:
 
     id: uuid.UUID
     provider: Provider
+    name: str | None = None
     bucket: str | None = None
     endpoint_url: str | None = None
     region: str | None = None
@@ -180,6 +184,13 @@ class Config:
         vault applies)."""
         for entry in self.vaults:
             if entry.id == vault_id:
+                return entry
+        return None
+
+    def vault_named(self, name: str) -> VaultConfig | None:
+        """The entry whose ``name`` is ``name``, or None."""
+        for entry in self.vaults:
+            if entry.name == name:
                 return entry
         return None
 
@@ -295,8 +306,14 @@ class _Validator:
             self._fail(None, "vault", "'vault' must be [[vault]] tables")
         vaults: list[VaultConfig] = []
         seen: dict[uuid.UUID, int] = {}
+        names: dict[str, int] = {}
         for index, table in enumerate(tables):
             entry = self._vault(index, table)
+            if entry.name is not None:
+                if entry.name in names:
+                    self._fail(index, "name", f"duplicate vault name {entry.name!r} (already "
+                                              f"used by [[vault]] #{names[entry.name] + 1})")
+                names[entry.name] = index
             if entry.id in seen:
                 self._fail(
                     index,
@@ -329,6 +346,8 @@ class _Validator:
                 self._fail(index, key, f"key {key!r} does not apply to provider {provider!r}")
 
         values: dict[str, Any] = {"id": vault_id, "provider": provider}
+        if "name" in table:
+            values["name"] = self._name(index, table["name"])
         if "storage_class" in table:
             values["storage_class"] = self._choice(
                 index, "storage_class", table["storage_class"], sorted(STORAGE_CLASSES), upper=True
@@ -426,6 +445,13 @@ class _Validator:
             self._fail(index, key, f"expected seconds, a number above 0 and at most "
                                    f"{MAX_TIMEOUT:g}, not {value!r}")
         return float(value)
+
+    def _name(self, index: int, value: Any) -> str:
+        text = self._string(index, "name", value)
+        if not VAULT_NAME.fullmatch(text) or _UUID_FORM.fullmatch(text):
+            self._fail(index, "name", f"{text!r} is not a vault name: 1 to 64 of a-z 0-9 . _ -, "
+                                      "starting with a letter or digit, and not a UUID")
+        return text
 
     def _uuid(self, index: int, value: Any) -> uuid.UUID:
         text = self._string(index, "id", value)

@@ -31,7 +31,7 @@ from cryophile.cli.arguments import (
     whole_number_up_to,
 )
 from cryophile.cli.daemon import add_daemon_options
-from cryophile.cli.defaults import needs_vault
+from cryophile.cli.defaults import add_id_option, needs_vault
 from cryophile.cli.progress import add_progress_option
 from cryophile.config import MAX_DAYS
 from cryophile.daemons.freeze import DEFAULT_PARALLEL, MAX_PARALLEL, RESCAN_SECONDS
@@ -340,8 +340,11 @@ def _add_list(commands: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
         "list", help="list backups in the spool and the vaults", description=_LIST_DESCRIPTION,
         epilog=_LIST_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", metavar="UUID",
-                        help="only this vault (default: every vault known)")
+    parser.add_argument("-v", "--vault", metavar="VAULT",
+                        help="only this vault, by UUID or configured name (default: every vault "
+                             "known)")
+    parser.add_argument("--utc", action="store_true",
+                        help="show times in UTC (default: local time, as TZ says)")
     parser.add_argument("-p", "--prefix", metavar="PREFIX",
                         help="only backups with this prefix or one below it")
     parser.add_argument("--json", action="store_true",
@@ -383,8 +386,9 @@ def _add_verify(commands: Any) -> argparse.ArgumentParser:
         "verify", help="check that backups in the vault are complete and intact",
         description=_VERIFY_DESCRIPTION, epilog=_VERIFY_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", metavar="UUID",
-                        help="vault id (a UUID; default: $CRYOPHILE_VAULT)")
+    parser.add_argument("-v", "--vault", metavar="VAULT",
+                        help="vault id (a UUID) or its configured name (default: "
+                             "$CRYOPHILE_VAULT)")
     needs_vault(parser)
     parser.add_argument("-p", "--prefix", default="", metavar="PREFIX",
                         help="the backup's prefix; with --all, this prefix and every one below")
@@ -392,6 +396,7 @@ def _add_verify(commands: Any) -> argparse.ArgumentParser:
     which.add_argument("-u", "--ulid", metavar="ULID", help="the backup's ULID")
     which.add_argument("-t", "--timestamp", metavar="TIME", help="the backup of this RFC 3339 time")
     which.add_argument("--all", action="store_true", help="every backup (below -p)")
+    add_id_option(which)
     parser.add_argument("--download", action="store_true",
                         help="download every readable fragment and check its SHA-256")
     parser.add_argument("-k", "--keyring", action="append", type=Path, metavar="FILE",
@@ -508,8 +513,8 @@ def _add_prune(commands: Any) -> argparse.ArgumentParser:
         "prune", help="delete old backups from a vault by a retention policy",
         description=_PRUNE_DESCRIPTION, epilog=_PRUNE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", metavar="UUID",
-                        help="the vault (default: $CRYOPHILE_VAULT)")
+    parser.add_argument("-v", "--vault", metavar="VAULT",
+                        help="the vault: its UUID or configured name (default: $CRYOPHILE_VAULT)")
     needs_vault(parser)
     parser.add_argument("-p", "--prefix", metavar="PREFIX",
                         help="only backups with this prefix or one below it (each prefix is "

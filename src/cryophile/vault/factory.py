@@ -90,7 +90,8 @@ def destination_of(entry: VaultConfig) -> Destination:
 
 def unknown_vault(vault_id: uuid.UUID, config: Config) -> ConfigError:
     """The error for an id that a configuration file does not list."""
-    listed = ", ".join(str(entry.id) for entry in config.vaults)
+    listed = ", ".join(f"{entry.id} ({entry.name})" if entry.name else str(entry.id)
+                       for entry in config.vaults)
     return ConfigError(
         f"vault {vault_id} is not in the configuration {config.source} (it lists: {listed}); "
         "check -v for a typo, or add a [[vault]] entry for it (the embedded directory vault "
