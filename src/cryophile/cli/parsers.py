@@ -575,12 +575,30 @@ def _add_completion(commands: Any) -> argparse.ArgumentParser:
     return parser
 
 
+# -- man -----------------------------------------------------------------------
+_MAN_EXAMPLES = """\
+examples:
+  cryophile man | man -l -
+  cryophile man > /usr/local/share/man/man1/cryophile.1 && mandb -q
+"""
+
+
+def _add_man(commands: Any) -> argparse.ArgumentParser:
+    """Add the ``man`` parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "man", help="print the man page cryophile(1) (roff, from these parsers)",
+        description="Print the man page cryophile(1) in roff, generated from the same "
+                    "parsers as --help: one section per command.",
+        epilog=_MAN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
+
+
 #: Each command by name, in the order ``--help`` lists them, with the function
 #: that adds its parser; ``cryophile.cli.NAME`` runs it.
 _COMMANDS: dict[str, Callable[[Any], argparse.ArgumentParser]] = {
     "backup": _add_backup, "restore": _add_restore, "freeze": _add_freeze, "thaw": _add_thaw,
     "list": _add_list, "verify": _add_verify, "status": _add_status, "prune": _add_prune,
-    "completion": _add_completion,
+    "completion": _add_completion, "man": _add_man,
 }
 #: The commands that are a module ``cryophile.cli.NAME`` (all but ``help``).
 COMMANDS = tuple(_COMMANDS)
