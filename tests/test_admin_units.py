@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from conftest import REPO, Cli
-
 from cryophile.cli.parsers import COMMANDS, build_parser
 
 UNITS = ("cryophile-freeze.service", "cryophile-thaw.service")
@@ -32,11 +31,11 @@ def man_page(cli: Cli, root: Path) -> Path:
 def test_the_man_page_has_every_command_and_option(cli: Cli, tmp_path: Path) -> None:
     page = man_page(cli, tmp_path).read_text()
     assert page.startswith(".TH CRYOPHILE 1 ")
-    commands = next(a for a in build_parser()._actions if a.dest == "command")  # noqa: SLF001
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
     for name in COMMANDS:
         assert f".SS cryophile {name}\n" in page, name
         sub = commands.choices[name]  # type: ignore[index]
-        for action in sub._actions:  # noqa: SLF001
+        for action in sub._actions:
             if action.dest == "help":
                 continue
             for flag in action.option_strings:

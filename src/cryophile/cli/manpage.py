@@ -33,12 +33,12 @@ def _flags(action: argparse.Action) -> str:
 
 def _options(parser: argparse.ArgumentParser, *, skip_global: bool) -> list[str]:
     lines: list[str] = []
-    for group in parser._action_groups:  # noqa: SLF001 - argparse has no public walk
+    for group in parser._action_groups:
         if skip_global and group.title == "global options":
             continue
-        for action in group._group_actions:  # noqa: SLF001
+        for action in group._group_actions:
             if action.help == argparse.SUPPRESS or isinstance(
-                    action, argparse._SubParsersAction | argparse._HelpAction):  # noqa: SLF001
+                    action, argparse._SubParsersAction | argparse._HelpAction):
                 continue
             help_text = (action.help or "").replace("%(default)s", str(action.default))
             lines += [".TP", _flags(action), _escape(help_text)]
@@ -51,8 +51,8 @@ def _block(text: str) -> list[str]:
 
 def render(parser: argparse.ArgumentParser) -> str:
     """The whole man page of ``parser`` (cryophile's full parser) as roff."""
-    commands = next(action for action in parser._actions  # noqa: SLF001
-                    if isinstance(action, argparse._SubParsersAction))  # noqa: SLF001
+    commands = next(action for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction))
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     page = [f'.TH CRYOPHILE 1 "{date}" "cryophile {__version__}" "User Commands"',
             ".SH NAME", "cryophile \\- " + _escape(parser.description or ""),
@@ -61,7 +61,7 @@ def render(parser: argparse.ArgumentParser) -> str:
             "Global options work before or after the command."]
     page += _options(parser, skip_global=False)
     page.append(".SH COMMANDS")
-    summaries = {choice.dest: choice.help for choice in commands._choices_actions}  # noqa: SLF001
+    summaries = {choice.dest: choice.help for choice in commands._choices_actions}
     for name, sub in commands.choices.items():
         page += [f".SS cryophile {_escape(name)}", _escape(summaries.get(name) or ""),
                  ".PP", ".nf", _escape(sub.format_usage().removeprefix("usage: ").rstrip()),
