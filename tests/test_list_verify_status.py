@@ -72,7 +72,9 @@ def _record(properties: dict[str, Any]) -> dict[str, Any]:
 LIST_SCHEMA: dict[str, Any] = {
     "type": "array",
     "items": _record({
+        "time": {"type": "string", "pattern": TIME_PATTERN},
         "created": {"type": "string", "pattern": TIME_PATTERN},
+        "paste_id": {"type": "string"},
         "state": {"enum": STATES},
         "stored_bytes": _nullable("integer", minimum=1),
         "fragments": _nullable("integer", minimum=1),
@@ -329,7 +331,7 @@ def test_states_across_backup_freeze_wipe_restore(cli: Cli, gpg_key: oracles.Key
                                                            z: "incomplete"}
     assert entries[x]["in_vault"] is True
     assert entries[x]["queues"] == []
-    assert entries[x]["storage_class"] == "STANDARD"
+    assert entries[x]["storage_class"] is None  # a directory vault has no storage classes
     assert entries[x]["stored_bytes"] == sum(f["size"] for f in manifest_x["fragments"])
     assert entries[y]["compression"] == "zstd"
     assert entries[z]["queues"] == ["backup", "freeze"]
@@ -338,19 +340,20 @@ def test_states_across_backup_freeze_wipe_restore(cli: Cli, gpg_key: oracles.Key
     # The spool is lost: the vault (found beside the spool, no -v needed) still has both.
     wipe_spool(cli)
     listed = list_json(cli, keyless)
-    # Newest first: y was written after x (its -t names an older time, but it was made later).
-    assert [(e["ulid"], e["state"]) for e in listed] == [(y, "frozen"), (x, "frozen")]
-    assert listed[0]["created"] > listed[1]["created"]
-    table = run_keyless(cli, ["list"], keyless)
+    # Newest first by the backup's own time: y's -t names an older time than x's ULID,
+    # so y is listed after x although it was written later (issue 17).
+    assert [(e["ulid"], e["state"]) for e in listed] == [(x, "frozen"), (y, "frozen")]
+    assert listed[0]["created"] < listed[1]["created"]
+    assert listed[0]["time"] > listed[1]["time"]
+    table = run_keyless(cli, ["list", "--utc"], keyless)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.decode().splitlines()
-    assert lines[0].split() == ["CREATED", "STATE", "SIZE", "FRAGMENTS", "COMPRESSION",
-                                "CLASS", "BACKUP"]
-    assert lines[1].endswith(f"{VAULT}/{PREFIX}/{y}")
-    assert lines[2].endswith(f"{VAULT}/{PREFIX}/{x}")
-    created, state, size, unit, count, compression, storage_class, _ = lines[2].split()
-    assert created == listed[1]["created"][:19] + "Z"
-    assert (state, count, compression, storage_class) == ("frozen", "4", "none", "STANDARD")
+    assert lines[0].split() == ["TIME", "(UTC)", "WRITTEN", "STATE", "SIZE", "FRAGS", "COMP"]
+    assert lines[2] == f"  {VAULT}/{PREFIX}/{x}"
+    assert lines[4] == f"  {VAULT}/{PREFIX}/{y}"
+    day, minute, _, _, state, size, unit, count, compression = lines[1].split()
+    assert f"{day}T{minute}" == listed[0]["time"][:16]
+    assert (state, count, compression) == ("frozen", "4", "none")
     assert unit == "MiB"
     assert float(size) == pytest.approx(entries[x]["stored_bytes"] / MiB, abs=0.05)
     # -p selects a prefix and what is below it, component by component.
@@ -681,9 +684,12 @@ def frozen_backups(cli: Cli, key: oracles.KeyPair, env: dict[str, str], count: i
 
 def table_states(output: bytes) -> dict[str, str]:
     """ULID → STATE of every row of ``list``'s table."""
-    header, *rows = output.decode().splitlines()
-    assert header.split()[1] == "STATE"
-    return {row.split()[-1].rsplit("/", 1)[-1]: row.split()[1] for row in rows}
+    header, *lines = output.decode().splitlines()
+    assert header.split()[:6] == ["TIME", "(UTC)", "WRITTEN", "STATE", "SIZE", "FRAGS"]
+    # Each row's id is on the line below it (issue 17: rows fit 80 columns).
+    rows, ids = lines[0::2], lines[1::2]
+    return {backup_id.rsplit("/", 1)[-1]: row.split()[4] for row, backup_id in zip(rows, ids,
+                                                                                  strict=True)}
 
 
 def test_an_archived_manifest_is_one_unreadable_backup_not_an_empty_vault(
@@ -707,7 +713,7 @@ def test_an_archived_manifest_is_one_unreadable_backup_not_an_empty_vault(
               f"--copy-source {moto_bucket.name}/{key} --storage-class STANDARD); and exclude "
               f"*/chunk.0 and */chunk.0.sig from the rule")
 
-    result = run_keyless(cli, ["list"], env)
+    result = run_keyless(cli, ["list", "--utc"], env)
     assert result.returncode == 3, result.stderr
     assert table_states(result.stdout) == {first: "frozen", archived: "unreadable",
                                            last: "frozen"}
@@ -761,7 +767,7 @@ def test_a_server_failing_on_one_object_or_on_everything(
 
         proxy.schedule = one_object
         expected = dict.fromkeys(ulids, "frozen") | {failing: "unreadable"}
-        result = run_keyless(cli, ["list"], env)
+        result = run_keyless(cli, ["list", "--utc"], env)
         assert result.returncode == 3, result.stderr
         assert table_states(result.stdout) == expected
         # The manifest's size is looked at (HEAD) before it is downloaded.

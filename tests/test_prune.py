@@ -266,43 +266,36 @@ def test_incomplete_uploads_are_left_alone_and_interrupted_prunes_finished(
         human.stdout.decode())
 
 
-def _glacier_dir_config(cli: Cli, tmp_path: Path) -> None:
-    vault = tmp_path / "glacier-vault"
-    vault.mkdir()
-    config = cli.home / ".config" / "cryophile" / "cryophile.toml"
-    config.parent.mkdir(parents=True)
-    config.write_text(f'[[vault]]\nid = "{VAULT}"\nprovider = "dir"\npath = "{vault}"\n'
-                      'storage_class = "GLACIER"\n')
-
-
 def test_glacier_backups_younger_than_90_days_are_kept_unless_allowed(
-        cli: Cli, gpg_key: oracles.KeyPair, tmp_path: Path) -> None:
-    _glacier_dir_config(cli, tmp_path)
+        cli: Cli, gpg_key: oracles.KeyPair, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    # Only S3 has storage classes (a directory vault has none: issue 17).
+    env = configure_s3_vault(cli, s3_bucket, tmp_path, "GLACIER")
     first = _backup_at(cli, gpg_key, "2024-01-01T00:00:00Z")
     second = _backup_at(cli, gpg_key, "2024-01-02T00:00:00Z")
-    assert cli.run(["freeze", "--once"]).returncode == 0
+    assert cli.run(["freeze", "--once"], env=env).returncode == 0
     older = f"{VAULT}/{DB}/{first}"
 
-    refused = cli.run(["prune", "-v", VAULT, "--keep-last", "1"])
+    refused = cli.run(["prune", "-v", VAULT, "--keep-last", "1"], env=env)
     assert refused.returncode == 0, refused.stderr
     assert "1 backup(s) not deleted: younger than their storage class's minimum" in (
         refused.stderr)
     out = refused.stdout.decode()
     assert (f"{older}: kept for now, avoiding an early-deletion charge: GLACIER minimum 90 "
             "days: deleting now is billed as if stored 90 more days (") in out
-    assert set(_listed(cli)) == {older, f"{VAULT}/{DB}/{second}"}
+    assert set(_listed(cli, env)) == {older, f"{VAULT}/{DB}/{second}"}
 
-    plan = _prune(cli, "--keep-last", "1", "--dry-run", "--allow-early-deletion")
+    plan = _prune(cli, "--keep-last", "1", "--dry-run", "--allow-early-deletion", env=env)
     entry = next(e for e in plan["backups"] if e["id"] == older)
     assert entry["action"] == "remove"
     assert entry["storage_class"] == "GLACIER"
     assert entry["early_deletion"]["minimum_days"] == 90
     assert entry["early_deletion"]["remaining_days"] == 90
 
-    done = cli.run(["prune", "-v", VAULT, "--keep-last", "1", "--allow-early-deletion"])
+    done = cli.run(["prune", "-v", VAULT, "--keep-last", "1", "--allow-early-deletion"],
+                   env=env)
     assert done.returncode == 0, done.stderr
     assert f"{older}: early-deletion charge: GLACIER minimum 90 days" in done.stdout.decode()
-    assert set(_listed(cli)) == {f"{VAULT}/{DB}/{second}"}
+    assert set(_listed(cli, env)) == {f"{VAULT}/{DB}/{second}"}
 
 
 def test_prune_on_seaweedfs(cli: Cli, gpg_key: oracles.KeyPair, s3_bucket: S3Bucket,

@@ -25,12 +25,13 @@ The schema::
 
     [[vault]]
     id = "0b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"   # required, a UUID
+    name = "offsite"                         # optional, unique: -v offsite, --id offsite/...
     provider = "s3"                          # required: "s3" or "dir"
     bucket = "my-backups"                    # s3: required
     endpoint_url = "https://..."             # s3: optional (R2, GCS, SeaweedFS, MinIO)
     region = "eu-central-1"                  # s3: optional
     profile = "backup"                       # s3: optional AWS profile name
-    storage_class = "GLACIER"                # default GLACIER
+    storage_class = "GLACIER"                # s3, default GLACIER (a directory has none)
     restore_tier = "Bulk"                    # Bulk | Standard | Expedited, default Bulk
     restore_days = 7                         # 1-36500, default 7
     compression = "zstd"                     # optional: none | lz4 | zstd
@@ -76,6 +77,10 @@ from cryophile.storage_classes import RESTORE_TIERS, STORAGE_CLASSES
 
 Provider = Literal["s3", "dir"]
 
+#: The class a directory vault records for every object: it has no classes, and
+#: this one no minimum storage duration.
+DIRECTORY_STORAGE_CLASS = "STANDARD"
+
 #: Where the configuration is looked for when no path is given, in order.
 SYSTEM_CONFIG = Path("/etc/cryophile/cryophile.toml")
 
@@ -102,10 +107,11 @@ _TOP_LEVEL_KEYS = frozenset(
      "vault"}
 )
 _COMMON_KEYS = frozenset(
-    {"id", "provider", "storage_class", "restore_tier", "restore_days", "compression"}
+    {"id", "name", "provider", "restore_tier", "restore_days", "compression"}
 )
 _S3_KEYS = frozenset(
     {
+        "storage_class",
         "bucket",
         "endpoint_url",
         "region",
@@ -124,6 +130,8 @@ _VAULT_KEYS = _COMMON_KEYS | _S3_KEYS | _DIR_KEYS
 _UUID_FORM = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
+#: A vault's ``name``: short, no "/" (it starts a ``--id VAULT/PREFIX/ULID``).
+VAULT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _VAULT_HEADER = re.compile(r"\s*\[\[\s*vault\s*\]\]\s*(#.*)?$")
 _ANY_HEADER = re.compile(r"\s*\[")
 
@@ -133,12 +141,14 @@ class VaultConfig:
     """One ``[[vault]]`` entry, validated and normalised.
 
     Keys that do not apply to the provider are None (the loader refuses them
-    in the file). ``max_bandwidth`` is in bytes per second; ``connect_timeout``
+    in the file); a directory's ``storage_class`` is always
+    :data:`DIRECTORY_STORAGE_CLASS`. ``max_bandwidth`` is in bytes per second; ``connect_timeout``
     and ``read_timeout`` in seconds.
     """
 
     id: uuid.UUID
     provider: Provider
+    name: str | None = None
     bucket: str | None = None
     endpoint_url: str | None = None
     region: str | None = None
@@ -182,6 +192,13 @@ class Config:
         vault applies)."""
         for entry in self.vaults:
             if entry.id == vault_id:
+                return entry
+        return None
+
+    def vault_named(self, name: str) -> VaultConfig | None:
+        """The entry whose ``name`` is ``name``, or None."""
+        for entry in self.vaults:
+            if entry.name == name:
                 return entry
         return None
 
@@ -305,8 +322,14 @@ class _Validator:
             self._fail(None, "vault", "'vault' must be [[vault]] tables")
         vaults: list[VaultConfig] = []
         seen: dict[uuid.UUID, int] = {}
+        names: dict[str, int] = {}
         for index, table in enumerate(tables):
             entry = self._vault(index, table)
+            if entry.name is not None:
+                if entry.name in names:
+                    self._fail(index, "name", f"duplicate vault name {entry.name!r} (already "
+                                              f"used by [[vault]] #{names[entry.name] + 1})")
+                names[entry.name] = index
             if entry.id in seen:
                 self._fail(
                     index,
@@ -332,10 +355,15 @@ class _Validator:
         provider = self._choice(index, "provider", table["provider"], ("s3", "dir"))
         allowed = _COMMON_KEYS | (_S3_KEYS if provider == "s3" else _DIR_KEYS)
         for key in table:
+            if key == "storage_class" and provider == "dir":
+                self._fail(index, key, "a directory vault has no storage classes (and no "
+                                       "minimum storage duration): remove the key")
             if key not in allowed:
                 self._fail(index, key, f"key {key!r} does not apply to provider {provider!r}")
 
         values: dict[str, Any] = {"id": vault_id, "provider": provider}
+        if "name" in table:
+            values["name"] = self._name(index, table["name"])
         if "storage_class" in table:
             values["storage_class"] = self._choice(
                 index, "storage_class", table["storage_class"], sorted(STORAGE_CLASSES), upper=True
@@ -352,6 +380,8 @@ class _Validator:
             )
 
         if provider == "dir":
+            # What the sidecars record: a class with no minimum duration.
+            values["storage_class"] = DIRECTORY_STORAGE_CLASS
             if "path" not in table:
                 self._fail(index, None, "missing key 'path' (required for provider \"dir\")")
             values["path"] = self._path(index, "path", table["path"])
@@ -431,6 +461,13 @@ class _Validator:
             self._fail(index, key, f"expected seconds, a number above 0 and at most "
                                    f"{MAX_TIMEOUT:g}, not {value!r}")
         return float(value)
+
+    def _name(self, index: int, value: Any) -> str:
+        text = self._string(index, "name", value)
+        if not VAULT_NAME.fullmatch(text) or _UUID_FORM.fullmatch(text):
+            self._fail(index, "name", f"{text!r} is not a vault name: 1 to 64 of a-z 0-9 . _ -, "
+                                      "starting with a letter or digit, and not a UUID")
+        return text
 
     def _uuid(self, index: int, value: Any) -> uuid.UUID:
         text = self._string(index, "id", value)

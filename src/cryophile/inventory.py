@@ -431,7 +431,8 @@ def describe_in_vault(opened: OpenedVault, listing: VaultListing, scratch: Path,
     try:
         if 1 in listing.indices:
             info = opened.vault.stat(backup_id.object_key(1))
-            storage_class = info.storage_class if info is not None else None
+            if info is not None and opened.has_storage_classes:  # a directory has none
+                storage_class = info.storage_class
         if not listing.has_manifest:
             return VaultRecord(listing, None, storage_class,
                                "no manifest in the vault: an upload in progress or abandoned")
@@ -479,6 +480,7 @@ class Entry:
             "vault": str(self.backup_id.vault),
             "prefix": self.backup_id.prefix,
             "ulid": str(self.backup_id.ulid),
+            "time": rfc3339(self.backup_id.created),
             "created": rfc3339(self.created),
             "state": self.state.value,
             "stored_bytes": manifest.stored_bytes if manifest is not None else None,
@@ -575,7 +577,7 @@ def take_inventory(spool: Spool, open_vault: Callable[[uuid.UUID], OpenedVault],
                    vault_ids: Iterable[uuid.UUID], *, prefix: str | None = None,
                    only_vault: uuid.UUID | None = None) -> Inventory:
     """Every backup in the spool and in ``vault_ids`` (below ``prefix``), newest first
-    (by :attr:`Entry.created`).
+    by the backup's own time (its ULID's).
 
     A vault that cannot be read (unreachable, refusing) is recorded in
     ``failures``; its backups still appear with what the spool knows of them.
@@ -608,7 +610,9 @@ def take_inventory(spool: Spool, open_vault: Callable[[uuid.UUID], OpenedVault],
     for backup_id in set(local) | set(stored):
         inventory.entries.append(combine(backup_id, local.get(backup_id),
                                          stored.get(backup_id)))
-    inventory.entries.sort(key=lambda entry: (entry.created, str(entry.backup_id)),
+    # By the backup's own time (its ULID's: the -t it was named by), as prune counts;
+    # a backfilled backup is listed in its place, not as the newest.
+    inventory.entries.sort(key=lambda entry: (entry.backup_id.created, str(entry.backup_id)),
                            reverse=True)
     return inventory
 

@@ -248,7 +248,9 @@ def _read_candidate(opened: OpenedVault, listing: VaultListing, scratch: Path,
     backup_id = listing.backup_id
     manifest, data = fetch_manifest(opened, backup_id, scratch)
     storage_class = None
-    if 1 in listing.indices:
+    # A directory has no classes: what older versions recorded there (GLACIER
+    # by default) bills nothing, so it never keeps a backup from deletion.
+    if 1 in listing.indices and opened.has_storage_classes:
         info = opened.vault.stat(backup_id.object_key(1))
         storage_class = info.storage_class if info is not None else None
     candidate = Candidate(backup_id, listing, manifest, storage_class)

@@ -25,6 +25,7 @@ from cryophile.backup_id import (
     parse_vault,
     ulid_for_timestamp,
 )
+from cryophile.cli.defaults import add_id_option, needs_keyring, needs_vault
 from cryophile.errors import UsageError
 from cryophile.manifest import check_labels
 
@@ -124,9 +125,11 @@ def file_descriptor(text: str) -> int:
 
 def add_backup_id_options(parser: argparse.ArgumentParser, *, ulid_required: bool) -> None:
     """``-v/--vault``, ``-p/--prefix`` and ``-u/--ulid`` | ``-t/--timestamp``."""
-    parser.add_argument("-v", "--vault", required=True, metavar="UUID",
-                        help="vault id (a UUID); a vault not in the configuration is a local "
-                             "directory vault")
+    parser.add_argument("-v", "--vault", metavar="VAULT",
+                        help="vault id (a UUID) or its configured name; a vault not in the "
+                             "configuration is a local directory vault (default: "
+                             "$CRYOPHILE_VAULT)")
+    needs_vault(parser)
     parser.add_argument("-p", "--prefix", default="", metavar="PREFIX",
                         help="path-like name of the backup series, e.g. hosts/db1")
     when = parser.add_mutually_exclusive_group(required=ulid_required)
@@ -134,6 +137,7 @@ def add_backup_id_options(parser: argparse.ArgumentParser, *, ulid_required: boo
     when.add_argument("-t", "--timestamp", metavar="TIME",
                       help="RFC 3339 time (e.g. 2026-11-26T03:00:00Z); the same time always "
                            "names the same backup")
+    add_id_option(when)
 
 
 def backup_id_from(args: argparse.Namespace, *, new: bool) -> BackupId:
@@ -166,18 +170,23 @@ def label_pair(text: str) -> tuple[str, str]:
 
 def add_keyring_option(parser: argparse.ArgumentParser, help_text: str, *,
                        required: bool = True) -> None:
-    """``-k/--keyring FILE``, repeatable."""
-    parser.add_argument("-k", "--keyring", action="append", type=Path, required=required,
-                        default=[], metavar="FILE", help=help_text)
+    """``-k/--keyring FILE``, repeatable; else ``$CRYOPHILE_KEYRING`` (``required``:
+    one of them must give a file)."""
+    parser.add_argument("-k", "--keyring", action="append", type=Path, default=[],
+                        metavar="FILE", help=f"{help_text} (default: $CRYOPHILE_KEYRING, "
+                                             "files separated by ':')")
+    needs_keyring(parser, required=required)
 
 
 def add_selection_options(parser: argparse.ArgumentParser) -> None:
     """``-v``/``-p``/``-u``|``-t`` as filters: a vault, a prefix in it, one backup."""
-    parser.add_argument("-v", "--vault", metavar="UUID", help="only this vault")
+    parser.add_argument("-v", "--vault", metavar="VAULT",
+                        help="only this vault (its UUID or configured name)")
     parser.add_argument("-p", "--prefix", metavar="PREFIX", help="only this prefix (with -v)")
     when = parser.add_mutually_exclusive_group()
     when.add_argument("-u", "--ulid", metavar="ULID", help="only this backup (with -v)")
     when.add_argument("-t", "--timestamp", metavar="TIME", help="only the backup of this time")
+    add_id_option(when)
 
 
 def selection_from(args: argparse.Namespace) -> Selection:

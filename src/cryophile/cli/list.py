@@ -1,14 +1,18 @@
-"""``cryophile list``: every backup known locally and in the vaults, newest first."""
+"""``cryophile list``: every backup known locally and in the vaults, newest first by
+the backup's own time (its ULID's)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from cryophile.backup_id import normalize_prefix, parse_vault, rfc3339
 from cryophile.chains import Parents, chain_of, children_of
 from cryophile.cli.resources import CommandContext
+from cryophile.config import Config
 from cryophile.errors import ExitCode, exit_code_of
 from cryophile.inventory import Entry, known_vaults, take_inventory
 from cryophile.pipeline.stages import write_all
@@ -18,19 +22,35 @@ from cryophile.vault.factory import unknown_vault
 if TYPE_CHECKING:
     from cryophile.cli.main import Environment
 
-COLUMNS = ("CREATED", "STATE", "SIZE", "FRAGMENTS", "COMPRESSION", "CLASS", "BACKUP")
+#: The columns of a row; the id goes on the line below it, whole, to be pasted
+#: after ``--id``: so every row fits 80 columns whatever the prefix's length.
+COLUMNS = ("TIME", "WRITTEN", "STATE", "SIZE", "FRAGS", "COMP")
+_NUMERIC = frozenset({"SIZE", "FRAGS"})
 
 
-def _row(entry: Entry) -> tuple[str, ...]:
+def _clock(when: datetime, utc: bool) -> str:
+    """``2026-11-05 03:00``: in UTC, or in local time (as TZ says)."""
+    return (when.astimezone(UTC) if utc else when.astimezone()).strftime("%Y-%m-%d %H:%M")
+
+
+def display_id(entry: Entry, config: Config) -> str:
+    """The id as ``--id`` takes it: ``NAME/PREFIX/ULID`` when the vault has a name."""
+    backup_id = entry.backup_id
+    configured = config.vault(backup_id.vault)
+    if configured is None or configured.name is None:
+        return str(backup_id)
+    return f"{configured.name}/{backup_id.key_prefix}"
+
+
+def _row(entry: Entry, utc: bool) -> tuple[str, ...]:
     manifest = entry.manifest
     return (
-        rfc3339(entry.created.replace(microsecond=0)),
+        _clock(entry.backup_id.created, utc),
+        _clock(entry.created, utc),
         entry.state.value,
         human_bytes(manifest.stored_bytes) if manifest is not None else "-",
         str(len(manifest.fragments)) if manifest is not None else "-",
         manifest.compression if manifest is not None else "-",
-        entry.storage_class or "-",
-        str(entry.backup_id),
     )
 
 
@@ -73,15 +93,23 @@ def _tree(entries: list[Entry], parents: Parents) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    """Left-aligned columns (right-aligned numbers), the last column unpadded."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...],
+                 ids: list[str] | None = None) -> str:
+    """Left-aligned columns (right-aligned numbers); with ``ids``, each row's id
+    on the line below it, indented."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = []
-    for row in [header, *rows]:
-        cells = [cell.rjust(width) if header[i] in ("SIZE", "FRAGMENTS") else cell.ljust(width)
-                 for i, (cell, width) in enumerate(zip(row, widths, strict=False))]
-        lines.append("  ".join([*cells, row[-1]]))
+    for number, row in enumerate([header, *rows]):
+        cells = [cell.rjust(width) if header[i] in _NUMERIC else cell.ljust(width)
+                 for i, (cell, width) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+        if ids is not None and number > 0:
+            lines.append(f"  {ids[number - 1]}")
     return "\n".join(lines) + "\n"
+
+
+def _zone(utc: bool) -> str:
+    return "UTC" if utc else (datetime.now().astimezone().tzname() or "local")
 
 
 def run(args: argparse.Namespace, environment: Environment) -> int:
@@ -93,7 +121,8 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     if only_vault is not None and config.vaults and config.vault(only_vault) is None:
         raise unknown_vault(only_vault, config)  # a typo in -v is not "no backups found"
     spool = context.spool
-    vault_ids = [only_vault] if only_vault is not None else known_vaults(spool, config)
+    vault_ids: list[uuid.UUID] = ([only_vault] if only_vault is not None
+                                  else known_vaults(spool, config))
     inventory = take_inventory(spool, context.vault, vault_ids, prefix=prefix,
                                only_vault=only_vault)
     # Chains are worked out on everything listed, before --label picks entries.
@@ -101,12 +130,15 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
                for entry in inventory.entries}
     shown = [entry for entry in inventory.entries if _has_labels(entry, args.label)]
     if args.json:
-        document = [entry.as_json() | _chain_fields(entry, parents) for entry in shown]
+        document = [{**entry.as_json(), "paste_id": display_id(entry, config),
+                     **_chain_fields(entry, parents)} for entry in shown]
         output = json.dumps(document, indent=1) + "\n"
     elif shown and args.tree:
         output = _tree(shown, parents)
     elif shown:
-        output = format_table([_row(entry) for entry in shown], COLUMNS)
+        header = (f"TIME ({_zone(args.utc)})", *COLUMNS[1:])
+        output = format_table([_row(entry, args.utc) for entry in shown], header,
+                              [display_id(entry, config) for entry in shown])
     else:
         output = ""
         if not args.quiet:
@@ -126,4 +158,3 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         # A transient failure is "try later" (75) whatever its class.
         return int(exit_code_of(inventory.failures.values()))
     return int(ExitCode.PARTIAL if inventory.unreadable else ExitCode.OK)
-

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import NoReturn, TextIO
 
-from cryophile.cli.logs import level_from, setup_logging
+from cryophile.cli.defaults import complete
+from cryophile.cli.logs import log_levels, setup_logging
 from cryophile.cli.parsers import build_parser
 from cryophile.errors import CryophileError, ExitCode, UsageError, exit_code_of
 
@@ -72,9 +73,10 @@ def run(argv: Sequence[str], environment: Environment | None = None) -> int:
     try:
         _refuse_nul(argv)
         args = build_parser().parse_args(list(argv))
-        level = level_from(args.debug, args.quiet, environment.env,
-                           default=getattr(args, "default_log_level", logging.WARNING))
-        setup_logging(level, environment.env,
+        complete(args, environment.env)
+        levels = log_levels(args.debug, args.quiet, environment.env,
+                            default=getattr(args, "default_log_level", logging.WARNING))
+        setup_logging(levels, environment.env,
                       json_lines=getattr(args, "json_logs", False), stream=environment.stderr)
         return command_named(args.command)(args, environment)
     except CryophileError as error:

@@ -32,6 +32,7 @@ from cryophile.cli.arguments import (
     whole_number_up_to,
 )
 from cryophile.cli.daemon import add_daemon_options
+from cryophile.cli.defaults import add_id_option, needs_vault
 from cryophile.cli.progress import add_progress_option
 from cryophile.config import MAX_DAYS
 from cryophile.daemons.freeze import DEFAULT_PARALLEL, MAX_PARALLEL, RESCAN_SECONDS
@@ -72,8 +73,9 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
                        help="spool directory (default: $CRYOPHILE_SPOOL, else "
                             "/var/spool/cryophile as root, else ~/.local/state/cryophile/spool)")
     group.add_argument("-c", "--config", type=_path, default=default(None), metavar="FILE",
-                       help="configuration file (default: ~/.config/cryophile/cryophile.toml, "
-                            "else /etc/cryophile/cryophile.toml)")
+                       help="configuration file (default: $CRYOPHILE_CONFIG, else "
+                            "~/.config/cryophile/cryophile.toml, else "
+                            "/etc/cryophile/cryophile.toml)")
     group.add_argument("-d", "--debug", action="count", default=default(0),
                        help="more log output on stderr (-d info, -dd debug)")
     group.add_argument("-q", "--quiet", action="store_true", default=default(False),
@@ -392,8 +394,11 @@ def _add_list(commands: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
         "list", help="list backups in the spool and the vaults", description=_LIST_DESCRIPTION,
         epilog=_LIST_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", metavar="UUID",
-                        help="only this vault (default: every vault known)")
+    parser.add_argument("-v", "--vault", metavar="VAULT",
+                        help="only this vault, by UUID or configured name (default: every vault "
+                             "known)")
+    parser.add_argument("--utc", action="store_true",
+                        help="show times in UTC (default: local time, as TZ says)")
     parser.add_argument("-p", "--prefix", metavar="PREFIX",
                         help="only backups with this prefix or one below it")
     parser.add_argument("--label", action="append", type=label_pair, default=[],
@@ -440,13 +445,17 @@ def _add_verify(commands: Any) -> argparse.ArgumentParser:
         "verify", help="check that backups in the vault are complete and intact",
         description=_VERIFY_DESCRIPTION, epilog=_VERIFY_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", required=True, metavar="UUID", help="vault id (a UUID)")
+    parser.add_argument("-v", "--vault", metavar="VAULT",
+                        help="vault id (a UUID) or its configured name (default: "
+                             "$CRYOPHILE_VAULT)")
+    needs_vault(parser)
     parser.add_argument("-p", "--prefix", default="", metavar="PREFIX",
                         help="the backup's prefix; with --all, this prefix and every one below")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("-u", "--ulid", metavar="ULID", help="the backup's ULID")
     which.add_argument("-t", "--timestamp", metavar="TIME", help="the backup of this RFC 3339 time")
     which.add_argument("--all", action="store_true", help="every backup (below -p)")
+    add_id_option(which)
     parser.add_argument("--download", action="store_true",
                         help="download every readable fragment and check its SHA-256")
     parser.add_argument("-k", "--keyring", action="append", type=Path, metavar="FILE",
@@ -563,7 +572,9 @@ def _add_prune(commands: Any) -> argparse.ArgumentParser:
         "prune", help="delete old backups from a vault by a retention policy",
         description=_PRUNE_DESCRIPTION, epilog=_PRUNE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--vault", required=True, metavar="UUID", help="the vault")
+    parser.add_argument("-v", "--vault", metavar="VAULT",
+                        help="the vault: its UUID or configured name (default: $CRYOPHILE_VAULT)")
+    needs_vault(parser)
     parser.add_argument("-p", "--prefix", metavar="PREFIX",
                         help="only backups with this prefix or one below it (each prefix is "
                              "its own series)")
@@ -623,15 +634,51 @@ def _add_completion(commands: Any) -> argparse.ArgumentParser:
     return parser
 
 
+# -- man -----------------------------------------------------------------------
+_MAN_EXAMPLES = """\
+examples:
+  cryophile man | man -l -
+  cryophile man > /usr/local/share/man/man1/cryophile.1 && mandb -q
+"""
+
+
+def _add_man(commands: Any) -> argparse.ArgumentParser:
+    """Add the ``man`` parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "man", help="print the man page cryophile(1) (roff, from these parsers)",
+        description="Print the man page cryophile(1) in roff, generated from the same "
+                    "parsers as --help: one section per command.",
+        epilog=_MAN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
+
+
 #: Each command by name, in the order ``--help`` lists them, with the function
 #: that adds its parser; ``cryophile.cli.NAME`` runs it.
 _COMMANDS: dict[str, Callable[[Any], argparse.ArgumentParser]] = {
     "backup": _add_backup, "restore": _add_restore, "freeze": _add_freeze, "thaw": _add_thaw,
     "list": _add_list, "verify": _add_verify, "status": _add_status, "prune": _add_prune,
-    "completion": _add_completion,
+    "completion": _add_completion, "man": _add_man,
 }
 #: The commands that are a module ``cryophile.cli.NAME`` (all but ``help``).
 COMMANDS = tuple(_COMMANDS)
+
+
+_MAIN_EPILOG = """\
+environment (an option always wins; an empty variable counts as unset):
+  CRYOPHILE_SPOOL      the spool (-S); it wins over the configuration's spool, and
+                       a command says so when the two differ
+  CRYOPHILE_CONFIG     the configuration file (-c)
+  CRYOPHILE_VAULT      the vault of backup, restore, verify and prune (-v)
+  CRYOPHILE_KEYRING    the keyring files of backup and restore (-k), ':'-separated
+  CRYOPHILE_LOG        what to log: a level (error warn info debug trace off) or
+                       TARGET=LEVEL,... as in warn,cryophile=trace
+  CRYOPHILE_LOG_STYLE  auto (default, also when empty), always, never, json
+  CRYOPHILE_ASKPASS    a program that prints a key's passphrase
+
+exit codes: 0 ok, 3 partial (some backups could not be read), 64 usage, 65 bad
+data, 66 no input, 69 service unavailable, 73 already exists, 74 I/O error,
+75 try later, 77 no usable key, 78 config.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -643,9 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cryophile",
         description="Off-site backup of streams: compress, encrypt to OpenPGP keys, split into "
                     "fragments in a spool, freeze to S3/Glacier, thaw and restore.",
-        epilog="Exit codes: 0 ok, 3 partial (some backups could not be read), 64 usage, "
-               "65 bad data, 66 no input, 69 service unavailable, 73 already exists, "
-               "74 I/O error, 75 try later, 77 no usable key, 78 config.")
+        epilog=_MAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"cryophile {__version__}")
     _add_global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
+import os
 import uuid
 from collections.abc import Mapping
 
@@ -15,6 +17,8 @@ from cryophile.config import Config, load_config
 from cryophile.errors import StorageIOError
 from cryophile.spool import Spool, default_spool_root
 from cryophile.vault.factory import OpenedVault, open_vault
+
+logger = logging.getLogger(__name__)
 
 
 class CommandContext:
@@ -57,6 +61,13 @@ class CommandContext:
             configured = str(config.spool) if config.spool is not None else None
             root = default_spool_root(self.env, configured)
             explicit = bool(self.env.get("CRYOPHILE_SPOOL")) or configured is not None
+            if (self.env.get("CRYOPHILE_SPOOL") and config.spool is not None
+                    and os.path.abspath(root) != os.path.abspath(config.spool)):
+                # The environment wins, as every option's variable does; silently,
+                # a unit's Environment= would send backups to a spool no other
+                # command of this configuration looks at.
+                logger.warning("CRYOPHILE_SPOOL=%s wins over spool = %s in %s; unset one of "
+                               "them", root, config.spool, config.source)
         try:
             return Spool.open(root, create_root=not explicit, read_only=self.read_only)
         except OSError as error:

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryophile.config import Config, VaultConfig
+from cryophile.config import DIRECTORY_STORAGE_CLASS, Config, VaultConfig
 from cryophile.destination import Destination
 from cryophile.durable import make_dirs
 from cryophile.errors import ConfigError
@@ -40,6 +40,9 @@ class OpenedVault:
     restore_days: int
     embedded: bool
     destination: Destination
+    #: False for a directory: it has no storage classes, so no minimum storage
+    #: duration either (what its sidecars record is not a class in any bill).
+    has_storage_classes: bool = True
 
 
 def default_vault_root(spool_root: Path, vault_id: uuid.UUID) -> Path:
@@ -56,11 +59,13 @@ def open_vault(vault_id: uuid.UUID, config: Config, spool_root: Path) -> OpenedV
         if config.vaults:
             raise unknown_vault(vault_id, config)
         root = default_vault_root(spool_root, vault_id)
-        return OpenedVault(vault_id, DirectoryVault(root, create=True), "STANDARD", "Bulk", 1,
-                           embedded=True,
-                           destination=Destination.directory(str(root), embedded=True))
+        return OpenedVault(vault_id, DirectoryVault(root, create=True), DIRECTORY_STORAGE_CLASS,
+                           "Bulk", 1, embedded=True,
+                           destination=Destination.directory(str(root), embedded=True),
+                           has_storage_classes=False)
     return OpenedVault(vault_id, _from_config(entry), entry.storage_class, entry.restore_tier,
-                       entry.restore_days, embedded=False, destination=destination_of(entry))
+                       entry.restore_days, embedded=False, destination=destination_of(entry),
+                       has_storage_classes=entry.provider == "s3")
 
 
 def destination_for(vault_id: uuid.UUID, config: Config, spool_root: Path) -> Destination:
@@ -85,7 +90,8 @@ def destination_of(entry: VaultConfig) -> Destination:
 
 def unknown_vault(vault_id: uuid.UUID, config: Config) -> ConfigError:
     """The error for an id that a configuration file does not list."""
-    listed = ", ".join(str(entry.id) for entry in config.vaults)
+    listed = ", ".join(f"{entry.id} ({entry.name})" if entry.name else str(entry.id)
+                       for entry in config.vaults)
     return ConfigError(
         f"vault {vault_id} is not in the configuration {config.source} (it lists: {listed}); "
         "check -v for a typo, or add a [[vault]] entry for it (the embedded directory vault "

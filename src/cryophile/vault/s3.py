@@ -313,13 +313,13 @@ class S3Vault:
 
     def _log_try(self, name: str, attempts: int, reason: str) -> None:
         if attempts >= self._max_attempts:
-            logger.warning("s3://%s %s attempt %d failed (%s); that was the last of "
-                           "max_attempts = %d", self.bucket, name, attempts, reason,
-                           self._max_attempts,
+            logger.warning("s3://%s %s attempt %d of %d failed (%s); that was the last "
+                           "(max_attempts = %d): giving up", self.bucket, name, attempts,
+                           self._max_attempts, reason, self._max_attempts,
                            extra={"event": "retry", "operation": name, "attempt": attempts})
             return
-        logger.warning("s3://%s %s attempt %d failed (%s); retrying with back-off while "
-                       "attempts remain", self.bucket, name, attempts, reason,
+        logger.warning("s3://%s %s attempt %d of %d failed (%s); trying again after a "
+                       "back-off", self.bucket, name, attempts, self._max_attempts, reason,
                        extra={"event": "retry", "operation": name, "attempt": attempts})
 
     # -- the Vault contract (see cryophile.vault.base.Vault) -----------------

@@ -1,0 +1,77 @@
+"""Issue 17, point 5: a man page generated from the parsers, and hardened systemd units
+that `systemd-analyze verify` accepts with their Documentation=man:cryophile(1) resolved."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, Cli
+from cryophile.cli.parsers import COMMANDS, build_parser
+
+UNITS = ("cryophile-freeze.service", "cryophile-thaw.service")
+HARDENING = ("CapabilityBoundingSet=\n", "PrivateDevices=true",
+             "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+             "SystemCallFilter=@system-service", "ProtectSystem=strict",
+             "Documentation=man:cryophile(1)")
+
+
+def man_page(cli: Cli, root: Path) -> Path:
+    result = cli.run(["man"])
+    assert result.returncode == 0, result.stderr
+    page = root / "man1" / "cryophile.1"
+    page.parent.mkdir(parents=True)
+    page.write_bytes(result.stdout)
+    return page
+
+
+def test_the_man_page_has_every_command_and_option(cli: Cli, tmp_path: Path) -> None:
+    page = man_page(cli, tmp_path).read_text()
+    assert page.startswith(".TH CRYOPHILE 1 ")
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in COMMANDS:
+        assert f".SS cryophile {name}\n" in page, name
+        sub = commands.choices[name]  # type: ignore[index]
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            for flag in action.option_strings:
+                assert f"\\fB{flag.replace('-', chr(92) + '-')}\\fR" in page, (name, flag)
+    assert "CRYOPHILE_KEYRING" in page
+    # man renders it without a complaint.
+    rendered = subprocess.run(["man", "--warnings", "-l", str(tmp_path / "man1" / "cryophile.1")],
+                              capture_output=True, text=True, check=False,
+                              env={**os.environ, "MANWIDTH": "80", "MAN_KEEP_FORMATTING": ""})
+    assert rendered.returncode == 0, rendered.stderr
+    assert "cryophile backup" in rendered.stdout
+
+
+def test_units_are_hardened_and_systemd_analyze_verify_accepts_them(
+        cli: Cli, tmp_path: Path) -> None:
+    man_root = tmp_path / "man"
+    man_page(cli, man_root)
+    units = tmp_path / "units"
+    units.mkdir()
+    executable = shutil.which("cryophile", path=str(Path(sys.executable).parent))
+    assert executable is not None
+    for name in UNITS:
+        text = (REPO / "contrib" / "systemd" / name).read_text()
+        for directive in HARDENING:
+            assert directive in text, (name, directive)
+        assert "CRYOPHILE_SPOOL" not in text  # the configuration's spool is not overridden
+        (units / name).write_text(text.replace("ExecStart=/usr/local/bin/cryophile",
+                                               f"ExecStart={executable}"))
+    env = {**os.environ, "MANPATH": str(man_root), "SYSTEMD_LOG_LEVEL": "warning"}
+    verified = subprocess.run(["systemd-analyze", "verify", "--man=yes", *UNITS], cwd=units,
+                              capture_output=True, text=True, env=env, check=False)
+    assert verified.returncode == 0, verified.stderr
+    assert "cryophile" not in verified.stderr, verified.stderr
+    # Without the page the check fails: the test really resolves man:cryophile(1).
+    missing = subprocess.run(["systemd-analyze", "verify", "--man=yes", UNITS[0]], cwd=units,
+                             capture_output=True, text=True, check=False,
+                             env={**env, "MANPATH": str(tmp_path / "none")})
+    assert missing.returncode != 0
+    assert "man cryophile(1)" in missing.stderr
