@@ -488,7 +488,7 @@ def test_a_server_answering_500_to_everything_exits_75_and_keeps_the_queue(
     assert "server error" in errors[0]
     assert ulid in errors[0]
     # Every failed attempt is logged, the retries are botocore's.
-    assert "attempt 2 failed" in result.stderr
+    assert "attempt 2 of" in result.stderr
     assert queued_files(cli, ulid) == before
     assert s3.all_keys() == []
     assert proxy.injected[Fault.ERROR_500] >= 2  # retried, not given up at once
