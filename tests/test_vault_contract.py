@@ -3,6 +3,9 @@
 Backends:
 
 - ``dir``: DirectoryVault in a temporary directory;
+- ``dir-capped``: the same inside the bandwidth cap (``max_bandwidth``), as
+  :func:`cryophile.vault.factory.open_vault` composes it: the wrapper keeps the
+  contract;
 - ``seaweedfs``: S3Vault on a real SeaweedFS server (auth and checksums on);
 - ``moto``: S3Vault on moto's server, the only one with Glacier semantics.
 
@@ -17,6 +20,7 @@ import base64
 import hashlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -26,6 +30,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from cryophile.config import Config, VaultConfig
 from cryophile.errors import (
     AlreadyExistsError,
     DataError,
@@ -36,17 +41,25 @@ from cryophile.errors import (
     VaultUnavailableError,
 )
 from cryophile.vault.base import ObjectInfo, RestoreState, Vault
+from cryophile.vault.factory import open_vault
 from cryophile.vault.local import DirectoryVault
 from cryophile.vault.s3 import S3Vault
 from faultproxy import Fault, FaultProxy, Request
 from s3server import S3Bucket, S3Endpoint
 
 MiB = 1 << 20
-ALL_BACKENDS = ["dir", "seaweedfs", "moto"]
-VERIFYING_BACKENDS = ["dir", "seaweedfs"]
+ALL_BACKENDS = ["dir", "dir-capped", "seaweedfs", "moto"]
+VERIFYING_BACKENDS = ["dir", "dir-capped", "seaweedfs"]
 S3_BACKENDS = ["seaweedfs", "moto"]
 
 VaultFactory = Callable[..., Vault]
+
+
+def _capped_directory(root: Path, max_bandwidth: int) -> Vault:
+    """A ``provider = "dir"`` vault with ``max_bandwidth``, opened by the factory."""
+    root.mkdir(exist_ok=True)
+    entry = VaultConfig(id=uuid.uuid4(), provider="dir", path=root, max_bandwidth=max_bandwidth)
+    return open_vault(entry.id, Config(vaults=(entry,)), root.parent / "spool").vault
 
 
 def _bucket(request: pytest.FixtureRequest) -> S3Bucket:
@@ -60,6 +73,9 @@ def _factory(request: pytest.FixtureRequest, tmp_path: Path) -> VaultFactory:
     if request.param == "dir":
         # Transfer options of the S3 vault mean nothing to a directory.
         return lambda **_options: DirectoryVault(tmp_path / "vault", create=True)
+    if request.param == "dir-capped":
+        # A cap far above what these tests move: the contract, not the pacing.
+        return lambda **_options: _capped_directory(tmp_path / "vault", 1 << 30)
     bucket = _bucket(request)
     return bucket.vault
 
@@ -605,6 +621,24 @@ def test_s3_vault_refuses_a_tiny_part_size(s3_bucket: S3Bucket) -> None:
     options: dict[str, Any] = {"part_size": 1 * MiB}
     with pytest.raises(UsageError):
         S3Vault(s3_bucket.vault_config(), session=s3_bucket.endpoint.session(), **options)
+
+
+def test_a_directory_vault_with_max_bandwidth_is_paced(tmp_path: Path, files: Files) -> None:
+    # 3 objects of 256 KiB at 512 KiB/s: after the first, each upload waits
+    # 0.5 s for its turn, and each download is charged after it arrives. Lower
+    # bounds only (a sleep never ends early), so no machine is too fast or slow.
+    vault = _capped_directory(tmp_path / "vault", 512 * 1024)
+    contents = [os.urandom(256 * 1024) for _ in range(3)]
+    started = time.monotonic()
+    for number, data in enumerate(contents):
+        source, sha256 = files.make(data)
+        vault.put(f"capped/f{number}", source, sha256=sha256, storage_class="STANDARD")
+    uploaded = time.monotonic() - started
+    assert [_read_back(vault, f"capped/f{n}", files) for n in range(3)] == contents
+    elapsed = time.monotonic() - started
+    assert uploaded >= 0.95
+    # The three downloads wait for the uploads' 1.5 s, then 0.5 s each.
+    assert elapsed >= 2.45
 
 
 def test_directory_vault_layout(tmp_path: Path, files: Files) -> None:
