@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import oracles
-from conftest import VAULT, Cli, snapshot
+from support.cli import VAULT, Cli
+from support.files import snapshot
 
 SENTINEL = b"precious stream bytes that must stay in the pipe\n" * 100
 

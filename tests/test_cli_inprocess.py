@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import oracles
-from conftest import VAULT
 from cryophile.cli.main import Environment, run
+from support.cli import VAULT
 
 
 def environment(spool: Path, stdin_fd: int, stdout_fd: int, stderr: io.StringIO) -> Environment:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import oracles
-from conftest import VAULT, Cli
+from support.cli import VAULT, Cli
 
 
 def payload(tar_stream: bytes, random_bytes: int = 11 * 1024 * 1024) -> bytes:

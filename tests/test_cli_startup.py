@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import VAULT, Cli
+from support.cli import VAULT, Cli
 
 #: Loaded only by the commands that encrypt, decrypt, compress or talk to S3.
 HEAVY = ("pysequoia", "zstandard", "lz4", "boto3", "botocore", "cryptography",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli
 from cryophile.cli.completion import describe
 from cryophile.cli.parsers import COMMANDS, build_parser
+from support.cli import Cli
 
 COMMAND_NAMES = [*COMMANDS, "help"]
 

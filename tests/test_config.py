@@ -288,6 +288,13 @@ def test_dir_vault_refuses_s3_keys(tmp_path: Path) -> None:
         load_config(write(tmp_path, text))
 
 
+def test_dir_vault_takes_a_bandwidth_cap(tmp_path: Path) -> None:
+    text = f'[[vault]]\nid = "{VAULT_A}"\nprovider = "dir"\npath = "/srv"\nmax_bandwidth = "2M"\n'
+    entry = load_config(write(tmp_path, text)).vault(uuid.UUID(VAULT_A))
+    assert entry is not None
+    assert entry.max_bandwidth == 2 * 1024 * 1024
+
+
 def test_dir_vault_needs_a_path(tmp_path: Path) -> None:
     text = f'[[vault]]\nid = "{VAULT_A}"\nprovider = "dir"\n'
     with pytest.raises(ConfigError, match="missing key 'path'"):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import oracles
-from conftest import VAULT, Cli
+from support.cli import VAULT, Cli
 
 MIB = 1024 * 1024
 

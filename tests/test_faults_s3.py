@@ -43,12 +43,12 @@ import pytest
 
 import oracles
 import test_freeze_s3 as fs
-from conftest import VAULT, Cli
 from cryophile.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 from faultproxy import BODY_FAULTS, Fault, FaultProxy, Request, always, capped
 from polling import live_files, wait_until
 from s3server import S3Bucket, SeaweedFS, _new_bucket, isolated_aws_environment
 from stress import full, pick
+from support.cli import VAULT, Cli
 
 PREFIX = fs.PREFIX
 MiB = fs.MiB

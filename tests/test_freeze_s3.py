@@ -38,9 +38,9 @@ from urllib.parse import urlsplit
 import pytest
 
 import oracles
-from conftest import VAULT, Cli, Result
 from faultproxy import Fault, FaultProxy, Request, always, capped, cycle
 from s3server import S3Bucket
+from support.cli import VAULT, Cli, Result
 
 PREFIX = "hosts/db1"
 MiB = 1 << 20

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import oracles
-from conftest import VAULT, Cli
 from polling import live_files, wait_until
+from support.cli import VAULT, Cli
 
 PREFIX = "hosts/db1"
 

@@ -31,13 +31,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import oracles
-from conftest import VAULT
 from cryophile.backup_id import parse_timestamp, ulid_for_timestamp
 from cryophile.cli.main import Environment, run
 from cryophile.cli.parsers import build_parser
 from cryophile.errors import DataError
 from cryophile.manifest import MAX_FRAGMENT_SIZE, parse
 from stress import pick
+from support.cli import VAULT
 from test_manifest import BACKUP, sample
 
 #: The README's exit code table, minus 70 (internal error: a bug) and 130 (interrupted).

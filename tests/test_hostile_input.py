@@ -30,9 +30,10 @@ from typing import Any
 import pytest
 
 import oracles
-from conftest import VAULT, Cli, prepare_spool, snapshot
 from cryophile.cli.main import Environment, run
 from stress import pick
+from support.cli import VAULT, Cli
+from support.files import prepare_spool, snapshot
 from test_cli_errors import SENTINEL, _sign_only_cert, assert_one_line, left_unread
 
 ULID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import oracles
-from conftest import Cli
+from support.cli import Cli
 
 
 def concatenated(directory: Path, target: Path) -> Path:

@@ -34,7 +34,8 @@ import zstandard
 from pysequoia.packet import PacketPile, Tag
 
 import oracles
-from conftest import VAULT, Cli, Result, snapshot
+from support.cli import VAULT, Cli, Result
+from support.files import snapshot
 
 ENGINES = ("fast", "reference")
 PREFIX = "hosts/db1"

@@ -33,11 +33,12 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 import oracles
-from conftest import REPO, VAULT, Cli, Result
 from cryophile.spool import Queue, Spool
 from faultproxy import Fault, FaultProxy, Request
 from polling import live_files, wait_until
 from s3server import S3Bucket
+from support.cli import VAULT, Cli, Result
+from support.files import REPO
 
 PREFIX = "hosts/db1"
 MiB = 1 << 20

@@ -35,10 +35,10 @@ import pytest
 
 import oracles
 import test_freeze_s3 as fs
-from conftest import VAULT, Cli
 from polling import live_files, wait_until
 from s3server import S3Bucket
 from stress import full, pick
+from support.cli import VAULT, Cli
 
 pytestmark = pytest.mark.stress
 

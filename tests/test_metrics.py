@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import oracles
-from conftest import REPO, VAULT, Cli
 from cryophile.metrics import format_samples, parse_samples
+from support.cli import VAULT, Cli
+from support.files import REPO
 
 LINE = re.compile(r'^([a-z_]+)(?:\{([^}]*)\})? (\S+)$')
 PAIR = re.compile(r'([a-z_]+)="([^"]*)"')

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import oracles
-from conftest import VAULT, Cli
 from cryophile.cli.progress import backup_line, restore_line
 from cryophile.pipeline.stages import Counters
 from cryophile.units import human_bytes
+from support.cli import VAULT, Cli
 
 
 def run_on_terminal(cli: Cli, args: list[str], data: bytes) -> tuple[int, str]:

@@ -27,7 +27,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import oracles
-from conftest import REPO, VAULT, Cli, snapshot
 from cryophile.config import Config
 from cryophile.errors import DataError
 from cryophile.prune import Action, PruneRequest, run_prune
@@ -42,6 +41,8 @@ from cryophile.vault.factory import open_vault
 from faultproxy import Fault, FaultProxy, always
 from polling import live_files, wait_until
 from s3server import S3Bucket
+from support.cli import VAULT, Cli
+from support.files import REPO, snapshot
 from test_list_verify_status import (
     IDENTITY,
     TIME_PATTERN,

@@ -47,11 +47,12 @@ import zstandard
 from ulid import ULID
 
 import oracles
-from conftest import VAULT, Cli, snapshot
 from cryophile.backup_id import BackupId
 from cryophile.durable import remove_empty_dirs
 from cryophile.spool import LOCK_NAME, Queue, Spool
 from stress import pick
+from support.cli import VAULT, Cli
+from support.files import snapshot
 from test_freeze_thaw_local import restore_args, vault_objects
 
 PREFIX = "hosts/db1"

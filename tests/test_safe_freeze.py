@@ -51,10 +51,11 @@ import pytest
 
 import oracles
 import test_freeze_s3 as fs
-from conftest import VAULT, Cli, Result, snapshot
 from cryophile.backup_id import parse_timestamp, ulid_for_timestamp
 from polling import live_files, wait_until
 from s3server import S3Bucket
+from support.cli import VAULT, Cli, Result
+from support.files import snapshot
 
 PREFIX = fs.PREFIX
 MiB = 1 << 20

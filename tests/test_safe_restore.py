@@ -52,10 +52,11 @@ import pytest
 
 import oracles
 import test_freeze_s3 as fs
-from conftest import VAULT, Cli, prepare_spool, snapshot
 from faultproxy import FaultProxy
 from polling import wait_until
 from s3server import S3Bucket
+from support.cli import VAULT, Cli
+from support.files import prepare_spool, snapshot
 
 PREFIX = "hosts/db1"
 MiB = 1 << 20

@@ -44,9 +44,10 @@ from typing import Any
 import pytest
 
 import oracles
-from conftest import VAULT, Cli, Result, snapshot
 from polling import live_files, wait_until
 from s3server import S3Bucket
+from support.cli import VAULT, Cli, Result
+from support.files import snapshot
 
 PREFIX = "hosts/db1"
 MiB = 1 << 20

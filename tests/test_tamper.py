@@ -37,9 +37,10 @@ from typing import Any
 import pytest
 
 import oracles
-from conftest import VAULT, Cli, Result, snapshot
 from s3server import S3Bucket
 from stress import full
+from support.cli import VAULT, Cli, Result
+from support.files import snapshot
 from test_list_verify_status import configure_s3_vault, vault_dir, wipe_spool
 
 PREFIX = "hosts/db1"

@@ -47,10 +47,10 @@ from moto.s3.models import FakeKey, s3_backends
 from moto.s3.responses import S3Response
 
 import oracles
-from conftest import VAULT, Cli, Result
 from cryophile.watch import TreeWatcher
 from polling import live_files, wait_until
 from s3server import S3Bucket
+from support.cli import VAULT, Cli, Result
 
 PREFIX = "hosts/db1"
 MiB = 1 << 20

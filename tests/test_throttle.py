@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cryophile.vault.factory import wrapped
 from cryophile.vault.throttle import Throttle
 from s3server import S3Bucket
 
@@ -48,7 +49,9 @@ def test_idle_time_is_not_saved_up() -> None:
 
 def test_a_capped_s3_vault_paces_its_uploads(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     rate = 4 * 1024 * 1024
-    vault = s3_bucket.vault(s3_bucket.vault_config(max_bandwidth=rate))
+    config = s3_bucket.vault_config(max_bandwidth=rate)
+    # As open_vault composes it: the cap is a wrapper, not part of S3Vault.
+    vault = wrapped(s3_bucket.vault(config), config)
     started = time.monotonic()
     for number in range(3):
         source = tmp_path / f"f{number}"

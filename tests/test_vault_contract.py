@@ -3,12 +3,17 @@
 Backends:
 
 - ``dir``: DirectoryVault in a temporary directory;
+- ``dir-capped``: the same inside the bandwidth cap (``max_bandwidth``), as
+  :func:`cryophile.vault.factory.open_vault` composes it: the wrapper keeps the
+  contract;
+- ``memory``: the in-memory vault of the in-process tests
+  (``support/memory_vault.py``), cold storage on a clock the test advances;
 - ``seaweedfs``: S3Vault on a real SeaweedFS server (auth and checksums on);
-- ``moto``: S3Vault on moto's server, the only one with Glacier semantics.
+- ``moto``: S3Vault on moto's server, the only server with Glacier semantics.
 
-moto does not verify checksums, so the integrity cases run on ``dir`` and
-``seaweedfs`` only; SeaweedFS has no cold storage, so the thaw cases run on
-``moto``. Everything else runs on all three.
+moto does not verify checksums, so the integrity cases run on the others
+only; SeaweedFS and the directory have no cold storage, so the thaw cases run
+on ``moto`` and ``memory``. Everything else runs on every backend.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import base64
 import hashlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from cryophile.config import Config, VaultConfig
 from cryophile.errors import (
     AlreadyExistsError,
     DataError,
@@ -36,17 +44,29 @@ from cryophile.errors import (
     VaultUnavailableError,
 )
 from cryophile.vault.base import ObjectInfo, RestoreState, Vault
+from cryophile.vault.factory import open_vault
 from cryophile.vault.local import DirectoryVault
 from cryophile.vault.s3 import S3Vault
 from faultproxy import Fault, FaultProxy, Request
 from s3server import S3Bucket, S3Endpoint
+from support.memory_vault import MemoryVault
 
 MiB = 1 << 20
-ALL_BACKENDS = ["dir", "seaweedfs", "moto"]
-VERIFYING_BACKENDS = ["dir", "seaweedfs"]
+ALL_BACKENDS = ["dir", "dir-capped", "memory", "seaweedfs", "moto"]
+VERIFYING_BACKENDS = ["dir", "dir-capped", "memory", "seaweedfs"]
+#: Backends that store cold class names but keep every object readable.
+NO_COLD_STORAGE_BACKENDS = ["dir", "dir-capped", "seaweedfs"]
+COLD_BACKENDS = ["moto", "memory"]
 S3_BACKENDS = ["seaweedfs", "moto"]
 
 VaultFactory = Callable[..., Vault]
+
+
+def _capped_directory(root: Path, max_bandwidth: int) -> Vault:
+    """A ``provider = "dir"`` vault with ``max_bandwidth``, opened by the factory."""
+    root.mkdir(exist_ok=True)
+    entry = VaultConfig(id=uuid.uuid4(), provider="dir", path=root, max_bandwidth=max_bandwidth)
+    return open_vault(entry.id, Config(vaults=(entry,)), root.parent / "spool").vault
 
 
 def _bucket(request: pytest.FixtureRequest) -> S3Bucket:
@@ -60,6 +80,14 @@ def _factory(request: pytest.FixtureRequest, tmp_path: Path) -> VaultFactory:
     if request.param == "dir":
         # Transfer options of the S3 vault mean nothing to a directory.
         return lambda **_options: DirectoryVault(tmp_path / "vault", create=True)
+    if request.param == "memory":
+        # One store per test, as one directory: a second vault from the
+        # factory (another writer) sees the same objects.
+        shared = MemoryVault()
+        return lambda **_options: shared
+    if request.param == "dir-capped":
+        # A cap far above what these tests move: the contract, not the pacing.
+        return lambda **_options: _capped_directory(tmp_path / "vault", 1 << 30)
     bucket = _bucket(request)
     return bucket.vault
 
@@ -72,6 +100,33 @@ def make_vault(request: pytest.FixtureRequest, tmp_path: Path) -> VaultFactory:
 @pytest.fixture(params=VERIFYING_BACKENDS)
 def make_verifying_vault(request: pytest.FixtureRequest, tmp_path: Path) -> VaultFactory:
     return _factory(request, tmp_path)
+
+
+@pytest.fixture(params=NO_COLD_STORAGE_BACKENDS)
+def make_vault_without_cold_storage(request: pytest.FixtureRequest,
+                                    tmp_path: Path) -> VaultFactory:
+    return _factory(request, tmp_path)
+
+
+@dataclass(frozen=True)
+class ColdVault:
+    """A vault with cold storage, and how to let time pass for its restores."""
+
+    vault: Vault
+    advance: Callable[[], None]
+
+
+@pytest.fixture(params=COLD_BACKENDS)
+def cold_vault(request: pytest.FixtureRequest) -> ColdVault:
+    if request.param == "memory":
+        memory = MemoryVault(restore_ticks=1)
+        return ColdVault(memory, memory.clock.advance)
+    # moto (with moto_slow_restore) moves a restore on at every HEAD.
+    request.getfixturevalue("moto_slow_restore")
+    bucket = request.getfixturevalue("moto_bucket")
+    assert isinstance(bucket, S3Bucket)
+    return ColdVault(bucket.vault(multipart_threshold=5 * MiB, part_size=5 * MiB),
+                     lambda: None)
 
 
 @pytest.fixture
@@ -203,7 +258,9 @@ def _interleave(
             fired.append(True)
             writer()
 
-    if isinstance(vault, S3Vault):
+    if isinstance(vault, MemoryVault):
+        vault.before_publish = once
+    elif isinstance(vault, S3Vault):
         # Just before the request that creates the object (botocore's own
         # event hooks, so the real server sees the two writes in this order).
         def before_call(**_kwargs: Any) -> None:
@@ -418,8 +475,8 @@ def test_missing_bucket_is_a_service_error(
 # -- cold storage -------------------------------------------------------------------
 
 
-def test_glacier_thaw_cycle(moto_bucket: S3Bucket, moto_slow_restore: None, files: Files) -> None:
-    vault = moto_bucket.vault()
+def test_glacier_thaw_cycle(cold_vault: ColdVault, files: Files) -> None:
+    vault = cold_vault.vault
     data = b"frozen fragment"
     source, sha256 = files.make(data)
     vault.put("chunk.1", source, sha256=sha256, storage_class="GLACIER")
@@ -445,6 +502,7 @@ def test_glacier_thaw_cycle(moto_bucket: S3Bucket, moto_slow_restore: None, file
     )
 
     for _ in range(5):
+        cold_vault.advance()
         info = vault.stat("chunk.1")
         assert info is not None
         if info.restore_state is RestoreState.RESTORED:
@@ -457,8 +515,8 @@ def test_glacier_thaw_cycle(moto_bucket: S3Bucket, moto_slow_restore: None, file
     assert _read_back(vault, "chunk.1", files) == data
 
 
-def test_deep_archive_multipart_is_cold(moto_bucket: S3Bucket, files: Files) -> None:
-    vault = moto_bucket.vault(multipart_threshold=5 * MiB, part_size=5 * MiB)
+def test_deep_archive_multipart_is_cold(cold_vault: ColdVault, files: Files) -> None:
+    vault = cold_vault.vault
     data = os.urandom(11 * MiB)
     source, sha256 = files.make(data)
     vault.put("deep", source, sha256=sha256, storage_class="DEEP_ARCHIVE")
@@ -472,11 +530,11 @@ def test_deep_archive_multipart_is_cold(moto_bucket: S3Bucket, files: Files) -> 
 
 
 def test_cold_class_on_a_server_without_restore(
-    make_verifying_vault: VaultFactory, files: Files
+    make_vault_without_cold_storage: VaultFactory, files: Files
 ) -> None:
     # SeaweedFS stores the class name but keeps objects readable and has no
     # RestoreObject (405): request_restore must say NOT_NEEDED, and get works.
-    vault = make_verifying_vault()
+    vault = make_vault_without_cold_storage()
     source, sha256 = files.make(b"not really frozen")
     vault.put("k", source, sha256=sha256, storage_class="GLACIER")
     info = vault.stat("k")
@@ -607,6 +665,24 @@ def test_s3_vault_refuses_a_tiny_part_size(s3_bucket: S3Bucket) -> None:
         S3Vault(s3_bucket.vault_config(), session=s3_bucket.endpoint.session(), **options)
 
 
+def test_a_directory_vault_with_max_bandwidth_is_paced(tmp_path: Path, files: Files) -> None:
+    # 3 objects of 256 KiB at 512 KiB/s: after the first, each upload waits
+    # 0.5 s for its turn, and each download is charged after it arrives. Lower
+    # bounds only (a sleep never ends early), so no machine is too fast or slow.
+    vault = _capped_directory(tmp_path / "vault", 512 * 1024)
+    contents = [os.urandom(256 * 1024) for _ in range(3)]
+    started = time.monotonic()
+    for number, data in enumerate(contents):
+        source, sha256 = files.make(data)
+        vault.put(f"capped/f{number}", source, sha256=sha256, storage_class="STANDARD")
+    uploaded = time.monotonic() - started
+    assert [_read_back(vault, f"capped/f{n}", files) for n in range(3)] == contents
+    elapsed = time.monotonic() - started
+    assert uploaded >= 0.95
+    # The three downloads wait for the uploads' 1.5 s, then 0.5 s each.
+    assert elapsed >= 2.45
+
+
 def test_directory_vault_layout(tmp_path: Path, files: Files) -> None:
     # Restoring by hand must stay possible: the object is a plain file at its key.
     vault = DirectoryVault(tmp_path / "vault", create=True)
@@ -640,6 +716,46 @@ def test_directory_vault_detects_a_damaged_object(tmp_path: Path, files: Files) 
     source, sha256 = files.make(b"original bytes")
     vault.put("k", source, sha256=sha256, storage_class="STANDARD")
     (tmp_path / "vault" / "k").write_bytes(b"original bytez")
+    dest = files.dest()
+    with pytest.raises(DataError):
+        vault.get("k", dest)
+    assert not dest.exists()
+
+
+# -- the memory vault's clock -------------------------------------------------------
+
+
+def test_memory_vault_restores_take_their_ticks_and_expire(files: Files) -> None:
+    vault = MemoryVault(restore_ticks=3)
+    source, sha256 = files.make(b"deep")
+    vault.put("deep", source, sha256=sha256, storage_class="DEEP_ARCHIVE")
+    vault.clock.advance(10)  # no request, no restore: time alone warms nothing
+    assert vault.request_restore("deep", days=2, tier="Standard") is RestoreState.RESTORING
+
+    states = []
+    for _ in range(3):
+        info = vault.stat("deep")
+        assert info is not None
+        states.append(info.restore_state)
+        vault.clock.advance()
+    assert states == [RestoreState.RESTORING] * 3
+    assert vault.request_restore("deep", days=2, tier="Standard") is RestoreState.RESTORED
+    assert _read_back(vault, "deep", files) == b"deep"
+    assert vault.restore_requests == [("deep", 2, "Standard")]
+
+    vault.clock.advance(by=timedelta(days=2))  # the restored copy expires
+    info = vault.stat("deep")
+    assert info is not None
+    assert info.restore_state is RestoreState.COLD
+    with pytest.raises(TryLaterError):
+        vault.get("deep", files.dest())
+
+
+def test_memory_vault_notices_damage_at_rest(files: Files) -> None:
+    vault = MemoryVault()
+    source, sha256 = files.make(b"original bytes")
+    vault.put("k", source, sha256=sha256, storage_class="STANDARD")
+    vault.damage("k", b"original bytez")
     dest = files.dest()
     with pytest.raises(DataError):
         vault.get("k", dest)

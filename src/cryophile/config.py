@@ -37,7 +37,7 @@ The schema::
     compression = "zstd"                     # optional: none | lz4 | zstd
     object_lock_mode = "GOVERNANCE"          # s3, optional: GOVERNANCE | COMPLIANCE
     object_lock_days = 30                    # s3, required with object_lock_mode; 1-36500
-    max_bandwidth = "50M"                    # s3, optional: bytes/s, int or K/M/G/T
+    max_bandwidth = "50M"                    # optional: bytes/s, int or K/M/G/T
     max_attempts = 10                        # s3, optional: tries per request, 1-20
     connect_timeout = 10                     # s3, optional: seconds, 0 < t <= 3600
     read_timeout = 30                        # s3, optional: seconds, 0 < t <= 3600
@@ -107,7 +107,8 @@ _TOP_LEVEL_KEYS = frozenset(
      "vault"}
 )
 _COMMON_KEYS = frozenset(
-    {"id", "name", "provider", "restore_tier", "restore_days", "compression"}
+    {"id", "name", "provider", "restore_tier", "restore_days", "compression",
+     "max_bandwidth"}
 )
 _S3_KEYS = frozenset(
     {
@@ -118,7 +119,6 @@ _S3_KEYS = frozenset(
         "profile",
         "object_lock_mode",
         "object_lock_days",
-        "max_bandwidth",
         "max_attempts",
         "connect_timeout",
         "read_timeout",
@@ -378,6 +378,11 @@ class _Validator:
             values["compression"] = self._choice(
                 index, "compression", table["compression"], COMPRESSIONS
             )
+        if "max_bandwidth" in table:
+            try:
+                values["max_bandwidth"] = parse_size(table["max_bandwidth"])
+            except ValueError as exc:
+                self._fail(index, "max_bandwidth", str(exc))
 
         if provider == "dir":
             # What the sidecars record: a class with no minimum duration.
@@ -405,11 +410,6 @@ class _Validator:
             values["object_lock_days"] = self._int(
                 index, "object_lock_days", table["object_lock_days"]
             )
-        if "max_bandwidth" in table:
-            try:
-                values["max_bandwidth"] = parse_size(table["max_bandwidth"])
-            except ValueError as exc:
-                self._fail(index, "max_bandwidth", str(exc))
         if "max_attempts" in table:
             attempts = table["max_attempts"]
             if (isinstance(attempts, bool) or not isinstance(attempts, int)

@@ -52,10 +52,11 @@ class ReferenceEngine:
         pysequoia 0.1.35 cannot be told which subkey to decrypt with: for a
         backup whose subkey it will not use (expired, revoked, not its first
         encryption subkey) the fast engine recovers the session key and hands
-        it over in an SKESK packet (:func:`.fastpgp.engine.reference_handover`).
+        it over in an SKESK packet (:func:`.fastpgp.session.reference_handover`).
         """
-        # Imported on use, like the fast engine itself (it imports this module).
-        from cryophile.pipeline.fastpgp.engine import reference_handover  # noqa: PLC0415
+        # Imported on use: encryption (every backup) needs none of the fast
+        # engine's decryption parts.
+        from cryophile.pipeline.fastpgp.session import reference_handover  # noqa: PLC0415
 
         message, password = reference_handover(ciphertext, key, passphrase)
         request = {"key": base64.b64encode(key.key_bytes).decode(), "passphrase": passphrase,

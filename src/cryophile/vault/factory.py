@@ -8,8 +8,10 @@ does not list is a configuration error naming the ids it does list (a typo
 in ``-v`` must never send a backup to a directory on this host while the user
 believes it went off-site). A file with only global settings (``spool``,
 ``sign_key``, ...) leaves the embedded vaults as they are.
-Retry and logging policy live in the vault implementations' clients, composed
-here in one place.
+Wrappers are composed here, in one place, around whichever vault an entry
+names: the bandwidth cap (``max_bandwidth``, :mod:`cryophile.vault.throttle`)
+for S3 and directory vaults alike. Retry and logging policy live in the S3
+vault's client (botocore's retry modes), where the requests are.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cryophile.durable import make_dirs
 from cryophile.errors import ConfigError
 from cryophile.vault.base import Vault
 from cryophile.vault.local import DirectoryVault
+from cryophile.vault.throttle import Throttle, ThrottledVault
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +118,22 @@ def announce_embedded(vault_id: uuid.UUID, destination: Destination) -> None:
         logger.debug("cannot create %s: %s", destination.path, error)
 
 
+def wrapped(vault: Vault, entry: VaultConfig) -> Vault:
+    """``vault`` inside the wrappers that ``entry`` asks for: a
+    :class:`~cryophile.vault.throttle.ThrottledVault` when it sets
+    ``max_bandwidth``, else ``vault`` itself."""
+    if entry.max_bandwidth is not None:
+        vault = ThrottledVault(vault, Throttle(entry.max_bandwidth))
+    return vault
+
+
 def _from_config(entry: VaultConfig) -> Vault:
+    vault: Vault
     if entry.provider == "dir":
         assert entry.path is not None  # the config loader requires it for "dir"
-        return DirectoryVault(entry.path)
-    from cryophile.vault.s3 import S3Vault  # noqa: PLC0415 - boto3 loads slowly; only S3 needs it
+        vault = DirectoryVault(entry.path)
+    else:
+        from cryophile.vault.s3 import S3Vault  # noqa: PLC0415 - boto3 loads slowly; only S3
 
-    return S3Vault(entry)
+        vault = S3Vault(entry)
+    return wrapped(vault, entry)

@@ -47,9 +47,8 @@ How the contract is met on S3:
   adds only its back-off, and a server that answers (5xx, throttling) is left
   to botocore's retry mode and ``max_attempts``.
 
-- **Bandwidth**: ``max_bandwidth`` paces uploads through one
-  :class:`~cryophile.vault.throttle.Throttle` per vault: each object or part
-  reserves its bytes before it is sent, so the cap holds on average.
+``max_bandwidth`` is not applied here: :func:`cryophile.vault.factory.open_vault`
+wraps this vault in :class:`~cryophile.vault.throttle.ThrottledVault`, as any other.
 """
 
 from __future__ import annotations
@@ -97,7 +96,6 @@ from cryophile.vault.base import (
     check_sha256,
     check_storage_class,
 )
-from cryophile.vault.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +245,6 @@ class S3Vault:
         self._restore_unsupported_logged = False
         self._abort_refusal_logged = False
         self._lock = threading.Lock()
-        self._throttle = (Throttle(config.max_bandwidth) if config.max_bandwidth is not None
-                          else None)
 
     def __repr__(self) -> str:
         where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
@@ -589,8 +585,6 @@ class S3Vault:
             else:
                 args.pop("IfNoneMatch", None)
             try:
-                if self._throttle is not None:
-                    self._throttle.reserve(size)
                 with _open_source(source) as body:
                     self._client.put_object(Body=body, **args)
                 return
@@ -672,8 +666,6 @@ class S3Vault:
         return parts, whole.hexdigest()
 
     def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
-        if self._throttle is not None:
-            self._throttle.reserve(len(data))
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
         refused = 0
         while True:

@@ -1,18 +1,32 @@
-"""A bandwidth cap shared by every transfer of one vault (``max_bandwidth``).
+"""A bandwidth cap around any vault (``max_bandwidth``), shared by all its transfers.
 
-Each transfer reserves its bytes before it starts: the reservation waits
-until the bytes already reserved have had their time at the capped rate. The
-cap therefore holds on average over every object or multipart part (at most
-64 MiB each with the default thresholds), not within one request, which is
-what an operator sharing an uplink needs, without a byte-level shaper of our
-own in the HTTP path.
+Where this sits: :func:`cryophile.vault.factory.open_vault` wraps the vault a
+configuration entry names in a :class:`ThrottledVault` when the entry sets
+``max_bandwidth``; the vault implementations (S3, directory) know nothing of
+it, and every vault gets the same cap.
+
+Each transfer reserves its bytes with one :class:`Throttle` per vault: the
+reservation waits until the bytes already reserved have had their time at the
+capped rate. An upload reserves the file's size before it goes; a download
+reserves what arrived once it is complete (its size is known only then), so
+the next transfer waits for it. The cap therefore holds on average over the
+objects (one fragment or manifest each), not within one request, which is
+what an operator sharing a link needs, without a byte-level shaper of our own
+in the HTTP path.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from cryophile.vault.base import ObjectInfo, RestoreState, Vault
+
+logger = logging.getLogger(__name__)
 
 
 class Throttle:
@@ -37,3 +51,63 @@ class Throttle:
             self._free_at = start + size / self.rate
         if start > now:
             self._sleep(start - now)
+
+
+class ThrottledVault:
+    """A :class:`~cryophile.vault.base.Vault` whose ``put`` and ``get`` go through
+    ``throttle``; every other call goes straight to ``inner``.
+
+    The contract is ``inner``'s, unchanged: errors, no-ops and refusals are
+    what ``inner`` raises or does. A ``put`` that ``inner`` finds already
+    stored still takes its turn (the wrapper cannot tell it from an upload);
+    a ``get`` that fails reserves nothing.
+    """
+
+    def __init__(self, inner: Vault, throttle: Throttle) -> None:
+        self.inner = inner
+        self.throttle = throttle
+
+    def __repr__(self) -> str:
+        # Messages name the vault, not its wrappers.
+        return repr(self.inner)
+
+    def put(self, key: str, source: Path, *, sha256: str, storage_class: str) -> None:
+        """See :meth:`cryophile.vault.base.Vault.put`; waits for its turn first."""
+        try:
+            size = os.stat(source).st_size
+        except OSError:
+            size = 0  # inner.put reports the missing or unreadable file
+        self.throttle.reserve(size)
+        self.inner.put(key, source, sha256=sha256, storage_class=storage_class)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """See :meth:`cryophile.vault.base.Vault.stat`."""
+        return self.inner.stat(key)
+
+    def request_restore(self, key: str, *, days: int, tier: str) -> RestoreState:
+        """See :meth:`cryophile.vault.base.Vault.request_restore`."""
+        return self.inner.request_restore(key, days=days, tier=tier)
+
+    def get(self, key: str, dest: Path) -> None:
+        """See :meth:`cryophile.vault.base.Vault.get`; the bytes that arrived are
+        reserved afterwards, so the call returns once earlier transfers have
+        had their time."""
+        self.inner.get(key, dest)
+        try:
+            size = os.stat(dest).st_size
+        except OSError as error:  # the caller moved it already: nothing to charge
+            logger.debug("cannot size %s for the bandwidth cap: %s", dest, error)
+            return
+        self.throttle.reserve(size)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """See :meth:`cryophile.vault.base.Vault.list`."""
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        """See :meth:`cryophile.vault.base.Vault.delete`."""
+        self.inner.delete(key)
+
+    def abort_incomplete_uploads(self, key: str) -> int:
+        """See :meth:`cryophile.vault.base.Vault.abort_incomplete_uploads`."""
+        return self.inner.abort_incomplete_uploads(key)

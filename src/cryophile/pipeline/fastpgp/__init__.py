@@ -28,5 +28,6 @@ Modules:
 * :mod:`.pkesk`: session keys, ECDH (RFC 6637) and RSA wrap/unwrap.
 * :mod:`.secretkey`: secret key packets, S2K, unlocking.
 * :mod:`.seipd`: the streaming SEIPD v1 writer and reader, in parallel stages.
+* :mod:`.session`: reading a message's session key; the handover to the reference engine.
 * :mod:`.engine`: :class:`FastEngine`, recipient matching, fallback.
 """

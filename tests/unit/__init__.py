@@ -1,0 +1,1 @@
+"""In-process tests of one module each: tests/unit/test_<module>.py."""
