@@ -18,7 +18,8 @@ code  class               meaning
  74   StorageIOError      local I/O error: spool unwritable, disk full, read error
  75   TryLaterError       transient: not thawed yet, timeout waiting; try again later
  77   KeyAccessError      no usable key: no matching secret key, wrong passphrase
- 78   ConfigError         broken configuration file or keyring
+ 78   ConfigError         broken configuration file or keyring; a vault's service
+                          refusing what the configuration sends (ServiceRefusalError)
 ====  ==================  ==========================================================
 
 Transient versus permanent is part of the type: ``transient`` is True only for
@@ -120,6 +121,17 @@ class ConfigError(CryophileError):
     """Broken configuration: config file, keyring file with no usable key."""
 
     exit_code = ExitCode.CONFIG
+
+
+class ServiceRefusalError(ConfigError):
+    """The vault's service permanently refuses what this vault's configuration makes
+    us send (a storage class it does not have, an integrity header or feature it
+    does not implement), or silently did not apply object lock that was asked for.
+
+    A configuration error, not a failing service: the same request fails the
+    same way until a setting changes, so it exits 78 and never "try later".
+    The message names the setting and quotes the service's words.
+    """
 
 
 class VaultUnavailableError(ServiceError):
