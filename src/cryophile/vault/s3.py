@@ -189,6 +189,8 @@ _NO_RETENTION_CODES = frozenset(
 #: A request header named in a refusal's message ("Unsupported header 'x-amz-…'",
 #: "Header 'x-amz-storage-class' with value 'GLACIER' not implemented").
 _HEADER_IN_MESSAGE = re.compile(r"(x-amz-[a-z0-9-]+|content-md5|if-none-match)", re.IGNORECASE)
+#: The actions (error message prefixes) of requests that carry an upload's headers.
+_UPLOAD_ACTIONS = ("upload", "start multipart upload of", "complete multipart upload of")
 #: Words of a refusal that no retry can cure (with 400/501).
 _REFUSAL_WORDS = re.compile(r"unsupported|not implemented|not supported|notimplemented",
                             re.IGNORECASE)
@@ -1103,6 +1105,13 @@ class S3Vault:
             setting = "max_parts"
         elif refused:
             setting = _setting_of_header(header)
+        elif (code == "InvalidArgument" and not header and action.startswith(_UPLOAD_ACTIONS)
+              and self.config.checksum is Checksum.SHA256):
+            # Google Cloud Storage's whole answer to x-amz-checksum-* is a 400
+            # "Invalid argument.": the checksum headers are what we send that
+            # an S3 server of another make would not take.
+            setting = "checksum"
+            message += " (a service without x-amz-checksum-* support answers so)"
         elif (code == "InvalidRequest" and self.config.object_lock_mode is not None
               and action in ("upload", "start multipart upload of")):
             # AWS: "Bucket is missing Object Lock Configuration"; SeaweedFS
