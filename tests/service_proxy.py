@@ -33,6 +33,9 @@ headers change, as in ``faultproxy.py``, whose plumbing this reuses).
     it) → ``400 InvalidArgument: Part number must be an integer between 1 and
     N, inclusive``; the storage classes it lacks → ``400 InvalidStorageClass``.
 
+``transparent``
+    refuses nothing, changes nothing: it only records (what AWS would be sent).
+
 ``seen`` records every request (method, target, headers) and the status
 answered, so a test can check that every upload carried an integrity header
 the service accepts.
@@ -60,7 +63,7 @@ from faultproxy import (
 )
 
 _BLOCK = 256 * 1024
-SERVICES = ("b2", "r2", "gcs", "garage", "scaleway")
+SERVICES = ("b2", "r2", "gcs", "garage", "scaleway", "transparent")
 
 _CHECKSUM_HEADER = re.compile(r"x-amz-(checksum-|sdk-checksum-algorithm)")
 _REASONS = {400: "Bad Request", 412: "Precondition Failed", 501: "Not Implemented"}
@@ -147,6 +150,8 @@ class ServiceProxy:
         """What the emulated service answers instead of the server, if anything."""
         query = target.partition("?")[2]
         storage_class = headers.get("x-amz-storage-class")
+        if self.service == "transparent":
+            return None
         if (method == "POST" and self.service != "scaleway"
                 and re.search(r"(^|&)restore(=|&|$)", query)):
             return Refusal(501, "NotImplemented", "RestoreObject is not implemented")

@@ -127,6 +127,29 @@ def test_a_backup_freezes_lists_verifies_and_restores_through_the_service(
     assert stored.get("StorageClass", "STANDARD") == settings.get("storage_class", "STANDARD")
 
 
+def test_nothing_is_added_behind_our_back_with_the_default_settings(
+        cli: Cli, s3_bucket: S3Bucket, tmp_path: Path, gpg_key: oracles.KeyPair,
+        small_data: bytes) -> None:
+    """aws: SHA-256 on every upload, no CRC32 or SDK checksum headers from botocore on
+    any request (RestoreObject included), response checksums asked for on HEAD only
+    where trusted (aws: yes)."""
+    with emulated(s3_bucket, "transparent") as proxy:
+        s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url)
+        ulid = cli.backup(gpg_key, small_data)
+        assert s3.freeze().returncode == 0
+        wipe_spool(cli)
+        restored = restore(s3, ulid, gpg_key)
+        assert restored.returncode == 0, restored.stderr
+        assert restored.stdout == small_data
+    assert proxy.uploads()
+    assert all("x-amz-checksum-sha256" in seen.headers for seen in proxy.uploads())
+    assert any("restore" in seen.query for seen in proxy.seen)
+    for seen in proxy.seen:
+        added = [name for name in seen.headers
+                 if name.startswith(("x-amz-checksum-crc", "x-amz-sdk-checksum", "x-amz-trailer"))]
+        assert added == [], (seen.method, seen.target)
+
+
 @pytest.mark.parametrize(("service", "setting", "words"), [
     ("r2", "storage_class", "Header 'x-amz-storage-class' with value 'GLACIER' not implemented"),
     ("b2", "checksum", "x-amz-checksum-mode"),
