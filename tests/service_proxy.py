@@ -18,10 +18,11 @@ headers change, as in ``faultproxy.py``, whose plumbing this reuses).
     header → ``501 NotImplemented: Header 'x-amz-…' with value '…' not
     implemented``; RestoreObject → ``501 NotImplemented``.
 ``gcs`` (Google Cloud Storage's XML API)
-    ``x-amz-checksum-*`` request headers → ``400 InvalidArgument: Invalid
-    argument.``; CompleteMultipartUpload whose part list carries checksums →
-    ``412 PreconditionFailed``; a class not among STANDARD, NEARLINE, COLDLINE,
-    ARCHIVE → ``400 InvalidStorageClass``; RestoreObject → ``501``.
+    ``x-amz-checksum-mode``, and ``x-amz-checksum-*`` on PutObject → ``400
+    InvalidArgument: Invalid argument.``; parts with checksums go up, but
+    CompleteMultipartUpload whose part list carries checksums → ``412
+    PreconditionFailed`` (with or without If-None-Match); a class not among
+    STANDARD, NEARLINE, COLDLINE, ARCHIVE → ``400 InvalidStorageClass``; RestoreObject → ``501``.
 ``garage``
     GET/HEAD answers of a multipart object carry its composite SHA-256 without
     the ``-N`` suffix and without ``x-amz-checksum-type`` (so a client that
@@ -172,8 +173,11 @@ class ServiceProxy:
                     return Refusal(501, "NotImplemented",
                                    f"Header '{name}' with value '{value}' not implemented")
         if self.service == "gcs":
-            if any(_CHECKSUM_HEADER.match(name) for name in headers) or (
-                    "x-amz-checksum-mode" in headers):
+            # What users report: HEAD/GET and PutObject refuse checksum headers, while
+            # parts go up and CompleteMultipartUpload answers 412 (below).
+            is_part = "uploadId=" in query or (method == "POST" and "uploads" in query)
+            if "x-amz-checksum-mode" in headers or (
+                    not is_part and any(_CHECKSUM_HEADER.match(name) for name in headers)):
                 return Refusal(400, "InvalidArgument", "Invalid argument.")
             if storage_class is not None and storage_class not in _GCS_CLASSES:
                 return Refusal(400, "InvalidStorageClass",

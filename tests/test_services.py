@@ -219,6 +219,29 @@ def test_a_part_beyond_the_service_limit_is_a_78_naming_max_parts(
     assert "Part number must be an integer between 1 and 3" in frozen.stderr
 
 
+def test_gcs_412_on_complete_for_a_missing_key_is_a_78_naming_checksum(
+        cli: Cli, s3_bucket: S3Bucket, tmp_path: Path, gpg_key: oracles.KeyPair,
+        big_data: bytes) -> None:
+    # service = "gcs" but checksum forced back to sha256: the parts go up, the
+    # completion is refused with 412 although nothing is stored under the key.
+    with emulated(s3_bucket, "gcs") as proxy:
+        s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url, service="gcs",
+                        checksum="sha256")
+        ulid = cli.backup(gpg_key, big_data, size="64M")
+        started = time.monotonic()
+        frozen = s3.freeze()
+        took = time.monotonic() - started
+        completions = [seen for seen in proxy.refusals() if seen.refused == 412]
+    assert frozen.returncode == 78, frozen.stderr
+    assert took < REFUSAL_SECONDS + 30, took
+    assert "412 PreconditionFailed to CompleteMultipartUpload" in frozen.stderr
+    assert "set checksum = 'md5'" in frozen.stderr
+    # Asked twice: with If-None-Match, then without (not a conflict, not "try again").
+    assert [("if-none-match" in seen.headers) for seen in completions] == [True, False]
+    assert "try again" not in frozen.stderr
+    assert fs.queued_files(cli, ulid)
+
+
 # -- object lock -------------------------------------------------------------------
 
 

@@ -111,7 +111,7 @@ SERVICES: Mapping[str, ServiceProfile] = {
                        hosts=("scw.cloud",)),
         ServiceProfile("ovh", "OVHcloud Object Storage", "STANDARD",
                        frozenset({"STANDARD", "STANDARD_IA", "DEEP_ARCHIVE"}), Checksum.SHA256,
-                       restore=True, object_lock=True, hosts=("cloud.ovh.net", "io.cloud.ovh.net")),
+                       restore=True, object_lock=True, hosts=("cloud.ovh.net",)),
         ServiceProfile("hetzner", "Hetzner Object Storage", "STANDARD", _STANDARD, Checksum.MD5,
                        object_lock=True, hosts=("your-objectstorage.com",)),
         ServiceProfile("seaweedfs", "SeaweedFS", "STANDARD", _ALL_S3, Checksum.SHA256,
