@@ -47,7 +47,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("daemons", frozenset({"daemons"})),
     ("pipeline / vault / spool / names, records and reads", frozenset()),
     ("leaves", frozenset({"config", "errors", "durable", "units", "watch", "backoff",
-                          "storage_classes", "destination"})),
+                          "storage_classes", "destination", "services"})),
 )
 #: The index in LAYERS of the layer for units it does not name.
 DEFAULT_LAYER = 3

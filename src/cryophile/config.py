@@ -27,11 +27,18 @@ The schema::
     id = "0b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"   # required, a UUID
     name = "offsite"                         # optional, unique: -v offsite, --id offsite/...
     provider = "s3"                          # required: "s3" or "dir"
+    service = "aws"                          # s3, optional: aws (default), r2, b2, gcs,
+                                             # wasabi, minio, ceph, garage, scaleway, ovh,
+                                             # hetzner, seaweedfs, generic (cryophile.services)
     bucket = "my-backups"                    # s3: required
     endpoint_url = "https://..."             # s3: optional (R2, GCS, SeaweedFS, MinIO)
-    region = "eu-central-1"                  # s3: optional
+    region = "eu-central-1"                  # s3: optional (default: the service's)
     profile = "backup"                       # s3: optional AWS profile name
-    storage_class = "GLACIER"                # s3, default GLACIER (a directory has none)
+    storage_class = "GLACIER"                # s3: default the service's (GLACIER on aws)
+    checksum = "sha256"                      # s3, optional: sha256 | md5 | none
+                                             # (default: the service's)
+    max_parts = 10000                        # s3, optional: parts per multipart upload
+                                             # (default: the service's), 1-10000
     restore_tier = "Bulk"                    # Bulk | Standard | Expedited, default Bulk
     restore_days = 7                         # 1-36500, default 7
     compression = "zstd"                     # optional: none | lz4 | zstd
@@ -42,6 +49,12 @@ The schema::
     connect_timeout = 10                     # s3, optional: seconds, 0 < t <= 3600
     read_timeout = 30                        # s3, optional: seconds, 0 < t <= 3600
     path = "/srv/vault"                      # dir: required
+
+``service`` names the S3 service behind the endpoint; its profile
+(:mod:`cryophile.services`) gives the defaults of ``storage_class``,
+``region``, ``checksum`` and ``max_parts``, which class names are valid, and
+whether ``object_lock_mode`` can be honoured (a service without object lock is
+refused here, not discovered after the first upload).
 
 ``connect_timeout`` bounds the silence while connecting and while the server
 takes in a request's bytes (each block of the body must go within it);
@@ -72,8 +85,16 @@ from urllib.parse import urlsplit
 
 from cryophile import units
 from cryophile.errors import ConfigError
+from cryophile.services import (
+    DEFAULT_SERVICE,
+    S3_MAX_PARTS,
+    SERVICES,
+    Checksum,
+    ServiceProfile,
+    service_profile,
+)
 from cryophile.spool_budget import SpoolLimit, parse_spool_limit
-from cryophile.storage_classes import RESTORE_TIERS, STORAGE_CLASSES
+from cryophile.storage_classes import KNOWN_STORAGE_CLASSES, RESTORE_TIERS
 
 Provider = Literal["s3", "dir"]
 
@@ -113,6 +134,9 @@ _COMMON_KEYS = frozenset(
 _S3_KEYS = frozenset(
     {
         "storage_class",
+        "service",
+        "checksum",
+        "max_parts",
         "bucket",
         "endpoint_url",
         "region",
@@ -143,12 +167,18 @@ class VaultConfig:
     Keys that do not apply to the provider are None (the loader refuses them
     in the file); a directory's ``storage_class`` is always
     :data:`DIRECTORY_STORAGE_CLASS`. ``max_bandwidth`` is in bytes per second; ``connect_timeout``
-    and ``read_timeout`` in seconds.
+    and ``read_timeout`` in seconds. ``service`` is a key of
+    :data:`~cryophile.services.SERVICES` (``aws`` for a directory vault, where
+    it means nothing); ``checksum`` and ``max_parts`` hold the value in force,
+    the service's default unless the file set them.
     """
 
     id: uuid.UUID
     provider: Provider
     name: str | None = None
+    service: str = DEFAULT_SERVICE
+    checksum: Checksum = Checksum.SHA256
+    max_parts: int = S3_MAX_PARTS
     bucket: str | None = None
     endpoint_url: str | None = None
     region: str | None = None
@@ -164,6 +194,11 @@ class VaultConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
     path: Path | None = None
+
+    @property
+    def profile_of_service(self) -> ServiceProfile:
+        """The profile of this vault's ``service``."""
+        return service_profile(self.service)
 
 
 @dataclass(frozen=True)
@@ -364,10 +399,6 @@ class _Validator:
         values: dict[str, Any] = {"id": vault_id, "provider": provider}
         if "name" in table:
             values["name"] = self._name(index, table["name"])
-        if "storage_class" in table:
-            values["storage_class"] = self._choice(
-                index, "storage_class", table["storage_class"], sorted(STORAGE_CLASSES), upper=True
-            )
         if "restore_tier" in table:
             tiers = sorted(t.lower() for t in RESTORE_TIERS)
             tier = self._choice(index, "restore_tier", table["restore_tier"], tiers)
@@ -397,12 +428,24 @@ class _Validator:
         values["bucket"] = self._bucket(index, table["bucket"])
         if "endpoint_url" in table:
             values["endpoint_url"] = self._url(index, table["endpoint_url"])
+        service = DEFAULT_SERVICE
+        if "service" in table:
+            service = self._choice(index, "service", table["service"], list(SERVICES))
+        profile = service_profile(service)
+        values["service"] = service
+        values.update(self._service_settings(index, table, profile))
         for key in ("region", "profile"):
             if key in table:
                 values[key] = self._string(index, key, table[key])
         if ("object_lock_mode" in table) != ("object_lock_days" in table):
             key = "object_lock_mode" if "object_lock_mode" in table else "object_lock_days"
             self._fail(index, key, "object_lock_mode and object_lock_days go together")
+        if "object_lock_mode" in table and not profile.object_lock:
+            self._fail(index, "object_lock_mode",
+                       f"{profile.title} (service = {service!r}) does not apply object lock "
+                       "retention to objects (its headers are refused or ignored); remove "
+                       "object_lock_mode and object_lock_days, and protect the bucket with the "
+                       "service's own rules (see the README's section on it)")
         if "object_lock_mode" in table:
             values["object_lock_mode"] = self._choice(
                 index, "object_lock_mode", table["object_lock_mode"], OBJECT_LOCK_MODES, upper=True
@@ -421,6 +464,35 @@ class _Validator:
             if key in table:
                 values[key] = self._seconds(index, key, table[key])
         return VaultConfig(**values)
+
+    def _service_settings(self, index: int, table: Mapping[str, Any],
+                          profile: ServiceProfile) -> dict[str, Any]:
+        """``storage_class``, ``region``, ``checksum`` and ``max_parts``: the file's
+        values, checked against the service, else the service's defaults."""
+        values: dict[str, Any] = {"storage_class": profile.storage_class,
+                                  "region": profile.region,
+                                  "checksum": profile.checksum,
+                                  "max_parts": profile.max_parts}
+        if "storage_class" in table:
+            text = self._string(index, "storage_class", table["storage_class"])
+            if text.upper() not in profile.storage_classes:
+                known = ", ".join(sorted(profile.storage_classes))
+                self._fail(index, "storage_class",
+                           f"{text!r} is not a storage class of {profile.title} "
+                           f"(service = {profile.name!r}); expected one of {known}")
+            values["storage_class"] = text.upper()
+        if "checksum" in table:
+            choice = self._choice(index, "checksum", table["checksum"],
+                                  [mode.value for mode in Checksum])
+            values["checksum"] = Checksum(choice)
+        if "max_parts" in table:
+            parts = table["max_parts"]
+            if (isinstance(parts, bool) or not isinstance(parts, int)
+                    or not 1 <= parts <= S3_MAX_PARTS):
+                self._fail(index, "max_parts",
+                           f"expected a whole number from 1 to {S3_MAX_PARTS}, not {parts!r}")
+            values["max_parts"] = parts
+        return values
 
     # -- value checkers: each returns the normalised value or fails --------
 

@@ -21,7 +21,8 @@ code  class               meaning
  75   TryLaterError       transient: not thawed yet, timeout waiting; try again later;
                           UploadStalledError: uploads made no progress for the stall time
  77   KeyAccessError      no usable key: no matching secret key, wrong passphrase
- 78   ConfigError         broken configuration file or keyring
+ 78   ConfigError         broken configuration file or keyring; a vault's service
+                          refusing what the configuration sends (ServiceRefusalError)
 ====  ==================  ==========================================================
 
 Transient versus permanent is part of the type: ``transient`` is True only for
@@ -123,6 +124,17 @@ class ConfigError(CryophileError):
     """Broken configuration: config file, keyring file with no usable key."""
 
     exit_code = ExitCode.CONFIG
+
+
+class ServiceRefusalError(ConfigError):
+    """The vault's service permanently refuses what this vault's configuration makes
+    us send (a storage class it does not have, an integrity header or feature it
+    does not implement), or silently did not apply object lock that was asked for.
+
+    A configuration error, not a failing service: the same request fails the
+    same way until a setting changes, so it exits 78 and never "try later".
+    The message names the setting and quotes the service's words.
+    """
 
 
 class VaultUnavailableError(ServiceError):

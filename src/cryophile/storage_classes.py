@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from cryophile.errors import UsageError
 
-#: S3's storage classes. Every vault accepts all of them (a directory vault
-#: only records the name), so a config written for AWS works on any vault.
+#: S3's storage classes. A directory vault accepts all of them (it only records
+#: the name); an S3 vault those of its service (:mod:`cryophile.services`).
 STORAGE_CLASSES = frozenset(
     {
         "STANDARD",
@@ -29,6 +29,13 @@ STORAGE_CLASSES = frozenset(
     }
 )
 
+#: Google Cloud Storage's own class names (its XML API takes them in
+#: ``x-amz-storage-class``). All three read at once: none needs a restore.
+GCS_STORAGE_CLASSES = frozenset({"NEARLINE", "COLDLINE", "ARCHIVE"})
+
+#: Every class name some vault accepts.
+KNOWN_STORAGE_CLASSES = STORAGE_CLASSES | GCS_STORAGE_CLASSES
+
 #: Classes whose objects must be restored (RestoreObject) before a GET works.
 #: GLACIER_IR is "instant retrieval": readable at once, so it is not here.
 COLD_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
@@ -40,14 +47,18 @@ MANIFEST_STORAGE_CLASS = "STANDARD"
 #: Glacier retrieval tiers, fastest (and dearest) last.
 RESTORE_TIERS = frozenset({"Bulk", "Standard", "Expedited"})
 
-#: Minimum storage durations in days (AWS S3): an object deleted sooner is billed
-#: as if it had been stored that long. Classes not here have no minimum.
+#: Minimum storage durations in days (AWS S3; GCS for its own names): an object
+#: deleted sooner is billed as if it had been stored that long. Classes not here
+#: have no minimum (on AWS: Wasabi bills 90 days for every object, see README).
 MINIMUM_STORAGE_DAYS: Mapping[str, int] = {
     "GLACIER": 90,
     "GLACIER_IR": 90,
     "DEEP_ARCHIVE": 180,
     "STANDARD_IA": 30,
     "ONEZONE_IA": 30,
+    "NEARLINE": 30,
+    "COLDLINE": 90,
+    "ARCHIVE": 365,
 }
 
 #: AWS's documented retrieval times, by storage class and tier.

@@ -25,6 +25,10 @@ Errors, as the whole interface uses them (all from :mod:`cryophile.errors`):
 - :class:`~cryophile.errors.NoInputError`: the key does not exist (get,
   request_restore).
 - :class:`~cryophile.errors.UsageError`: a key or argument no vault accepts.
+- :class:`~cryophile.errors.ServiceRefusalError` (a ConfigError): the
+  service permanently refuses what this configuration sends (a storage class,
+  an integrity header, object lock), or ignored object lock. The message names
+  the setting to change.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from cryophile.errors import UsageError
-from cryophile.storage_classes import RESTORE_TIERS, STORAGE_CLASSES
+from cryophile.storage_classes import KNOWN_STORAGE_CLASSES, RESTORE_TIERS
 
 #: S3's limit on the length of a key, in bytes of UTF-8.
 MAX_KEY_BYTES = 1024
@@ -110,8 +114,12 @@ class Vault(Protocol):
         tell, raise AlreadyExistsError and leave the stored object untouched.
 
         ``storage_class`` is one of
-        :data:`~cryophile.storage_classes.STORAGE_CLASSES`; the vault stores the
-        object in that class (a directory vault records the name).
+        :data:`~cryophile.storage_classes.KNOWN_STORAGE_CLASSES`; the vault stores the
+        object in that class (a directory vault records the name). A class,
+        header or feature the vault's service permanently refuses raises
+        :class:`~cryophile.errors.ServiceRefusalError` (a ConfigError, exit 78)
+        naming the setting to change; so does object lock that the service
+        silently did not apply.
         """
         ...
 
@@ -222,11 +230,12 @@ def check_sha256(sha256: str) -> str:
 
 
 def check_storage_class(storage_class: str) -> str:
-    """Return ``storage_class`` if it is one of S3's, else raise UsageError."""
-    if storage_class not in STORAGE_CLASSES:
+    """Return ``storage_class`` if some vault knows it (S3's and GCS's names), else
+    raise UsageError."""
+    if storage_class not in KNOWN_STORAGE_CLASSES:
         raise UsageError(
             f"unknown storage class {storage_class!r}; "
-            f"expected one of {', '.join(sorted(STORAGE_CLASSES))}"
+            f"expected one of {', '.join(sorted(KNOWN_STORAGE_CLASSES))}"
         )
     return storage_class
 

@@ -9,17 +9,41 @@ semantics.
 
 How the contract is met on S3:
 
-- **Integrity**: every upload carries ``x-amz-checksum-sha256``, so the server
-  recomputes the SHA-256 and refuses bytes that do not match (``BadDigest`` →
-  DataError). Large files go multipart with a SHA-256 per part (the server
-  checks each part) while we hash the whole file as we read it and refuse to
-  complete the upload unless it matches the caller's digest. The hex digest is
-  also stored as user metadata ``x-amz-meta-sha256``, because a multipart
-  object's checksum is a checksum of checksums, not of the content.
+- **Services**: the vault's ``service`` (:mod:`cryophile.services`) says what
+  the server accepts; the configuration already applied its defaults.
+- **Integrity**: every upload carries the vault's ``checksum``: with
+  ``sha256`` ``x-amz-checksum-sha256``, with ``md5`` ``Content-MD5``, so the
+  server recomputes it and refuses bytes that do not match (``BadDigest`` →
+  DataError); ``none`` sends nothing. Large files go multipart with the same
+  header on every part (the server checks each part) while we hash the whole
+  file as we read it and refuse to complete the upload unless it matches the
+  caller's digest. The hex digest is also stored as user metadata
+  ``x-amz-meta-sha256``, because a multipart object's checksum is a checksum
+  of checksums, not of the content. botocore adds nothing of its own
+  (``request_checksum_calculation`` and ``response_checksum_validation`` are
+  ``when_required``), and response checksums are asked for (``ChecksumMode``)
+  only from services known to return full-object ones correctly: every
+  download is hashed here and checked against the SHA-256 we stored (and the
+  restore checks it against the manifest), so nothing depends on them.
+- **Permanent refusals**: a storage class the service does not have, a
+  header it does not implement, a part number beyond its limit, object lock
+  on a bucket without it: :class:`~cryophile.errors.ServiceRefusalError`
+  (exit 78), naming the setting to change and quoting the service, never a
+  transient error, since the same request fails the same way until a
+  setting changes.
+- **Object lock read back**: after the first locked upload (per vault
+  object), the object's retention is read back; a service that ignored the
+  lock headers (Garage) or a bucket without object lock makes that upload
+  fail with ServiceRefusalError: nobody may believe in a protection they do
+  not have.
 - **No overwrite**: ``stat`` first (an identical object makes ``put`` a no-op),
   then the upload is conditional (``If-None-Match: *``) so a concurrent writer
-  cannot be overwritten either; servers that do not implement conditional
-  writes fall back to the ``stat`` check alone.
+  cannot be overwritten either; a server is taken not to implement
+  conditional writes only when a request it refused (501, or 412 for a key
+  that does not exist) succeeds without ``If-None-Match``; then the ``stat``
+  check alone guards. A 412 on CompleteMultipartUpload that the same request
+  without ``If-None-Match`` gets too is the service refusing the part
+  checksums (GCS): a ServiceRefusalError naming ``checksum``.
 - **Cold storage**: ``stat`` reads the ``x-amz-restore`` header
   (``ongoing-request="true"`` / ``"false", expiry-date="..."``) and the storage
   class; ``request_restore`` maps RestoreObject's answers (202 started, 409
@@ -81,11 +105,13 @@ from cryophile.errors import (
     DataError,
     NoInputError,
     ServiceError,
+    ServiceRefusalError,
     StorageIOError,
     TryLaterError,
     UsageError,
     VaultUnavailableError,
 )
+from cryophile.services import DEFAULT_SERVICE, Checksum, suggest_service
 from cryophile.storage_classes import COLD_STORAGE_CLASSES
 from cryophile.vault.base import (
     ObjectInfo,
@@ -103,8 +129,10 @@ MiB = 1 << 20
 #: Files at least this big are uploaded in parts.
 DEFAULT_MULTIPART_THRESHOLD = 64 * MiB
 DEFAULT_PART_SIZE = 16 * MiB
-#: S3's limits for multipart uploads.
+#: S3's limits for multipart uploads (a service may allow fewer parts: its
+#: ``max_parts``).
 MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 << 30
 MAX_PARTS = 10_000
 #: Uploads of intact data that the server refuses for a checksum mismatch, and
 #: downloads whose body breaks off (both damaged on the wire), are tried this
@@ -151,6 +179,19 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _NOT_IMPLEMENTED_CODES = frozenset({"NotImplemented", "MethodNotAllowed"})
+#: What GetObjectRetention answers for an object (or bucket) without retention.
+_NO_RETENTION_CODES = frozenset(
+    {"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError",
+     "InvalidRequest", "NoSuchKey", "404", "NotFound"}
+)
+#: A request header named in a refusal's message ("Unsupported header 'x-amz-…'",
+#: "Header 'x-amz-storage-class' with value 'GLACIER' not implemented").
+_HEADER_IN_MESSAGE = re.compile(r"(x-amz-[a-z0-9-]+|content-md5|if-none-match)", re.IGNORECASE)
+#: The actions (error message prefixes) of requests that carry an upload's headers.
+_UPLOAD_ACTIONS = ("upload", "start multipart upload of", "complete multipart upload of")
+#: Words of a refusal that no retry can cure (with 400/501).
+_REFUSAL_WORDS = re.compile(r"unsupported|not implemented|not supported|notimplemented",
+                            re.IGNORECASE)
 
 #: Keys in botocore's request context (one dict shared by all tries of a
 #: request): when the current try began, when the last one failed, and the
@@ -199,6 +240,13 @@ class S3Vault:
         if retry_mode not in ("standard", "adaptive", "legacy"):
             raise UsageError(f"unknown botocore retry mode {retry_mode!r}")
         self.config = config
+        self.service = config.profile_of_service
+        if not 1 <= config.max_parts <= MAX_PARTS:
+            raise UsageError(f"max_parts {config.max_parts} is not from 1 to {MAX_PARTS}")
+        #: ChecksumMode only where full-object checksums come back right and
+        #: were sent in the first place.
+        self._checksum_mode = (self.service.response_checksums
+                               and config.checksum is Checksum.SHA256)
         self.bucket: str = config.bucket
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
@@ -227,6 +275,12 @@ class S3Vault:
             read_timeout=self._read_timeout,
             # Several uploads in parallel, each with several parts in flight.
             max_pool_connections=max(10, 4 * max_concurrency),
+            # Nothing behind our back: botocore ≥ 1.36 would add a CRC32 to every
+            # request that may carry one (RestoreObject too) and ask for response
+            # checksums, headers several services refuse. We send what the
+            # vault's ``checksum`` says and verify downloads ourselves.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
         self._client = session.client(
             "s3",
@@ -244,6 +298,7 @@ class S3Vault:
         self._conditional_writes = True
         self._restore_unsupported_logged = False
         self._abort_refusal_logged = False
+        self._lock_read_back = False
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -270,8 +325,8 @@ class S3Vault:
         name = getattr(operation, "name", "request")
         if caught_exception is None:
             status = response[0].status_code if response else 0
-            if status < 500 and status != 429:
-                return
+            if (status < 500 and status != 429) or status == 501:
+                return  # 501 Not Implemented: permanent, botocore does not retry it
             code = (response[1].get("Error", {}) or {}).get("Code", "") if response else ""
             self._log_try(name, attempts, f"HTTP {status} {code}".strip())
             return
@@ -329,11 +384,11 @@ class S3Vault:
         existing = self._stat(key, "upload")
         if existing is not None:
             self._same_or_refuse(key, existing, size, sha256)
-            return
-        if size >= self.multipart_threshold:
+        elif size >= self.multipart_threshold:
             self._put_multipart(key, source, size, sha256, storage_class)
         else:
             self._put_single(key, source, size, sha256, storage_class)
+        self._read_back_lock(key)
         logger.debug("stored %s (%d bytes, %s) in %r", key, size, storage_class, self)
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -343,7 +398,7 @@ class S3Vault:
     def _stat(self, key: str, action: str) -> ObjectInfo | None:
         check_key(key)
         try:
-            head = self._client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            head = self._head(key, action)
         except botocore.exceptions.ClientError as exc:
             if _code(exc) in _MISSING_KEY_CODES:
                 # HEAD has no body, so a missing bucket also looks like a
@@ -366,10 +421,50 @@ class S3Vault:
             modified=head.get("LastModified"),
         )
 
+    def _head(self, key: str, action: str) -> dict[str, Any]:
+        """HeadObject, with ChecksumMode where the service returns checksums right.
+
+        A HEAD answer has no body, so a service that refuses the
+        ``x-amz-checksum-mode`` header (B2, GCS) answers a bare 400: asked again
+        without it, an answer proves the header was the trouble, a permanent
+        refusal naming ``checksum``.
+        """
+        if not self._checksum_mode:
+            return dict(self._client.head_object(Bucket=self.bucket, Key=key))
+        try:
+            return dict(self._client.head_object(Bucket=self.bucket, Key=key,
+                                                 ChecksumMode="ENABLED"))
+        except botocore.exceptions.ClientError as exc:
+            if _status(exc) != 400:
+                raise
+            try:
+                self._client.head_object(Bucket=self.bucket, Key=key)
+            except botocore.exceptions.ClientError as plain:
+                if _code(plain) not in _MISSING_KEY_CODES:
+                    raise exc from None
+            except botocore.exceptions.BotoCoreError:
+                raise exc from None
+            raise self._refused(
+                "checksum", action, key,
+                "400 Bad Request to HeadObject with x-amz-checksum-mode, an answer without it"
+            ) from None
+
     def request_restore(self, key: str, *, days: int, tier: str) -> RestoreState:
-        """See :meth:`cryophile.vault.base.Vault.request_restore`."""
+        """See :meth:`cryophile.vault.base.Vault.request_restore`.
+
+        A service without RestoreObject (its profile says so) is not asked:
+        its objects are readable as they are.
+        """
         check_key(key)
         check_restore_args(days, tier)
+        if not self.service.restore:
+            found = self.stat(key)
+            if found is None:
+                raise NoInputError(f"no object {self._where(key)}")
+            self._note_no_restore("the service has none")
+            if found.restore_state is RestoreState.COLD:
+                return RestoreState.NOT_NEEDED
+            return found.restore_state
         restore_request: dict[str, Any] = {"Days": days,
                                            "GlacierJobParameters": {"Tier": tier}}
         info = self.stat(key)
@@ -436,7 +531,11 @@ class S3Vault:
 
     def _get_once(self, key: str, dest: Path) -> None:
         try:
-            response = self._client.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            if self._checksum_mode:
+                response = self._client.get_object(Bucket=self.bucket, Key=key,
+                                                   ChecksumMode="ENABLED")
+            else:
+                response = self._client.get_object(Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as exc:
             if _code(exc) == "InvalidObjectState":
                 raise TryLaterError(
@@ -570,16 +669,15 @@ class S3Vault:
         self, key: str, source: Path, size: int, sha256: str, storage_class: str
     ) -> None:
         args = self._object_args(sha256, storage_class)
-        args.update(
-            Bucket=self.bucket,
-            Key=key,
-            ContentLength=size,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=_b64_of_hex(sha256),
-        )
+        args.update(Bucket=self.bucket, Key=key, ContentLength=size)
+        if self.config.checksum is Checksum.SHA256:
+            args["ChecksumSHA256"] = _b64_of_hex(sha256)
+        elif self.config.checksum is Checksum.MD5:
+            args["ContentMD5"] = _md5_of_file(source, sha256, self._where(key))
         refused = 0
+        probing = False
         while True:
-            conditional = self._conditional_writes
+            conditional = self._conditional_writes and not probing
             if conditional:
                 args["IfNoneMatch"] = "*"
             else:
@@ -587,13 +685,24 @@ class S3Vault:
             try:
                 with _open_source(source) as body:
                     self._client.put_object(Body=body, **args)
+                if probing:
+                    self._no_conditional_writes()
                 return
             except botocore.exceptions.ClientError as exc:
-                if conditional and self._conditional_write_unsupported(exc):
+                if conditional and _not_implemented(exc):
+                    probing = True  # If-None-Match, or something else: ask without it
                     continue
                 if _is_write_conflict(exc):
-                    self._after_conflict(key, size, sha256)
-                    return
+                    existing = self.stat(key)
+                    if existing is not None:
+                        self._same_or_refuse(key, existing, size, sha256)
+                        return
+                    if conditional and _status(exc) == 412:
+                        probing = True  # 412 for a key that does not exist
+                        continue
+                    raise VaultUnavailableError(
+                        f"upload {self._where(key)}: conflicting concurrent write; try again"
+                    ) from exc
                 if _code(exc) in _BAD_DATA_CODES and _file_matches(source, sha256):
                     # The file is intact, so the bytes were damaged on the way:
                     # a network fault (transient), not damaged queued data.
@@ -607,14 +716,20 @@ class S3Vault:
     def _put_multipart(
         self, key: str, source: Path, size: int, sha256: str, storage_class: str
     ) -> None:
-        # Stay within S3's part count, in whole MiB.
-        part_size = max(self.part_size, -(-size // MAX_PARTS))
+        # Stay within the service's part count, in whole MiB.
+        part_size = max(self.part_size, -(-size // self.config.max_parts))
         part_size = -(-part_size // MiB) * MiB
+        if part_size > MAX_PART_SIZE:
+            raise ServiceRefusalError(
+                f"{source}: {size} bytes need parts over S3's 5 GiB limit with max_parts = "
+                f"{self.config.max_parts}; use smaller fragments (backup -s)")
+        checksum_args: dict[str, Any] = ({"ChecksumAlgorithm": "SHA256"}
+                         if self.config.checksum is Checksum.SHA256 else {})
         try:
             created = self._client.create_multipart_upload(
                 Bucket=self.bucket,
                 Key=key,
-                ChecksumAlgorithm="SHA256",
+                **checksum_args,
                 **self._object_args(sha256, storage_class),
             )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
@@ -666,7 +781,13 @@ class S3Vault:
         return parts, whole.hexdigest()
 
     def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
-        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+        integrity: dict[str, Any] = {}
+        if self.config.checksum is Checksum.SHA256:
+            integrity["ChecksumSHA256"] = base64.b64encode(
+                hashlib.sha256(data).digest()).decode("ascii")
+        elif self.config.checksum is Checksum.MD5:
+            integrity["ContentMD5"] = base64.b64encode(
+                hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
         refused = 0
         while True:
             try:
@@ -677,8 +798,7 @@ class S3Vault:
                     PartNumber=number,
                     Body=data,
                     ContentLength=len(data),
-                    ChecksumAlgorithm="SHA256",
-                    ChecksumSHA256=checksum,
+                    **integrity,
                 )
             except botocore.exceptions.ClientError as exc:
                 if _code(exc) in _BAD_DATA_CODES:
@@ -690,7 +810,10 @@ class S3Vault:
                 raise self._error(exc, f"upload part {number} of", key) from exc
             except botocore.exceptions.BotoCoreError as exc:
                 raise self._error(exc, f"upload part {number} of", key) from exc
-            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+            part = {"PartNumber": number, "ETag": response["ETag"]}
+            if "ChecksumSHA256" in integrity:
+                part["ChecksumSHA256"] = integrity["ChecksumSHA256"]
+            return part
 
     def _refused_in_transit(self, exc: botocore.exceptions.ClientError, action: str, key: str,
                             refused: int) -> None:
@@ -712,8 +835,9 @@ class S3Vault:
     def _complete(self, key: str, upload_id: str, parts: _Parts, size: int, sha256: str) -> bool:
         """Complete the upload; return False if it must still be aborted (an
         identical object won the race)."""
+        probing = False
         while True:
-            conditional = self._conditional_writes
+            conditional = self._conditional_writes and not probing
             request: dict[str, Any] = {
                 "Bucket": self.bucket,
                 "Key": key,
@@ -724,16 +848,41 @@ class S3Vault:
                 request["IfNoneMatch"] = "*"
             try:
                 self._client.complete_multipart_upload(**request)
+                if probing:
+                    self._no_conditional_writes()
                 return True
             except botocore.exceptions.ClientError as exc:
-                if conditional and self._conditional_write_unsupported(exc):
+                if conditional and _not_implemented(exc):
+                    probing = True
                     continue
                 if _is_write_conflict(exc):
-                    self._after_conflict(key, size, sha256)
-                    return False
+                    existing = self.stat(key)
+                    if existing is not None:
+                        self._same_or_refuse(key, existing, size, sha256)
+                        return False
+                    if _status(exc) == 412:
+                        if conditional:
+                            probing = True  # 412 for a key that does not exist
+                            continue
+                        raise self._complete_refused(exc, key) from exc
+                    raise VaultUnavailableError(
+                        f"upload {self._where(key)}: conflicting concurrent write; try again"
+                    ) from exc
                 raise self._error(exc, "complete multipart upload of", key) from exc
             except botocore.exceptions.BotoCoreError as exc:
                 raise self._error(exc, "complete multipart upload of", key) from exc
+
+    def _complete_refused(self, exc: botocore.exceptions.ClientError,
+                          key: str) -> ServiceRefusalError:
+        """412 on CompleteMultipartUpload for a key that does not exist, with and
+        without If-None-Match: the service refuses what the request carries."""
+        detail = (f"412 {_code(exc)} to CompleteMultipartUpload for a key that does not "
+                  "exist, also without If-None-Match")
+        if self.config.checksum is Checksum.SHA256:
+            # Google Cloud Storage answers so to part checksums it does not take.
+            return self._refused("checksum", "complete multipart upload of", key,
+                                 detail + " (services without x-amz-checksum-* do this)")
+        return self._refused("service", "complete multipart upload of", key, detail)
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -743,29 +892,17 @@ class S3Vault:
             # (AbortIncompleteMultipartUpload) removes them.
             logger.warning("could not abort multipart upload of %s: %s", self._where(key), exc)
 
-    def _conditional_write_unsupported(self, exc: botocore.exceptions.ClientError) -> bool:
-        """True (and remember it) if the server refused If-None-Match itself."""
-        if _code(exc) in _NOT_IMPLEMENTED_CODES or _status(exc) == 501:
-            with self._lock:
-                if self._conditional_writes:
-                    logger.info(
-                        "%r does not support conditional writes (If-None-Match); "
-                        "relying on a check before each upload",
-                        self,
-                    )
-                self._conditional_writes = False
-            return True
-        return False
-
-    def _after_conflict(self, key: str, size: int, sha256: str) -> None:
-        """Someone stored ``key`` while we uploaded: fine if it is our content."""
-        existing = self.stat(key)
-        if existing is None:
-            # Written and deleted again in between, or a conflict in flight.
-            raise VaultUnavailableError(
-                f"upload {self._where(key)}: conflicting concurrent write; try again"
-            )
-        self._same_or_refuse(key, existing, size, sha256)
+    def _no_conditional_writes(self) -> None:
+        """A request refused with If-None-Match went through without it: the
+        server has no conditional writes (remember it)."""
+        with self._lock:
+            if self._conditional_writes:
+                logger.info(
+                    "%r does not support conditional writes (If-None-Match); "
+                    "relying on a check before each upload",
+                    self,
+                )
+            self._conditional_writes = False
 
     def _same_or_refuse(self, key: str, existing: ObjectInfo, size: int, sha256: str) -> None:
         if existing.size == size and existing.sha256 == sha256:
@@ -778,6 +915,50 @@ class S3Vault:
         raise AlreadyExistsError(
             f"{self._where(key)} already exists with different content ({detail}); not overwritten"
         )
+
+    # -- object lock -------------------------------------------------------------
+
+    def _read_back_lock(self, key: str) -> None:
+        """Once per vault object, after the first locked upload: read ``key``'s
+        retention back; ServiceRefusalError if the service did not apply it."""
+        mode = self.config.object_lock_mode
+        if mode is None or self._lock_read_back:
+            return
+        try:
+            answer = self._client.get_object_retention(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            code = _code(exc)
+            if (code in _NO_RETENTION_CODES or code in _NOT_IMPLEMENTED_CODES
+                    or _status(exc) in (400, 404, 405, 501)):
+                message = exc.response.get("Error", {}).get("Message", "") or code
+                raise self._lock_not_applied(
+                    key, f"reading its retention back: {_status(exc)} {code}: {message}"
+                ) from None
+            raise self._error(exc, "read the object lock retention of", key) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, "read the object lock retention of", key) from exc
+        retention = answer.get("Retention") or {}
+        found_mode = retention.get("Mode")
+        until = retention.get("RetainUntilDate")
+        if found_mode != mode or not isinstance(until, datetime) or until <= datetime.now(UTC):
+            raise self._lock_not_applied(
+                key, f"its retention reads back as mode {found_mode or 'none'}, "
+                     f"until {until or 'never'}")
+        with self._lock:
+            self._lock_read_back = True
+        logger.info("object lock confirmed on %s: %s until %s", self._where(key), found_mode,
+                    until)
+
+    def _lock_not_applied(self, key: str, detail: str) -> ServiceRefusalError:
+        config = self.config
+        return ServiceRefusalError(
+            f"vault {config.id} ({self.service.title}, service = {config.service!r}): object "
+            f"lock was asked for (object_lock_mode = {config.object_lock_mode!r}, "
+            f"object_lock_days = {config.object_lock_days}) but {self._where(key)} was "
+            f"stored without it ({detail}): the backups are NOT protected against deletion. "
+            "Create the bucket with object lock enabled, or, if the service ignores object "
+            "lock (Garage does), remove object_lock_mode and object_lock_days from the "
+            "vault's entry and protect the bucket otherwise")
 
     # -- restore -----------------------------------------------------------------
 
@@ -796,11 +977,14 @@ class S3Vault:
             return info.restore_state
         # A server without cold storage (SeaweedFS: 405): every object is
         # readable, whatever class name it stores.
+        self._note_no_restore(code)
+        return RestoreState.NOT_NEEDED
+
+    def _note_no_restore(self, why: str) -> None:
         with self._lock:
             if not self._restore_unsupported_logged:
-                logger.info("%r has no RestoreObject (%s); objects are readable as is", self, code)
+                logger.info("%r has no RestoreObject (%s); objects are readable as is", self, why)
             self._restore_unsupported_logged = True
-        return RestoreState.NOT_NEEDED
 
     # -- errors --------------------------------------------------------------------
 
@@ -839,6 +1023,9 @@ class S3Vault:
             message = exc.response.get("Error", {}).get("Message", "") or code
             if code == "NoSuchBucket":
                 return self._missing_bucket(action, key)
+            refusal = self._refusal(exc, action, key)
+            if refusal is not None:
+                return refusal
             if code in _BAD_DATA_CODES:
                 return DataError(f"{action} {where}: the server refused the data: {message}")
             if code == "InvalidObjectState":
@@ -891,6 +1078,79 @@ class S3Vault:
             return VaultUnavailableError(f"{action} {where}: {exc}")
         return ServiceError(f"{action} {where}: {exc}")
 
+    def _refusal(self, exc: botocore.exceptions.ClientError, action: str,
+                 key: str | None) -> ServiceRefusalError | None:
+        """The permanent refusal ``exc`` is, if it is one: the service does not
+        have what this vault's settings make us send. None for anything else."""
+        code = _code(exc)
+        status = _status(exc)
+        message = str(exc.response.get("Error", {}).get("Message", "") or code)
+        found = _HEADER_IN_MESSAGE.search(message)
+        header = found.group(1).lower() if found else ""
+        lowered = message.lower()
+        refused = code == "NotImplemented" or status == 501 or (
+            status == 400 and _REFUSAL_WORDS.search(message) is not None)
+        if code == "InvalidStorageClass" or (
+                refused and (header == "x-amz-storage-class" or "storage class" in lowered)):
+            setting = "storage_class"
+        elif status == 400 and "part number" in lowered:
+            setting = "max_parts"
+        elif refused:
+            setting = _setting_of_header(header)
+        elif (code == "InvalidArgument" and not header and action.startswith(_UPLOAD_ACTIONS)
+              and self.config.checksum is Checksum.SHA256):
+            # Google Cloud Storage's whole answer to x-amz-checksum-* is a 400
+            # "Invalid argument.": the checksum headers are what we send that
+            # an S3 server of another make would not take.
+            setting = "checksum"
+            message += " (a service without x-amz-checksum-* support answers so)"
+        elif (code == "InvalidRequest" and self.config.object_lock_mode is not None
+              and action in ("upload", "start multipart upload of")):
+            # AWS: "Bucket is missing Object Lock Configuration"; SeaweedFS
+            # answers a plain "Invalid Request" to lock headers on such a bucket.
+            setting = "object_lock_mode"
+        else:
+            return None
+        return self._refused(setting, action, key, f"{status} {code}: {message}")
+
+    def _refused(self, setting: str, action: str, key: str | None,
+                 detail: str) -> ServiceRefusalError:
+        """The error for a permanent refusal: the service's words, and the setting
+        of the vault's entry that would make the request acceptable."""
+        config = self.config
+        hint = self._service_hint()
+        if setting == "storage_class":
+            fix = (f"set storage_class to a class the service has (now "
+                   f"{config.storage_class!r}; 'STANDARD' works everywhere){hint}")
+        elif setting == "checksum":
+            other = "md5" if config.checksum is not Checksum.MD5 else "none"
+            fix = (f"set checksum = {other!r} (now {config.checksum.value!r}; 'md5' sends "
+                   f"Content-MD5, which every S3 service checks){hint}")
+        elif setting == "max_parts":
+            fix = (f"set max_parts to the service's limit (now {config.max_parts}; "
+                   f"Scaleway allows 1000){hint}")
+        elif setting == "object_lock_mode":
+            fix = ("remove object_lock_mode and object_lock_days, or create the bucket with "
+                   f"object lock enabled{hint}")
+        else:
+            fix = f"set service to the service behind the endpoint (now {config.service!r}){hint}"
+        return ServiceRefusalError(
+            f"vault {config.id} ({self.service.title}, service = {config.service!r}): {action} "
+            f"{self._where(key)} refused for good: {detail}; retrying cannot help: {fix} in "
+            "the vault's [[vault]] entry")
+
+    def _service_hint(self) -> str:
+        """", or service = ..." when the endpoint looks like another service than
+        the configured one; a pointer to ``service`` when it was left at the default."""
+        suggested = suggest_service(self.config.endpoint_url)
+        if suggested is not None and suggested.name != self.config.service:
+            return f", or service = {suggested.name!r} ({suggested.title})"
+        if self.config.service == DEFAULT_SERVICE and self.config.endpoint_url:
+            return (", or set service (r2, b2, gcs, wasabi, minio, ceph, garage, scaleway, ovh, "
+                    "hetzner, seaweedfs, generic) to the service behind "
+                    f"{self.config.endpoint_url}")
+        return ""
+
     def _profile_hint(self) -> str:
         return f" (profile {self.config.profile!r})" if self.config.profile else ""
 
@@ -914,6 +1174,40 @@ def _stalled_send(exc: Exception) -> bool:
         return False
     error = exc.kwargs.get("error")
     return any(isinstance(arg, TimeoutError) for arg in getattr(error, "args", ()))
+
+
+def _setting_of_header(header: str) -> str:
+    """The vault setting that makes us send request header ``header``."""
+    if header == "x-amz-storage-class":
+        return "storage_class"
+    if header.startswith(("x-amz-checksum", "x-amz-sdk-checksum", "x-amz-trailer")) or (
+            header == "content-md5"):
+        return "checksum"
+    if header.startswith("x-amz-object-lock"):
+        return "object_lock_mode"
+    return "service"
+
+
+def _not_implemented(exc: botocore.exceptions.ClientError) -> bool:
+    return _code(exc) in _NOT_IMPLEMENTED_CODES or _status(exc) == 501
+
+
+def _md5_of_file(source: Path, sha256: str, where: str) -> str:
+    """The base64 MD5 of ``source`` for Content-MD5, read in the same pass that
+    checks it still hashes to ``sha256`` (DataError if not: nothing is sent)."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    digest = hashlib.sha256()
+    with _open_source(source) as reader:
+        try:
+            while block := reader.read(_READ_BLOCK):
+                md5.update(block)
+                digest.update(block)
+        except OSError as exc:
+            raise StorageIOError(f"cannot read {source}: {exc}") from exc
+    if digest.hexdigest() != sha256:
+        raise DataError(f"{source}: SHA-256 is {digest.hexdigest()}, expected {sha256}; "
+                        f"not stored as {where}")
+    return base64.b64encode(md5.digest()).decode("ascii")
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
