@@ -43,11 +43,11 @@ PACKAGE = "cryophile"
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("cli", frozenset({"cli", "__main__"})),
     ("use cases", frozenset({"restoring", "prune", "inventory", "verification", "abandoned",
-                             "metrics"})),
+                             "metrics", "chains"})),
     ("daemons", frozenset({"daemons"})),
     ("pipeline / vault / spool / names, records and reads", frozenset()),
     ("leaves", frozenset({"config", "errors", "durable", "units", "watch", "backoff",
-                          "storage_classes", "destination", "services"})),
+                          "storage_classes", "destination", "services", "spool_budget"})),
 )
 #: The index in LAYERS of the layer for units it does not name.
 DEFAULT_LAYER = 3

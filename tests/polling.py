@@ -16,6 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cryophile import presence
+from cryophile.spool import Spool
+
 
 def wait_until(condition: Callable[[], object], what: str, *, timeout: float = 60,
                interval: float = 0.02) -> None:
@@ -35,3 +38,14 @@ def live_files(root: Path, pattern: str = "*") -> list[Path]:
     for directory, _subdirs, names in os.walk(root):
         found.extend(Path(directory, name) for name in fnmatch.filter(names, pattern))
     return sorted(found)
+
+
+def wait_serving(spool: Path, daemon: str, *, timeout: float = 60) -> None:
+    """Return once a ``daemon`` (``freeze``, ``thaw``) holds its presence lock on ``spool``.
+
+    A command started right after ``Popen`` of a daemon may look before the
+    daemon has announced itself (``restore`` then thaws in-process, as it
+    should when none runs); a test about the daemon serving it waits first.
+    """
+    wait_until(lambda: presence.alive(Spool(spool), daemon) is not None,
+               f"the {daemon} daemon to serve {spool}", timeout=timeout)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import oracles
-from polling import live_files, wait_until
+from polling import live_files, wait_serving, wait_until
 from support.cli import VAULT, Cli
 
 PREFIX = "hosts/db1"
@@ -95,6 +95,7 @@ def test_restore_served_by_a_running_thaw_daemon(cli: Cli, gpg_key: oracles.KeyP
     daemon = subprocess.Popen([sys.executable, "-m", "cryophile", "thaw", "--poll", "0.2",
                                "--json"], env=cli.environment(), stderr=subprocess.PIPE)
     try:
+        wait_serving(cli.spool, "thaw")
         result = cli.run(["restore", "-v", VAULT, "-p", PREFIX, "-t", "2026-11-26T03:00:00Z",
                           "-k", gpg_key.secret, "--timeout", "120"])
         assert result.returncode == 0, result.stderr

@@ -94,7 +94,7 @@ from cryophile.services import (
     service_profile,
 )
 from cryophile.spool_budget import SpoolLimit, parse_spool_limit
-from cryophile.storage_classes import KNOWN_STORAGE_CLASSES, RESTORE_TIERS
+from cryophile.storage_classes import RESTORE_TIERS
 
 Provider = Literal["s3", "dir"]
 

@@ -37,6 +37,8 @@ def _path(spool: Spool, name: str) -> Path:
 def announce(spool: Spool, name: str) -> Iterator[None]:
     """Hold ``SPOOL/run/<name>.pid`` while the block runs (the daemon's whole life).
 
+    Logs "NAME daemon started" once the lock is held, never before.
+
     A second daemon of the same name on the same spool is allowed (both
     serialise on the queues' own locks) but logged, since it is rarely meant.
     """
@@ -50,10 +52,13 @@ def announce(spool: Spool, name: str) -> Iterator[None]:
             other = _read_pid(fd)
             logger.warning("another %s daemon (pid %s) already serves spool %s", name,
                            other or "?", spool.root)
+            logger.info("%s daemon started", name)
             yield
             return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Only now: whoever waits for this line may count on alive() seeing us.
+        logger.info("%s daemon started", name)
         yield
     finally:
         os.close(fd)

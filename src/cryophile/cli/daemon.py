@@ -33,7 +33,6 @@ def serve_until_signalled(name: str, loop: Callable[[threading.Event], None]) ->
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        logger.info("%s daemon started", name)
         loop(stop)
     finally:
         for sig, handler in previous.items():
