@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, Cli
 from cryophile.cli.parsers import COMMANDS, build_parser
+from support.cli import Cli
+from support.files import REPO
 
 UNITS = ("cryophile-freeze.service", "cryophile-thaw.service")
 HARDENING = ("CapabilityBoundingSet=\n", "PrivateDevices=true",

@@ -28,11 +28,12 @@ import pytest
 
 import oracles
 import test_freeze_s3 as fs
-from conftest import VAULT, Cli, prepare_spool
 from cryophile.spool_budget import spool_usage
 from faultproxy import Fault, FaultProxy, always
 from polling import wait_until
 from s3server import S3Bucket
+from support.cli import VAULT, Cli
+from support.files import prepare_spool
 
 MiB = 1 << 20
 FRAGMENT = 5 * MiB

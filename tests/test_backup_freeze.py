@@ -24,9 +24,9 @@ import pytest
 
 import oracles
 import test_freeze_s3 as fs
-from conftest import VAULT, Cli
 from polling import wait_until
 from s3server import S3Bucket
+from support.cli import VAULT, Cli
 from test_backpressure import (
     BUDGET,
     FRAGMENT,

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import oracles
-from conftest import VAULT, Cli
+from support.cli import VAULT, Cli
 
 PREFIX = "tank/data"
 

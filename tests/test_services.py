@@ -26,11 +26,11 @@ import pytest
 
 import oracles
 import test_freeze_s3 as fs
-from conftest import VAULT, Cli, Result
 from cryophile.config import parse_config
 from cryophile.errors import ConfigError
 from s3server import S3Bucket
 from service_proxy import ServiceProxy
+from support.cli import VAULT, Cli, Result
 
 PREFIX = fs.PREFIX
 MiB = fs.MiB
