@@ -50,6 +50,11 @@ The schema::
     read_timeout = 30                        # s3, optional: seconds, 0 < t <= 3600
     path = "/srv/vault"                      # dir: required
 
+    [vault.retrieval_prices]                 # s3, optional: what a Glacier restore costs,
+    Bulk = { per_gib = 0.0025, per_1000_requests = 0.025 }   # per tier, for the vault's
+    [vault.retrieval_prices.DEEP_ARCHIVE]    # storage_class; or per class, then tier
+    Standard = { per_gib = 0.02, per_1000_requests = 0.10 }
+
 ``service`` names the S3 service behind the endpoint; its profile
 (:mod:`cryophile.services`) gives the defaults of ``storage_class``,
 ``region``, ``checksum`` and ``max_parts``, which class names are valid, and
@@ -94,7 +99,7 @@ from cryophile.services import (
     service_profile,
 )
 from cryophile.spool_budget import SpoolLimit, parse_spool_limit
-from cryophile.storage_classes import RESTORE_TIERS
+from cryophile.storage_classes import KNOWN_STORAGE_CLASSES, RESTORE_TIERS, RetrievalPrice
 
 Provider = Literal["s3", "dir"]
 
@@ -146,6 +151,7 @@ _S3_KEYS = frozenset(
         "max_attempts",
         "connect_timeout",
         "read_timeout",
+        "retrieval_prices",
     }
 )
 _DIR_KEYS = frozenset({"path"})
@@ -194,6 +200,14 @@ class VaultConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
     path: Path | None = None
+    #: ``retrieval_prices``: (storage class, tier, price) triples over the defaults.
+    retrieval_prices: tuple[tuple[str, str, RetrievalPrice], ...] = ()
+
+    @property
+    def price_table(self) -> dict[tuple[str, str], RetrievalPrice]:
+        """``retrieval_prices`` as :func:`~cryophile.thaw_plan.make_plan` takes them."""
+        return {(storage_class, tier): price
+                for storage_class, tier, price in self.retrieval_prices}
 
     @property
     def profile_of_service(self) -> ServiceProfile:
@@ -463,7 +477,54 @@ class _Validator:
         for key in ("connect_timeout", "read_timeout"):
             if key in table:
                 values[key] = self._seconds(index, key, table[key])
+        if "retrieval_prices" in table:
+            values["retrieval_prices"] = self._prices(index, table["retrieval_prices"],
+                                                      values.get("storage_class", "GLACIER"))
         return VaultConfig(**values)
+
+    def _prices(self, index: int, value: Any,
+                storage_class: str) -> tuple[tuple[str, str, RetrievalPrice], ...]:
+        """``retrieval_prices``: tier tables (for the vault's ``storage_class``) and storage
+        class tables holding tier tables, each ``{per_gib, per_1000_requests}`` in USD."""
+        key = "retrieval_prices"
+        expected = ("expected tables such as Bulk = { per_gib = 0.0025, per_1000_requests = "
+                    "0.025 } (a tier, for the vault's storage_class) or DEEP_ARCHIVE.Bulk = "
+                    "{ ... } (a storage class, then a tier)")
+        if not isinstance(value, dict):
+            self._fail(index, key, expected)
+        tiers = {tier.lower(): tier for tier in RESTORE_TIERS}
+        found: dict[tuple[str, str], RetrievalPrice] = {}
+        for name, entry in value.items():
+            if name.lower() in tiers:
+                found[(storage_class, tiers[name.lower()])] = self._price(index, name, entry)
+            elif name.upper() in KNOWN_STORAGE_CLASSES and isinstance(entry, dict):
+                for tier_name, price in entry.items():
+                    if tier_name.lower() not in tiers:
+                        self._fail(index, key, f"{name}.{tier_name}: not a retrieval tier "
+                                               f"(expected {', '.join(sorted(RESTORE_TIERS))})")
+                    found[(name.upper(), tiers[tier_name.lower()])] = self._price(
+                        index, f"{name}.{tier_name}", price)
+            else:
+                self._fail(index, key, f"{name!r} is neither a retrieval tier "
+                                       f"({', '.join(sorted(RESTORE_TIERS))}) nor a storage "
+                                       f"class table; {expected}")
+        return tuple((storage_class_name, tier, price)
+                     for (storage_class_name, tier), price in sorted(found.items()))
+
+    def _price(self, index: int, where: str, entry: Any) -> RetrievalPrice:
+        fields = ("per_gib", "per_1000_requests")
+        if not isinstance(entry, dict) or set(entry) != set(fields):
+            self._fail(index, "retrieval_prices", f"{where}: expected {{ per_gib = USD, "
+                                                  "per_1000_requests = USD }, both keys")
+        numbers: list[float] = []
+        for field_name in fields:
+            number = entry[field_name]
+            if (isinstance(number, bool) or not isinstance(number, int | float)
+                    or not 0 <= number < 1e6):
+                self._fail(index, "retrieval_prices", f"{where}.{field_name}: expected a "
+                                                      f"price in USD, 0 or more, not {number!r}")
+            numbers.append(float(number))
+        return RetrievalPrice(numbers[0], numbers[1])
 
     def _service_settings(self, index: int, table: Mapping[str, Any],
                           profile: ServiceProfile) -> dict[str, Any]:

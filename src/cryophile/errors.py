@@ -14,7 +14,8 @@ code  class               meaning
  66   NoInputError        input not found: backup not in the queue, input file missing
  69   ServiceError        a service (vault, child process) unavailable or refusing;
                           SpoolFullError: the spool's budget is reached and no freezer
-                          runs to upload what is queued
+                          runs to upload what is queued; CommandFailedError: the
+                          command of ``restore --exec`` failed
  70   (internal error)    a bug: an exception that is not a CryophileError
  73   AlreadyExistsError  output exists: backup id taken, ``-o`` file exists
  74   StorageIOError      local I/O error: spool unwritable, disk full, read error
@@ -134,6 +135,16 @@ class ServiceRefusalError(ConfigError):
     A configuration error, not a failing service: the same request fails the
     same way until a setting changes, so it exits 78 and never "try later".
     The message names the setting and quotes the service's words.
+    """
+
+
+class CommandFailedError(ServiceError):
+    """The command ``restore --exec CMD`` feeds a backup's stream to failed (exited
+    non-zero, was killed, or stopped reading its input).
+
+    69 like any child process that refuses: the backup itself may be fine (the
+    message says which backup of a chain, and CMD's exit status); not
+    transient, since the same command on the same stream fails the same way.
     """
 
 

@@ -156,8 +156,8 @@ def prepare(spool: Spool, opened: OpenedVault, backup_id: BackupId, *, tier: str
     for info in infos.values():
         if info is not None and info.restore_state is RestoreState.COLD:
             check_tier(info.storage_class, tier)
-    return Preparation(False, make_plan(backup_id, manifest, infos, tier, days), manifest,
-                       data)
+    return Preparation(False, make_plan(backup_id, manifest, infos, tier, days,
+                                        opened.retrieval_prices), manifest, data)
 
 
 def check_signature(spool: Spool, opened: OpenedVault, backup_id: BackupId,

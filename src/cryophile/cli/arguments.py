@@ -123,8 +123,10 @@ def file_descriptor(text: str) -> int:
     return int(text)
 
 
-def add_backup_id_options(parser: argparse.ArgumentParser, *, ulid_required: bool) -> None:
-    """``-v/--vault``, ``-p/--prefix`` and ``-u/--ulid`` | ``-t/--timestamp``."""
+def add_backup_id_options(parser: argparse.ArgumentParser, *,
+                          ulid_required: bool) -> argparse._MutuallyExclusiveGroup:
+    """``-v/--vault``, ``-p/--prefix`` and ``-u/--ulid`` | ``-t/--timestamp``; returns
+    the group of ``-u``/``-t``/``--id``, for a command's other ways to name a backup."""
     parser.add_argument("-v", "--vault", metavar="VAULT",
                         help="vault id (a UUID) or its configured name; a vault not in the "
                              "configuration is a local directory vault (default: "
@@ -138,6 +140,7 @@ def add_backup_id_options(parser: argparse.ArgumentParser, *, ulid_required: boo
                       help="RFC 3339 time (e.g. 2026-11-26T03:00:00Z); the same time always "
                            "names the same backup")
     add_id_option(when)
+    return when
 
 
 def backup_id_from(args: argparse.Namespace, *, new: bool) -> BackupId:

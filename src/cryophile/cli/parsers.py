@@ -200,6 +200,12 @@ examples:
   cryophile restore -v VAULT -p hosts/db1 -u 01JDX… -k key.pgp --pass-fd 4 4<pass | zfs recv …
   cryophile restore -v VAULT -p etc -t 2026-11-26T03:00:00Z -k key.pgp -o etc.tar
   cryophile restore -v VAULT -p etc -u 01JDX… -k key.pgp --signed-by host-sign.cert --thaw
+  cryophile restore -v VAULT -p tank --latest --chain -k key.pgp --exec 'zfs receive -F tank/r'
+  cryophile restore -v VAULT -p srv --label snapshot=srv@tue --chain --dry-run
+exit status: 0 restored; 65 damaged data (with --chain: a link missing, damaged or
+with wrong-size fragments, named, before anything runs); 66 no such backup; 69 the
+--exec command failed (its exit status is named); 75 not thawed yet, try later; 77
+no key or passphrase fits.
 """
 
 
@@ -208,7 +214,12 @@ def _add_restore(commands: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
         "restore", help="restore a backup from the restore queue", description=_RESTORE_DESCRIPTION,
         epilog=_RESTORE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_backup_id_options(parser, ulid_required=True)
+    which = add_backup_id_options(parser, ulid_required=True)
+    which.add_argument("--latest", action="store_true",
+                       help="the newest complete backup of -p PREFIX (exactly that prefix)")
+    which.add_argument("--label", action="append", type=label_pair, metavar="KEY=VALUE",
+                       help="the one backup below -p carrying this label (repeatable: all "
+                            "of them); several carrying it is a usage error listing them")
     add_keyring_option(parser, "secret key file (armored or binary; repeatable); expired and "
                                "revoked keys still decrypt old backups; not needed with "
                                "--dry-run", required=False)
@@ -258,6 +269,17 @@ def _add_restore(commands: Any) -> argparse.ArgumentParser:
                         help="OpenPGP engine: fast (default; our streaming SEIPD v1 on OpenSSL, "
                              "falls back to reference for keys it does not handle) or "
                              "reference (pysequoia)")
+    parser.add_argument("--chain", action="store_true",
+                        help="restore the backup's whole incremental chain, its full backup "
+                             "first, each link verified, decrypted and decompressed; every link "
+                             "is checked in the vault before anything runs. Without --exec the "
+                             "streams are written one after the other to stdout (or -o), for "
+                             "tools that read concatenated streams")
+    parser.add_argument("--exec", metavar="CMD", default=None,
+                        help="write each restored stream to the standard input of a fresh "
+                             "`sh -c CMD` (e.g. 'btrfs receive /mnt', 'tar "
+                             "--listed-incremental=/dev/null -x -C /srv'); once without "
+                             "--chain, once per link with it; CMD failing stops (exit 69)")
     add_progress_option(parser)
     return parser
 
@@ -456,6 +478,9 @@ def _add_verify(commands: Any) -> argparse.ArgumentParser:
     which.add_argument("-t", "--timestamp", metavar="TIME", help="the backup of this RFC 3339 time")
     which.add_argument("--all", action="store_true", help="every backup (below -p)")
     add_id_option(which)
+    parser.add_argument("--chain", action="store_true",
+                        help="with -u/-t/--id: verify every link of the backup's incremental "
+                             "chain, back to its full backup (a missing link is damage)")
     parser.add_argument("--download", action="store_true",
                         help="download every readable fragment and check its SHA-256")
     parser.add_argument("-k", "--keyring", action="append", type=Path, metavar="FILE",

@@ -34,6 +34,8 @@ from cryophile.backup_id import (
     parse_vault,
     ulid_for_timestamp,
 )
+from cryophile.chain_restore import find_chain, missing_link
+from cryophile.chains import Chain
 from cryophile.cli.resources import CommandContext
 from cryophile.errors import ExitCode, NoInputError, UsageError, VaultUnavailableError
 from cryophile.inventory import DOWN_AFTER, list_vault
@@ -75,6 +77,9 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     normalize_prefix(args.prefix)
     if args.keyring and not args.download:
         raise UsageError("-k decrypts what --download fetches: add --download")
+    if args.chain and args.all:
+        raise UsageError("--chain verifies the chain of one backup: give -u, -t or --id, not "
+                         "--all")
     decryption = None
     if args.keyring:
         decryption = Decryption(load_secret_keys(args.keyring),
@@ -86,6 +91,10 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     spool = context.spool
     opened = context.vault(vault_id)
     targets, partial = _targets(args, opened)
+    chain: Chain | None = None
+    if args.chain:
+        chain = find_chain(spool, opened, targets[0])
+        targets = list(chain.links)
     reports: list[Report] = []
     with spool.scratch("verify") as scratch:
         verifier = Verifier(opened, scratch, download=args.download, decryption=decryption,
@@ -107,6 +116,8 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
                 raise VaultUnavailableError(
                     f"vault {vault_id} failed on {len(failing)} manifests in a row, so the "
                     f"other backups were not verified: {failing[-1]}")
+    if chain is not None:
+        _report_chain(environment, chain, reports)
     for backup_id in partial:
         write_all(environment.stdout_fd,
                   f"{backup_id}: skipped: fragments without a manifest (an upload in "
@@ -123,7 +134,7 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         if partial:
             summary += f"; {len(partial)} incomplete upload(s) skipped"
         write_all(environment.stdout_fd, (summary + "\n").encode())
-    if damaged:
+    if damaged or (chain is not None and not chain.whole):
         return int(ExitCode.DATAERR)
     if unreadable:
         # --all: the others were verified (3, partial); one backup: its error's code.
@@ -131,6 +142,25 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     if later:
         return int(ExitCode.TEMPFAIL)
     return 0
+
+
+def _report_chain(environment: Environment, chain: Chain, reports: list[Report]) -> None:
+    """``--chain``: the missing link (if any), then one line on the whole chain."""
+    target = chain.links[-1]
+    damaged = sum(report.exit_code is ExitCode.DATAERR for report in reports)
+    problem = missing_link(chain)
+    lines = []
+    if chain.missing is not None:
+        lines.append(f"{chain.missing}: MISSING: not a complete backup in the vault (deleted, "
+                     f"or never completed); {chain.links[0].ulid} names it as its parent")
+    if problem is not None:
+        lines.append(f"chain of {target}: broken: {problem}; {damaged} of {len(reports)} "
+                     "link(s) found damaged")
+    elif damaged:
+        lines.append(f"chain of {target}: {damaged} of {len(reports)} link(s) damaged")
+    else:
+        lines.append(f"chain of {target}: {len(reports)} link(s), every one healthy")
+    write_all(environment.stdout_fd, ("\n".join(lines) + "\n").encode())
 
 
 def _check_exists(opened: OpenedVault, backup_id: BackupId) -> BackupId:

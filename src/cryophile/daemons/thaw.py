@@ -281,7 +281,7 @@ class Thawer:
             infos = {f.index: job.opened.vault.stat(job.key(f.index))
                      for f in manifest.fragments}
             plan = make_plan(job.backup_id, manifest, infos, job.request.tier,
-                             job.request.days)
+                             job.request.days, job.opened.retrieval_prices)
             logger.info("%s", plan.describe(), extra={"event": "plan", **plan.as_dict()})
             if self.on_plan is not None:
                 self.on_plan(plan)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from cryophile.config import DIRECTORY_STORAGE_CLASS, Config, VaultConfig
 from cryophile.destination import Destination
 from cryophile.durable import make_dirs
 from cryophile.errors import ConfigError
+from cryophile.storage_classes import RetrievalPrice
 from cryophile.vault.base import Vault
 from cryophile.vault.local import DirectoryVault
 from cryophile.vault.throttle import Throttle, ThrottledVault
@@ -46,6 +48,9 @@ class OpenedVault:
     #: False for a directory: it has no storage classes, so no minimum storage
     #: duration either (what its sidecars record is not a class in any bill).
     has_storage_classes: bool = True
+    #: The vault's ``retrieval_prices`` (by storage class and tier), over the
+    #: defaults of :data:`~cryophile.storage_classes.RETRIEVAL_PRICES`; None: none set.
+    retrieval_prices: Mapping[tuple[str, str], RetrievalPrice] | None = None
 
 
 def default_vault_root(spool_root: Path, vault_id: uuid.UUID) -> Path:
@@ -68,7 +73,8 @@ def open_vault(vault_id: uuid.UUID, config: Config, spool_root: Path) -> OpenedV
                            has_storage_classes=False)
     return OpenedVault(vault_id, _from_config(entry), entry.storage_class, entry.restore_tier,
                        entry.restore_days, embedded=False, destination=destination_of(entry),
-                       has_storage_classes=entry.provider == "s3")
+                       has_storage_classes=entry.provider == "s3",
+                       retrieval_prices=entry.price_table or None)
 
 
 def destination_for(vault_id: uuid.UUID, config: Config, spool_root: Path) -> Destination:
