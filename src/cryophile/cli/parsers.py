@@ -186,6 +186,12 @@ def positive_seconds(text: str) -> float:
 
 
 # -- restore -------------------------------------------------------------------
+#: What ``--cancel`` does, said by restore and thaw (:mod:`cryophile.cancel`).
+CANCEL_HELP = ("withdraw this backup's restore from the spool: its thaw request, partial "
+               "downloads and restore queue (refused, exit 75, while a restore of it runs; "
+               "exit 0 with a message when there is nothing to cancel); the vault is not "
+               "touched: Glacier restores already requested cannot be withdrawn and are "
+               "billed")
 _RESTORE_DESCRIPTION = """\
 Restore a backup from the spool's restore queue (SPOOL/restore/VAULT/PREFIX/ULID):
 read the manifest chunk.0, check every fragment's size and SHA-256 against it,
@@ -259,6 +265,8 @@ def _add_restore(commands: Any) -> argparse.ArgumentParser:
                              "falls back to reference for keys it does not handle) or "
                              "reference (pysequoia)")
     add_progress_option(parser)
+    parser.add_argument("--cancel", action="store_true",
+                        help="instead of restoring: " + CANCEL_HELP + "; needs no key")
     return parser
 
 
@@ -343,6 +351,8 @@ def _add_thaw(commands: Any) -> argparse.ArgumentParser:
                         metavar="SECONDS", help="first poll interval for restores in progress; "
                                                 "doubles up to 15 minutes (default 60)")
     add_daemon_options(parser)
+    parser.add_argument("--cancel", action="store_true",
+                        help="instead of thawing: " + CANCEL_HELP + " (needs -v and -u, or --id)")
     return parser
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryophile.cli.arguments import backup_id_from
+from cryophile.cli.cancelling import run_cancel
 from cryophile.cli.progress import progress_line
 from cryophile.cli.resources import CommandContext
 from cryophile.errors import AlreadyExistsError, StorageIOError, UsageError
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Check the options, keys and spool, then restore (one call into the use case)."""
+    if args.cancel:
+        return run_cancel(args, environment)
     backup_id = backup_id_from(args, new=False)
     if args.output is not None and os.path.lexists(args.output):
         raise AlreadyExistsError(f"output file {str(args.output)!r} already exists; "
