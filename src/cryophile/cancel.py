@@ -41,13 +41,12 @@ from cryophile import thaw_request
 from cryophile.backup_id import BackupId
 from cryophile.durable import fsync_dir, remove_empty_dirs
 from cryophile.errors import TryLaterError
+from cryophile.leftovers import CANCELLED_SUFFIX
 from cryophile.restoring import hold_restore_lock
 from cryophile.spool import LOCK_NAME, Queue, Spool, refuse_symlinks
 
 logger = logging.getLogger(__name__)
 
-#: The suffix of a request being cancelled (see the module docstring).
-CANCELLED_SUFFIX = ".cancelled"
 #: After this long waiting for a thaw pass to let go of the request, say so.
 _WAIT_NOTICE_SECONDS = 1.0
 
