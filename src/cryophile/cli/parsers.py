@@ -619,6 +619,53 @@ def _add_prune(commands: Any) -> argparse.ArgumentParser:
     return parser
 
 
+# -- keygen ------------------------------------------------------------------------
+_KEYGEN_DESCRIPTION = """\
+Make a storage-encryption key pair with the first OpenPGP tool found of sq,
+sqop and gpg (--tool to choose): the certificate (public key) goes to the backup
+host for `backup -k`; the secret key stays on the restoring or an offline machine
+for `restore -k`. Writes NAME.cert.asc (0644), NAME.secret.asc (0600) and, when
+the tool makes one, the revocation certificate NAME.rev.asc (0600) into
+--output-dir, NAME being cryophile-<first 16 hex digits of the fingerprint>;
+never overwrites a file. Both halves are checked as backup and restore will use
+them before they are written. Refuses to write the secret key into or beside the
+spool of this host's configuration, or into the directory of its configuration
+file, of $CRYOPHILE_KEYRING's files or /etc/cryophile: the backup host must only
+ever hold the certificate.
+"""
+
+
+_KEYGEN_EXAMPLES = """\
+examples:
+  cryophile keygen --output-dir ~/keys
+  cryophile keygen --tool gpg --userid 'backups <ops@example.org>' --output-dir /media/usb
+  cryophile keygen --tool sqop --pass-fd 3 --output-dir ~/keys 3<passphrase.txt
+exit status: 0 made; 64 --output-dir is on the backup host's spool or keyring
+directory (or not a directory); 69 no tool found, or it failed; 73 a file exists.
+"""
+
+
+def _add_keygen(commands: Any) -> argparse.ArgumentParser:
+    """Add the ``keygen`` parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "keygen", help="make a storage-encryption key pair (sq, sqop or gpg)",
+        description=_KEYGEN_DESCRIPTION, epilog=_KEYGEN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tool", choices=("sq", "sqop", "gpg"), default=None,
+                        help="the OpenPGP tool that makes the key (default: the first "
+                             "installed of sq, sqop, gpg)")
+    parser.add_argument("--userid", default=None, metavar="USERID",
+                        help="the key's user id (default: 'cryophile backups <USER@HOST>')")
+    parser.add_argument("-o", "--output-dir", type=_path, default=Path(), metavar="DIR",
+                        help="where to write the files (default: the current directory)")
+    parser.add_argument("-P", "--pass-fd", type=file_descriptor, default=None, metavar="N",
+                        help="protect the secret key with the first line read from file "
+                             "descriptor N (sqop, gpg; default: no passphrase)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the files and fingerprints as one JSON object")
+    return parser
+
+
 # -- completion ----------------------------------------------------------------
 _COMPLETION_DESCRIPTION = """\
 Print a completion script for bash or zsh, generated from cryophile's own
@@ -667,7 +714,7 @@ def _add_man(commands: Any) -> argparse.ArgumentParser:
 _COMMANDS: dict[str, Callable[[Any], argparse.ArgumentParser]] = {
     "backup": _add_backup, "restore": _add_restore, "freeze": _add_freeze, "thaw": _add_thaw,
     "list": _add_list, "verify": _add_verify, "status": _add_status, "prune": _add_prune,
-    "completion": _add_completion, "man": _add_man,
+    "keygen": _add_keygen, "completion": _add_completion, "man": _add_man,
 }
 #: The commands that are a module ``cryophile.cli.NAME`` (all but ``help``).
 COMMANDS = tuple(_COMMANDS)
