@@ -71,7 +71,8 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     group = parser.add_argument_group("global options")
     group.add_argument("-S", "--spool", type=_path, default=default(None), metavar="DIR",
                        help="spool directory (default: $CRYOPHILE_SPOOL, else "
-                            "/var/spool/cryophile as root, else ~/.local/state/cryophile/spool)")
+                            "the configuration's spool, else /var/spool/cryophile as root or the "
+                            "cryophile user, else ~/.local/state/cryophile/spool)")
     group.add_argument("-c", "--config", type=_path, default=default(None), metavar="FILE",
                        help="configuration file (default: $CRYOPHILE_CONFIG, else "
                             "~/.config/cryophile/cryophile.toml, else "
