@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import oracles
-from conftest import VAULT, Cli
+from support.cli import VAULT, Cli
 
 PREFIX = "usb"
 

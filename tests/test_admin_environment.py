@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import oracles
-from conftest import VAULT, Cli
+from support.cli import VAULT, Cli
 
 DATA = os.urandom(60_000)
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import oracles
-from conftest import VAULT, Cli
+from support.cli import VAULT, Cli
 
 PREFIX = "hosts/db1"
 

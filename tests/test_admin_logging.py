@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import oracles
-from conftest import VAULT, Cli
+from support.cli import VAULT, Cli
 
 DATA = os.urandom(50_000)
 
