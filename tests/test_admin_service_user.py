@@ -31,9 +31,10 @@ SERVICE_UID = 61234
 def test_sysusers_and_tmpfiles_make_the_user_and_its_private_spool(tmp_path: Path) -> None:
     root = tmp_path / "sysroot"
     (root / "etc").mkdir(parents=True)
-    for command in (["systemd-sysusers", f"--root={root}", CONTRIB / "cryophile.sysusers.conf"],
-                    ["systemd-tmpfiles", f"--root={root}", "--create",
-                     CONTRIB / "cryophile.tmpfiles.conf"]):
+    commands: list[list[str | Path]] = [
+        ["systemd-sysusers", f"--root={root}", CONTRIB / "cryophile.sysusers.conf"],
+        ["systemd-tmpfiles", f"--root={root}", "--create", CONTRIB / "cryophile.tmpfiles.conf"]]
+    for command in commands:
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
     [entry] = [line.split(":") for line in (root / "etc" / "passwd").read_text().splitlines()

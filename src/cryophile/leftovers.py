@@ -187,8 +187,9 @@ def _prune_journals(spool: Spool) -> Iterator[tuple[Path, uuid.UUID]]:
 def describe(leftover: Leftover) -> str:
     """What ``status`` says of one leftover, before its command."""
     what = {
-        Kind.THAW_REQUEST: "a thaw request no restore waits on (the thaw daemon would "
-                           "download the whole backup for nobody)",
+        Kind.THAW_REQUEST: "a thaw request no restore is waiting on now: run that restore "
+                           "again to use it; otherwise the thaw daemon downloads the whole "
+                           "backup for nobody",
         Kind.CANCELLED_REQUEST: "a thaw request a killed --cancel withdrew but did not remove",
         Kind.RESTORE_QUEUE: "downloaded fragments with no restore running and no request",
         Kind.ABANDONED: "a backup whose writer died before its manifest (never uploaded)",
