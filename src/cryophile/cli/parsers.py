@@ -207,6 +207,7 @@ examples:
   cryophile restore -v VAULT -p hosts/db1 -u 01JDX… -k key.pgp --pass-fd 4 4<pass | zfs recv …
   cryophile restore -v VAULT -p etc -t 2026-11-26T03:00:00Z -k key.pgp -o etc.tar
   cryophile restore -v VAULT -p etc -u 01JDX… -k key.pgp --signed-by host-sign.cert --thaw
+  cryophile restore --cancel -v VAULT -p etc -u 01JDX…   # drop its request and restore queue
 """
 
 
@@ -334,6 +335,9 @@ _THAW_EXAMPLES = """\
 examples:
   cryophile thaw                      # daemon (see contrib/systemd/cryophile-thaw.service)
   cryophile thaw --once --json        # one pass over the requests, JSON log lines
+  cryophile thaw --cancel --id VAULT/hosts/db1/01JDX…   # as `cryophile status` names it
+exit status with --cancel: 0 cancelled (or nothing to cancel, said on stderr), 75 a
+restore of that backup is running (stop it first).
 exit status with --once: 0 requests progressed (or none), 65 a request failed
 (a fragment missing or damaged in the vault), 69 the vault refused, 75 the vault
 is unreachable (retry later).
@@ -492,7 +496,10 @@ since when), the uploads running now, and withdrawn backups whose uploaded
 objects the next pass removes; for the thaw queue each restore request with
 its fragments cold / restoring / downloaded, and the error of a failed one;
 the restore queue's backups; and abandoned backups (no manifest, writer gone),
-which nothing will ever upload.
+which nothing will ever upload. Last, the leftovers: what nothing will finish or
+remove by itself (thaw requests no restore waits on, restore queues with no
+restore, abandoned backups, stale wait records and locks, interrupted prunes),
+each with the exact command that removes it.
 """
 
 
