@@ -21,6 +21,7 @@ from typing import Any
 
 import oracles
 from polling import live_files, wait_until
+from s3server import S3Bucket
 from support.cli import VAULT, Cli
 
 PREFIX = "hosts/db1"
@@ -194,3 +195,39 @@ def test_cancel_waits_for_a_thaw_pass_holding_the_request(cli: Cli, gpg_key: ora
     assert cancel.stderr.read().decode().startswith("cryophile: cancelled the restore")
     cancel.stderr.close()
     assert live_files(cli.spool / "thaw") == []
+
+
+def test_cancel_during_a_glacier_restore_stops_the_downloads(
+        cli: Cli, gpg_key: oracles.KeyPair, tmp_path: Path, moto_bucket: S3Bucket,
+        moto_slow_restore: None) -> None:
+    config = tmp_path / "glacier.toml"
+    config.write_text(
+        f'[[vault]]\nid = "{VAULT}"\nprovider = "s3"\nbucket = "{moto_bucket.name}"\n'
+        f'endpoint_url = "{moto_bucket.endpoint.url}"\n'
+        f'region = "{moto_bucket.endpoint.region}"\nstorage_class = "GLACIER"\n')
+    missing = tmp_path / "no-aws"
+    env = {"AWS_ACCESS_KEY_ID": moto_bucket.endpoint.access_key,
+           "AWS_SECRET_ACCESS_KEY": moto_bucket.endpoint.secret_key,
+           "AWS_CONFIG_FILE": str(missing / "config"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(missing / "credentials"),
+           "AWS_EC2_METADATA_DISABLED": "true", "CRYOPHILE_CONFIG": str(config)}
+    cli.config = config
+    ulid = cli.backup(gpg_key, DATA, prefix=PREFIX)
+    assert cli.run(["freeze", "--once"], env=env).returncode == 0
+    filed = cli.run(["restore", "-v", VAULT, "-p", PREFIX, "-u", ulid, "-k", gpg_key.secret,
+                     "--no-thaw", "--timeout", "0", "-o", tmp_path / "out"], env=env)
+    assert filed.returncode == 75, filed.stderr
+    assert cli.run(["thaw", "--once"], env=env).returncode == 0  # Glacier restore requested
+    [thaw] = status(cli)["thaw"]
+    assert thaw["restoring"] >= 1
+    assert thaw["downloaded"] < thaw["fragments_total"]
+
+    [leftover] = leftovers_of(cli, ulid)
+    assert leftover["kind"] == "thaw_request"
+    result = cli.run(shlex.split(leftover["command"])[1:], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Glacier restores already requested cannot be withdrawn" in result.stderr
+    for _ in range(3):  # the restored copies would be readable now: nothing fetches them
+        assert cli.run(["thaw", "--once"], env=env).returncode == 0
+    assert live_files(cli.spool / "restore") == []
+    assert status(cli)["thaw"] == []
