@@ -43,7 +43,8 @@ PACKAGE = "cryophile"
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("cli", frozenset({"cli", "__main__"})),
     ("use cases", frozenset({"restoring", "prune", "inventory", "verification", "abandoned",
-                             "metrics", "chains", "chain_restore", "backup_choice"})),
+                             "metrics", "chains", "chain_restore", "backup_choice",
+                             "cancel", "leftovers", "keygen"})),
     ("daemons", frozenset({"daemons"})),
     ("pipeline / vault / spool / names, records and reads", frozenset()),
     ("leaves", frozenset({"config", "errors", "durable", "units", "watch", "backoff",

@@ -17,7 +17,7 @@ UNITS = ("cryophile-freeze.service", "cryophile-thaw.service")
 HARDENING = ("CapabilityBoundingSet=\n", "PrivateDevices=true",
              "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
              "SystemCallFilter=@system-service", "ProtectSystem=strict",
-             "Documentation=man:cryophile(1)")
+             "Documentation=man:cryophile(1)", "User=cryophile\n", "Group=cryophile\n")
 
 
 def man_page(cli: Cli, root: Path) -> Path:

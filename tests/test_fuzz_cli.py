@@ -277,6 +277,10 @@ def command_lines(draw: st.DrawFn, world: World) -> tuple[list[str], dict[str, s
         argv.append("--once")
     if command == "restore":
         argv += ["--timeout", "0"]
+    if command == "keygen" and not {"-o", "--output-dir"} & set(argv):
+        keys = world.root / "keys"  # never the current directory (the checkout)
+        keys.mkdir(exist_ok=True)
+        argv += ["--output-dir", str(keys)]
     env: dict[str, str] = {}
     if draw(st.integers(0, 9)) == 0:
         env[draw(st.sampled_from(["CRYOPHILE_LOG", "CRYOPHILE_LOG_STYLE"]))] = draw(
@@ -317,7 +321,7 @@ def test_fuzz_command_lines(world: World, data: st.DataObject) -> None:
 def test_catalog_covers_every_command() -> None:
     """The fuzzer's view of the parser is the parser: all commands, their options."""
     assert set(COMMANDS) == {"backup", "restore", "freeze", "thaw", "list", "verify", "status",
-                             "prune", "completion", "man", "help"}
+                             "prune", "keygen", "completion", "man", "help"}
     flags = {flag for option in COMMANDS["restore"] for flag in option.flags}
     assert {"-v", "-u", "-k", "-P", "-o", "--timeout", "-S", "-c"} <= flags
     kinds = {option.flags[0]: option.kind for option in COMMANDS["restore"] if option.flags}

@@ -368,3 +368,9 @@ def _wake_waiter(directory: Path) -> None:
     with contextlib.suppress(OSError):
         marker.touch()
         marker.unlink()
+
+
+def hold_restore_lock(spool: Spool, backup_id: BackupId) -> contextlib.AbstractContextManager[None]:
+    """Hold ``backup_id``'s restore lock as a restore does, so that none starts
+    meanwhile (``restore --cancel``); TryLaterError when a restore of it runs."""
+    return _one_restore_at_a_time(spool, backup_id)

@@ -39,6 +39,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import pwd
 import stat
 import tempfile
 import uuid
@@ -57,6 +58,17 @@ UPLOADS_DIR = "uploads"
 RUN_DIR = "run"
 
 
+#: The dedicated system user the daemons run as (contrib/systemd/cryophile.sysusers.conf).
+SERVICE_USER = "cryophile"
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
 class Queue(StrEnum):
     """The spool's queues, named as their directories."""
 
@@ -70,14 +82,15 @@ def default_spool_root(env: Mapping[str, str], configured: str | None = None) ->
     """Where the spool is when ``-S`` is not given.
 
     ``CRYOPHILE_SPOOL``, else the configuration's ``spool``, else
-    ``/var/spool/cryophile`` for root, else ``$XDG_STATE_HOME/cryophile/spool``
-    (``~/.local/state/cryophile/spool``).
+    ``/var/spool/cryophile`` for root and for the dedicated system user
+    :data:`SERVICE_USER` (the systemd units run as it), else
+    ``$XDG_STATE_HOME/cryophile/spool`` (``~/.local/state/cryophile/spool``).
     """
     if env.get("CRYOPHILE_SPOOL"):
         return Path(env["CRYOPHILE_SPOOL"])
     if configured:
         return Path(configured)
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 or _user_name(os.geteuid()) == SERVICE_USER:
         return Path("/var/spool/cryophile")
     state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "cryophile" / "spool"
@@ -363,6 +376,11 @@ def check_private(path: Path, what: str, *, owner: bool = True) -> None:
     except OSError as error:
         raise StorageIOError(f"cannot use {what} {str(path)!r}: {error.strerror}") from None
     user = os.geteuid()
+    if owner and info.st_uid != user and _user_name(info.st_uid) == SERVICE_USER:
+        raise StorageIOError(
+            f"{what} {str(path)!r} belongs to the {SERVICE_USER} user (the daemons' user), not "
+            f"to this one (uid {user}): run the command as that user, e.g. runuser -u "
+            f"{SERVICE_USER} -- cryophile ... (another user's spool is never trusted)")
     if owner and info.st_uid != user:
         raise StorageIOError(
             f"{what} {str(path)!r} is owned by uid {info.st_uid}, not by this user "

@@ -71,7 +71,8 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     group = parser.add_argument_group("global options")
     group.add_argument("-S", "--spool", type=_path, default=default(None), metavar="DIR",
                        help="spool directory (default: $CRYOPHILE_SPOOL, else "
-                            "/var/spool/cryophile as root, else ~/.local/state/cryophile/spool)")
+                            "the configuration's spool, else /var/spool/cryophile as root or the "
+                            "cryophile user, else ~/.local/state/cryophile/spool)")
     group.add_argument("-c", "--config", type=_path, default=default(None), metavar="FILE",
                        help="configuration file (default: $CRYOPHILE_CONFIG, else "
                             "~/.config/cryophile/cryophile.toml, else "
@@ -186,6 +187,12 @@ def positive_seconds(text: str) -> float:
 
 
 # -- restore -------------------------------------------------------------------
+#: What ``--cancel`` does, said by restore and thaw (:mod:`cryophile.cancel`).
+CANCEL_HELP = ("withdraw this backup's restore from the spool: its thaw request, partial "
+               "downloads and restore queue (refused, exit 75, while a restore of it runs; "
+               "exit 0 with a message when there is nothing to cancel); the vault is not "
+               "touched: Glacier restores already requested cannot be withdrawn and are "
+               "billed")
 _RESTORE_DESCRIPTION = """\
 Restore a backup from the spool's restore queue (SPOOL/restore/VAULT/PREFIX/ULID):
 read the manifest chunk.0, check every fragment's size and SHA-256 against it,
@@ -202,6 +209,7 @@ examples:
   cryophile restore -v VAULT -p etc -u 01JDX… -k key.pgp --signed-by host-sign.cert --thaw
   cryophile restore -v VAULT -p tank --latest --chain -k key.pgp --exec 'zfs receive -F tank/r'
   cryophile restore -v VAULT -p srv --label snapshot=srv@tue --chain --dry-run
+  cryophile restore --cancel -v VAULT -p etc -u 01JDX…   # drop its request and restore queue
 exit status: 0 restored; 65 damaged data (with --chain: a link missing, damaged or
 with wrong-size fragments, named, before anything runs); 66 no such backup; 69 the
 --exec command failed (its exit status is named); 75 not thawed yet, try later; 77
@@ -281,6 +289,8 @@ def _add_restore(commands: Any) -> argparse.ArgumentParser:
                              "--listed-incremental=/dev/null -x -C /srv'); once without "
                              "--chain, once per link with it; CMD failing stops (exit 69)")
     add_progress_option(parser)
+    parser.add_argument("--cancel", action="store_true",
+                        help="instead of restoring: " + CANCEL_HELP + "; needs no key")
     return parser
 
 
@@ -347,6 +357,9 @@ _THAW_EXAMPLES = """\
 examples:
   cryophile thaw                      # daemon (see contrib/systemd/cryophile-thaw.service)
   cryophile thaw --once --json        # one pass over the requests, JSON log lines
+  cryophile thaw --cancel --id VAULT/hosts/db1/01JDX…   # as `cryophile status` names it
+exit status with --cancel: 0 cancelled (or nothing to cancel, said on stderr), 75 a
+restore of that backup is running (stop it first).
 exit status with --once: 0 requests progressed (or none), 65 a request failed
 (a fragment missing or damaged in the vault), 69 the vault refused, 75 the vault
 is unreachable (retry later).
@@ -365,6 +378,8 @@ def _add_thaw(commands: Any) -> argparse.ArgumentParser:
                         metavar="SECONDS", help="first poll interval for restores in progress; "
                                                 "doubles up to 15 minutes (default 60)")
     add_daemon_options(parser)
+    parser.add_argument("--cancel", action="store_true",
+                        help="instead of thawing: " + CANCEL_HELP + " (needs -v and -u, or --id)")
     return parser
 
 
@@ -506,7 +521,10 @@ since when), the uploads running now, and withdrawn backups whose uploaded
 objects the next pass removes; for the thaw queue each restore request with
 its fragments cold / restoring / downloaded, and the error of a failed one;
 the restore queue's backups; and abandoned backups (no manifest, writer gone),
-which nothing will ever upload.
+which nothing will ever upload. Last, the leftovers: what nothing will finish or
+remove by itself (thaw requests no restore waits on, restore queues with no
+restore, abandoned backups, stale wait records and locks, interrupted prunes),
+each with the exact command that removes it.
 """
 
 
@@ -634,6 +652,53 @@ def _add_prune(commands: Any) -> argparse.ArgumentParser:
     return parser
 
 
+# -- keygen ------------------------------------------------------------------------
+_KEYGEN_DESCRIPTION = """\
+Make a storage-encryption key pair with the first OpenPGP tool found of sq,
+sqop and gpg (--tool to choose): the certificate (public key) goes to the backup
+host for `backup -k`; the secret key stays on the restoring or an offline machine
+for `restore -k`. Writes NAME.cert.asc (0644), NAME.secret.asc (0600) and, when
+the tool makes one, the revocation certificate NAME.rev.asc (0600) into
+--output-dir, NAME being cryophile-<first 16 hex digits of the fingerprint>;
+never overwrites a file. Both halves are checked as backup and restore will use
+them before they are written. Refuses to write the secret key into or beside the
+spool of this host's configuration, or into the directory of its configuration
+file, of $CRYOPHILE_KEYRING's files or /etc/cryophile: the backup host must only
+ever hold the certificate.
+"""
+
+
+_KEYGEN_EXAMPLES = """\
+examples:
+  cryophile keygen --output-dir ~/keys
+  cryophile keygen --tool gpg --userid 'backups <ops@example.org>' --output-dir /media/usb
+  cryophile keygen --tool sqop --pass-fd 3 --output-dir ~/keys 3<passphrase.txt
+exit status: 0 made; 64 --output-dir is on the backup host's spool or keyring
+directory (or not a directory); 69 no tool found, or it failed; 73 a file exists.
+"""
+
+
+def _add_keygen(commands: Any) -> argparse.ArgumentParser:
+    """Add the ``keygen`` parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "keygen", help="make a storage-encryption key pair (sq, sqop or gpg)",
+        description=_KEYGEN_DESCRIPTION, epilog=_KEYGEN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tool", choices=("sq", "sqop", "gpg"), default=None,
+                        help="the OpenPGP tool that makes the key (default: the first "
+                             "installed of sq, sqop, gpg)")
+    parser.add_argument("--userid", default=None, metavar="USERID",
+                        help="the key's user id (default: 'cryophile backups <USER@HOST>')")
+    parser.add_argument("-o", "--output-dir", type=_path, default=Path(), metavar="DIR",
+                        help="where to write the files (default: the current directory)")
+    parser.add_argument("-P", "--pass-fd", type=file_descriptor, default=None, metavar="N",
+                        help="protect the secret key with the first line read from file "
+                             "descriptor N (sqop, gpg; default: no passphrase)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the files and fingerprints as one JSON object")
+    return parser
+
+
 # -- completion ----------------------------------------------------------------
 _COMPLETION_DESCRIPTION = """\
 Print a completion script for bash or zsh, generated from cryophile's own
@@ -682,7 +747,7 @@ def _add_man(commands: Any) -> argparse.ArgumentParser:
 _COMMANDS: dict[str, Callable[[Any], argparse.ArgumentParser]] = {
     "backup": _add_backup, "restore": _add_restore, "freeze": _add_freeze, "thaw": _add_thaw,
     "list": _add_list, "verify": _add_verify, "status": _add_status, "prune": _add_prune,
-    "completion": _add_completion, "man": _add_man,
+    "keygen": _add_keygen, "completion": _add_completion, "man": _add_man,
 }
 #: The commands that are a module ``cryophile.cli.NAME`` (all but ``help``).
 COMMANDS = tuple(_COMMANDS)

@@ -22,6 +22,7 @@ from cryophile.chain_restore import (
     restore_into,
 )
 from cryophile.cli.arguments import backup_id_from
+from cryophile.cli.cancelling import run_cancel
 from cryophile.cli.progress import progress_line
 from cryophile.cli.resources import CommandContext
 from cryophile.errors import AlreadyExistsError, StorageIOError, UsageError
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Check the options, keys and spool, then restore (one call into the use case)."""
+    if args.cancel:
+        return run_cancel(args, environment)
     if args.exec is not None and args.output is not None:
         raise UsageError("--exec CMD gets the restored data on its standard input: -o FILE "
                          "does not go with it")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryophile import presence
@@ -13,8 +16,9 @@ from cryophile.cli.resources import CommandContext
 from cryophile.errors import CryophileError
 from cryophile.in_flight import uploads_in_flight
 from cryophile.inventory import BackupState, SpoolRecord, scan_spool
+from cryophile.leftovers import Kind, Leftover, describe, find_leftovers
 from cryophile.pipeline.stages import write_all
-from cryophile.spool import Spool
+from cryophile.spool import Spool, default_spool_root
 from cryophile.spool_budget import spool_usage
 from cryophile.thaw_request import FragmentState
 from cryophile.units import human_bytes
@@ -155,6 +159,7 @@ def format_status(document: dict[str, Any]) -> str:
             lambda e: (f"{e['fragments_present']} of "
                        f"{e['fragments_total'] if e['fragments_total'] is not None else '?'} "
                        f"fragment(s), {human_bytes(e['bytes'])}"))
+    _leftover_lines(document.get("leftovers"), lines)
     if document["abandoned"]:
         lines.append(f"abandoned: {len(document['abandoned'])} backup(s) without a manifest "
                      "whose writer is gone; nothing will upload them. Remove them with "
@@ -214,7 +219,38 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
                            for name in (presence.FREEZE, presence.THAW)}
     document["uploading"] = uploads_in_flight(spool)
     document["withdrawn"] = _withdrawn(spool, records)
+    document["leftovers"] = [item.as_json() for item in find_leftovers(
+        spool, records, global_options=_global_options(args, spool, environment))]
     _mark_waiting(spool, document)
     output = json.dumps(document, indent=1) + "\n" if args.json else format_status(document)
     write_all(environment.stdout_fd, output.encode())
     return 0
+
+
+def _global_options(args: argparse.Namespace, spool: Spool, environment: Environment) -> str:
+    """``-S SPOOL`` (unless it is the default one) and ``-c FILE`` (when given) for the
+    commands that remove leftovers: each must work on this spool as pasted."""
+    options = []
+    if args.config is not None:
+        options.append(f"-c {shlex.quote(str(args.config))}")
+    plain = {key: value for key, value in environment.env.items() if key != "CRYOPHILE_SPOOL"}
+    if os.path.abspath(spool.root) != os.path.abspath(default_spool_root(plain)):
+        options.append(f"-S {shlex.quote(str(spool.root))}")
+    return " ".join(options)
+
+
+def _leftover_lines(entries: list[dict[str, Any]] | None, lines: list[str]) -> None:
+    """The ``leftovers`` section: each leftover, and the command that removes it."""
+    if entries is None:
+        return
+    if not entries:
+        lines.append("leftovers: none")
+        return
+    lines.append(f"leftovers: {len(entries)} thing(s) nothing will finish or remove by "
+                 "itself; each is removed by the command under it:")
+    for entry in entries:
+        leftover = Leftover(Kind(entry["kind"]), Path(entry["path"]), None, entry["command"])
+        subject = f"{entry['backup']}: " if entry["backup"] else ""
+        lines.append(f"  {entry['kind']}  {subject}{describe(leftover)}")
+        lines.append(f"    {entry['path']}")
+        lines.append(f"    remove: {entry['command']}")

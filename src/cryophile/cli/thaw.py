@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from cryophile.cli.arguments import selection_from
+from cryophile.cli.cancelling import run_cancel
 from cryophile.cli.daemon import pass_exit_code, serve_until_signalled
 from cryophile.cli.resources import CommandContext
 from cryophile.daemons.thaw import MAX_POLL_SECONDS, Thawer
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """One pass (``--once``) or the daemon loop."""
+    if args.cancel:
+        return run_cancel(args, environment)
     selection = selection_from(args)
     context = CommandContext(args, environment.env)
     spool = context.spool
