@@ -11,11 +11,9 @@ import argparse
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-
-from cryophile.errors import CryophileError, ExitCode
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +46,3 @@ def add_daemon_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_logs", action="store_true",
                         help="log one JSON object per line (for machines)")
     parser.set_defaults(default_log_level=logging.INFO)
-
-
-def pass_exit_code(errors: Iterable[CryophileError]) -> int:
-    """0 for a clean pass; else the first permanent error's code, or 75 if all were transient."""
-    failures = list(errors)
-    if not failures:
-        return 0
-    permanent = [error for error in failures if not error.transient]
-    return int(permanent[0].exit_code if permanent else ExitCode.TEMPFAIL)

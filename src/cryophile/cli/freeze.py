@@ -7,9 +7,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from cryophile.cli.arguments import selection_from
-from cryophile.cli.daemon import pass_exit_code, serve_until_signalled
+from cryophile.cli.daemon import serve_until_signalled
 from cryophile.cli.resources import CommandContext
 from cryophile.daemons.freeze import Freezer
+from cryophile.errors import exit_code_of
 from cryophile.metrics import recorder
 
 if TYPE_CHECKING:
@@ -34,6 +35,6 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
                     "%d still being written, %d failed", report.uploaded,
                     report.uploaded_bytes, len(report.completed), len(report.waiting),
                     len(report.failed))
-        return pass_exit_code(report.failed.values())
+        return int(exit_code_of(report.failed.values()))
     serve_until_signalled("freeze", lambda stop: freezer.run(stop, rescan=args.rescan))
     return 0

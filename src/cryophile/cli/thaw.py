@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 from cryophile.cli.arguments import selection_from
 from cryophile.cli.cancelling import run_cancel
-from cryophile.cli.daemon import pass_exit_code, serve_until_signalled
+from cryophile.cli.daemon import serve_until_signalled
 from cryophile.cli.resources import CommandContext
 from cryophile.daemons.thaw import MAX_POLL_SECONDS, Thawer
+from cryophile.errors import exit_code_of
 from cryophile.metrics import recorder
 from cryophile.thaw_plan import ThawPlan
 
@@ -41,6 +42,6 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         errors = thawer.run_pass()
         if args.json_logs:
             logger.info("thaw pass done", extra={"event": "pass", "failed": len(errors)})
-        return pass_exit_code(errors.values())
+        return int(exit_code_of(errors.values()))
     serve_until_signalled("thaw", thawer.run)
     return 0
