@@ -505,10 +505,17 @@ class Freezer:
                       if record.objects.get(k) is None or k == key]
         except CryophileError:
             theirs = [key]
+        where = (f"vault {backup_id.vault} ({opened.destination.describe()}) already holds "
+                 f"{describe_objects(theirs or [key])} under backup {backup_id}, which this "
+                 "spool did not upload")
+        if f"{backup_id.key_prefix}/{MANIFEST_NAME}" in theirs:
+            # A complete backup of someone else's: no leftover to prune.
+            return AlreadyExistsError(
+                f"{where}, with its manifest: another host's complete backup has the same id "
+                "(same -p and -t). Nothing was overwritten, and it must not be removed. Queue "
+                "this backup again under another -t/-u (or another -p for this host)")
         return AlreadyExistsError(
-            f"vault {backup_id.vault} ({opened.destination.describe()}) already holds "
-            f"{describe_objects(theirs or [key])} under backup {backup_id}, which this spool "
-            "did not upload: another host may be writing a backup with the same id (same -p "
+            f"{where}: another host may be writing a backup with the same id (same -p "
             "and -t). Nothing was overwritten. Use another -t/-u for this backup; if those "
             "objects are leftovers nobody writes any more, remove them with 'cryophile prune "
             f"-v {backup_id.vault} --incomplete --older-than 1d' (or by hand), then run "
