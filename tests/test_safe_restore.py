@@ -103,11 +103,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def pid_alive(pid: int) -> bool:
+    """The process runs: it exists and is not a zombie (dead, not reaped yet: an orphan
+    waits for whatever reaps orphans in this container)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class Daemon:
@@ -473,6 +475,23 @@ def test_a_hanging_askpass_is_bounded_by_the_timeout(
     assert list(output.parent.iterdir()) == []  # no output, no .part
     assert not pid_alive(int(pid_file.read_text()))  # the askpass program was stopped
     assert not (cli.spool / "thaw" / VAULT).exists()  # nothing filed before the key
+
+
+def test_a_hanging_askpass_whose_child_holds_the_pipe_is_stopped_with_its_children(
+        cli: Cli, gpg_key_protected: oracles.KeyPair, small_data: bytes,
+        tmp_path: Path) -> None:
+    ulid = frozen_backup(cli, gpg_key_protected, small_data)
+    pid_file = tmp_path / "child.pid"
+    askpass = tmp_path / "askpass"
+    # No exec: the shell waits on a child that inherited its stdout, so killing the
+    # shell alone would leave the pipe open and the restore reading it forever.
+    askpass.write_text(f"#!/bin/sh\nsleep 1000 &\necho $! > {pid_file}\nwait\n")
+    askpass.chmod(0o700)
+    result = cli.run(restore_args(ulid, gpg_key_protected, "--timeout", "3", "--no-thaw"),
+                     env={"CRYOPHILE_ASKPASS": str(askpass)}, timeout=120)
+    assert result.returncode == 77, result.stderr
+    assert "gave no passphrase within 3 s" in result.stderr
+    assert not pid_alive(int(pid_file.read_text()))  # the askpass's child went too
 
 
 # -- the manifest's 64 MiB limit is checked before downloading ------------------------------

@@ -11,8 +11,10 @@ only when a key turns out to be protected.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Mapping
 
@@ -72,17 +74,25 @@ def passphrase_source(pass_fd: int | None, env: Mapping[str, str], *,
 
 def _askpass(program: str, prompt: str, timeout: float) -> str:
     try:
-        result = subprocess.run([program, prompt], capture_output=True, check=False,
-                                timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise KeyAccessError(f"CRYOPHILE_ASKPASS program {program!r} gave no passphrase "
-                             f"within {timeout:g} s (--timeout); no passphrase") from None
+        # Its own process group: on a timeout the whole group goes, so a child it
+        # started cannot keep our pipe open and hang us after the program is killed.
+        process = subprocess.Popen([program, prompt], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
     except OSError as error:
         raise KeyAccessError(f"CRYOPHILE_ASKPASS program {program!r} failed: {error}") from None
-    if result.returncode != 0:
+    try:
+        stdout, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise KeyAccessError(f"CRYOPHILE_ASKPASS program {program!r} gave no passphrase "
+                             f"within {timeout:g} s (--timeout); no passphrase") from None
+    if process.returncode != 0:
         raise KeyAccessError(f"CRYOPHILE_ASKPASS program {program!r} exited with status "
-                             f"{result.returncode}: no passphrase")
-    return result.stdout.split(b"\n", 1)[0].removesuffix(b"\r").decode(
+                             f"{process.returncode}: no passphrase")
+    return stdout.split(b"\n", 1)[0].removesuffix(b"\r").decode(
         "utf-8", errors="surrogateescape")
 
 
