@@ -460,8 +460,8 @@ class Freezer:
         # Only now, with the vault's word for size and checksum, may the local copy go.
         path.unlink()
         fsync_dir(path.parent)
-        logger.info("uploaded %s (%d bytes, %.1f MB/s, %s)", key, size, size / seconds / 1e6,
-                    storage_class, extra={"backup": str(backup_id), "event": "uploaded",
+        logger.info("uploaded %s (%d bytes, %.1f MB/s%s)", key, size, size / seconds / 1e6,
+                    f", {storage_class}" if opened.has_storage_classes else "", extra={"backup": str(backup_id), "event": "uploaded",
                                           "key": key, "bytes": size,
                                           "seconds": round(seconds, 3)})
         return size
