@@ -252,7 +252,10 @@ def thaw_killed_at_seeded_points(s3: fs.S3Freeze, proxy: FaultProxy, ulid: str,
     target = s3.cli.restore_dir(ulid, PREFIX)
     output = tmp_path / "restored"
     with output.open("wb") as stdout:
-        restore = popen(s3, restore_args(ulid, key), tmp_path / "restore.log", stdout=stdout)
+        # --no-thaw: the daemons started below serve it (without a daemon alive, restore
+        # would thaw in-process and might be done before the test looks).
+        restore = popen(s3, restore_args(ulid, key, "--no-thaw"), tmp_path / "restore.log",
+                        stdout=stdout)
     kills: list[str] = []
     daemon: subprocess.Popen[bytes] | None = None
     try:
