@@ -257,7 +257,8 @@ def test_big_backup_memory_stays_flat_and_under_the_bound_and_restores_identical
         "samples": measured.samples, "backup_processes": measured.processes,
     }
     # Sampled at all (how many samples a run gets depends on the machine's speed).
-    assert measured.samples >= 1 and reference.samples >= 1, figures
+    assert measured.samples >= 1, figures
+    assert reference.samples >= 1, figures
     assert measured.peak_rss <= BACKUP_RSS_BOUND, figures
     # Flat: eight times the input, at most a little more memory.
     assert measured.peak_rss <= reference.peak_rss * 1.25 + 16 * MiB, figures

@@ -461,9 +461,9 @@ class Freezer:
         path.unlink()
         fsync_dir(path.parent)
         logger.info("uploaded %s (%d bytes, %.1f MB/s%s)", key, size, size / seconds / 1e6,
-                    f", {storage_class}" if opened.has_storage_classes else "", extra={"backup": str(backup_id), "event": "uploaded",
-                                          "key": key, "bytes": size,
-                                          "seconds": round(seconds, 3)})
+                    f", {storage_class}" if opened.has_storage_classes else "",
+                    extra={"backup": str(backup_id), "event": "uploaded", "key": key,
+                           "bytes": size, "seconds": round(seconds, 3)})
         return size
 
     def _refuse_foreign(self, opened: OpenedVault, backup_id: BackupId) -> None:
