@@ -337,3 +337,29 @@ def test_a_setting_the_service_cannot_honour_is_refused_with_file_line_and_key(
     message = str(raised.value)
     assert f"{path}: line {line}: [[vault]] #1: key {key!r}" in message
     assert words in message
+
+
+# -- integrity without a header ------------------------------------------------------
+
+
+@pytest.mark.parametrize("checksum", ["none", "md5", "sha256"])
+def test_a_fragment_damaged_in_the_spool_is_refused_whatever_the_checksum(
+        checksum: str, cli: Cli, s3_bucket: S3Bucket, tmp_path: Path,
+        gpg_key: oracles.KeyPair) -> None:
+    """checksum = "none" sends no integrity header, so the server checks nothing: the
+    file is hashed against its manifest entry before the PUT (as with md5 and
+    sha256), or freeze would confirm our own x-amz-meta-sha256 and delete the copy."""
+    s3 = fs.make_s3(cli, s3_bucket, tmp_path, service="seaweedfs", checksum=checksum)
+    ulid = cli.backup(gpg_key, random.Random(17).randbytes(12 * MiB), "-C", "none")
+    damaged = cli.freeze_dir(ulid) / "chunk.2"
+    content = bytearray(damaged.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    damaged.write_bytes(bytes(content))
+    frozen = s3.freeze()
+    assert frozen.returncode == 65, frozen.stderr
+    assert "chunk.2" in frozen.stderr
+    assert "not stored as" in frozen.stderr
+    listing = s3.listing(ulid)
+    assert "chunk.2" not in listing  # nothing confirmed
+    assert "chunk.0" not in listing  # the backup is not complete in the vault
+    assert damaged.read_bytes() == content  # the local copy kept

@@ -670,10 +670,16 @@ class S3Vault:
     ) -> None:
         args = self._object_args(sha256, storage_class)
         args.update(Bucket=self.bucket, Key=key, ContentLength=size)
+        # One rule for every checksum setting, as for multipart (which hashes
+        # while it reads): the file must still hash to ``sha256`` before any
+        # byte goes, since the x-amz-meta-sha256 we store is what freeze
+        # confirms before it deletes the local copy. With sha256 the server
+        # checks it too; with none nobody else would.
+        md5 = _md5_of_file(source, sha256, self._where(key))
         if self.config.checksum is Checksum.SHA256:
             args["ChecksumSHA256"] = _b64_of_hex(sha256)
         elif self.config.checksum is Checksum.MD5:
-            args["ContentMD5"] = _md5_of_file(source, sha256, self._where(key))
+            args["ContentMD5"] = md5
         refused = 0
         probing = False
         while True:
