@@ -325,6 +325,10 @@ def test_a_service_sets_its_defaults_and_each_stays_overridable(tmp_path: Path) 
     (["max_parts = 20000"], 5, "max_parts", "from 1 to 10000"),
     (['service = "r2"', 'object_lock_mode = "GOVERNANCE"', "object_lock_days = 3"], 6,
      "object_lock_mode", "does not apply object lock"),
+    (['checksum = "none"', 'object_lock_mode = "GOVERNANCE"', "object_lock_days = 3"], 5,
+     "checksum", 'checksum = "none" cannot go with object_lock_mode'),
+    (['object_lock_mode = "GOVERNANCE"', "object_lock_days = 3", 'checksum = "none"'], 7,
+     "checksum", "or remove object_lock_mode and object_lock_days"),
 ])
 def test_a_setting_the_service_cannot_honour_is_refused_with_file_line_and_key(
         tmp_path: Path, lines: list[str], line: int, key: str, words: str | None) -> None:
