@@ -103,12 +103,16 @@ class ServiceProxy:
     """``with ServiceProxy(port, "r2") as proxy: proxy.url``: SeaweedFS behind ``port``
     as ``service`` would answer."""
 
-    def __init__(self, upstream_port: int, service: str, *, max_parts: int = 1000) -> None:
+    def __init__(self, upstream_port: int, service: str, *, max_parts: int = 1000,
+                 put_412: bool = False) -> None:
         if service not in SERVICES:
             raise ValueError(f"no emulation of {service!r}")
         self.upstream = ("127.0.0.1", upstream_port)
         self.service = service
         self.max_parts = max_parts
+        #: Answer every PutObject 412 PreconditionFailed, with or without If-None-Match
+        #: (what GCS users report for requests carrying what it does not take).
+        self.put_412 = put_412
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -151,6 +155,10 @@ class ServiceProxy:
         """What the emulated service answers instead of the server, if anything."""
         query = target.partition("?")[2]
         storage_class = headers.get("x-amz-storage-class")
+        if (self.put_412 and method == "PUT" and "uploadId=" not in query
+                and "x-amz-copy-source" not in headers):
+            return Refusal(412, "PreconditionFailed",
+                           "At least one of the pre-conditions you specified did not hold.")
         if self.service == "transparent":
             return None
         if (method == "POST" and self.service != "scaleway"

@@ -66,7 +66,7 @@ def small_data() -> bytes:
 
 
 @contextlib.contextmanager
-def emulated(bucket: S3Bucket, service: str, **options: int) -> Iterator[ServiceProxy]:
+def emulated(bucket: S3Bucket, service: str, **options: Any) -> Iterator[ServiceProxy]:
     with ServiceProxy(fs.s3_port(bucket), service, **options) as proxy:
         yield proxy
 
@@ -239,6 +239,31 @@ def test_gcs_412_on_complete_for_a_missing_key_is_a_78_naming_checksum(
     # Asked twice: with If-None-Match, then without (not a conflict, not "try again").
     assert [("if-none-match" in seen.headers) for seen in completions] == [True, False]
     assert "try again" not in frozen.stderr
+    assert fs.queued_files(cli, ulid)
+
+
+@pytest.mark.parametrize(("checksum", "fix"), [("sha256", "set checksum = 'md5'"),
+                                               ("md5", "set service to the service")])
+def test_a_412_on_put_for_a_missing_key_is_a_78_not_try_again(
+        checksum: str, fix: str, cli: Cli, s3_bucket: S3Bucket, tmp_path: Path,
+        gpg_key: oracles.KeyPair, small_data: bytes) -> None:
+    with emulated(s3_bucket, "transparent", put_412=True) as proxy:
+        s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url, checksum=checksum)
+        ulid = cli.backup(gpg_key, small_data)
+        started = time.monotonic()
+        frozen = s3.freeze()
+        took = time.monotonic() - started
+        puts = [seen for seen in proxy.refusals() if seen.refused == 412]
+    assert frozen.returncode == 78, frozen.stderr
+    assert took < REFUSAL_SECONDS, took
+    assert "412 PreconditionFailed to PutObject for a key that does not exist" in frozen.stderr
+    assert fix in frozen.stderr
+    assert "try again" not in frozen.stderr
+    # Each PUT refused with If-None-Match was asked again without it (uploads may run
+    # in parallel, so only the counts are certain).
+    conditional = sum("if-none-match" in seen.headers for seen in puts)
+    assert conditional >= 1
+    assert len(puts) - conditional == conditional
     assert fs.queued_files(cli, ulid)
 
 

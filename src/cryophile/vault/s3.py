@@ -703,9 +703,12 @@ class S3Vault:
                     if existing is not None:
                         self._same_or_refuse(key, existing, size, sha256)
                         return
-                    if conditional and _status(exc) == 412:
-                        probing = True  # 412 for a key that does not exist
-                        continue
+                    if _status(exc) == 412:
+                        if conditional:
+                            probing = True  # 412 for a key that does not exist
+                            continue
+                        raise self._precondition_refused(exc, "PutObject", "upload",
+                                                         key) from exc
                     raise VaultUnavailableError(
                         f"upload {self._where(key)}: conflicting concurrent write; try again"
                     ) from exc
@@ -870,7 +873,9 @@ class S3Vault:
                         if conditional:
                             probing = True  # 412 for a key that does not exist
                             continue
-                        raise self._complete_refused(exc, key) from exc
+                        raise self._precondition_refused(
+                            exc, "CompleteMultipartUpload", "complete multipart upload of",
+                            key) from exc
                     raise VaultUnavailableError(
                         f"upload {self._where(key)}: conflicting concurrent write; try again"
                     ) from exc
@@ -878,17 +883,18 @@ class S3Vault:
             except botocore.exceptions.BotoCoreError as exc:
                 raise self._error(exc, "complete multipart upload of", key) from exc
 
-    def _complete_refused(self, exc: botocore.exceptions.ClientError,
-                          key: str) -> ServiceRefusalError:
-        """412 on CompleteMultipartUpload for a key that does not exist, with and
-        without If-None-Match: the service refuses what the request carries."""
-        detail = (f"412 {_code(exc)} to CompleteMultipartUpload for a key that does not "
+    def _precondition_refused(self, exc: botocore.exceptions.ClientError, operation: str,
+                              action: str, key: str) -> ServiceRefusalError:
+        """412 on ``operation`` (PutObject, CompleteMultipartUpload) for a key that
+        does not exist, with and without If-None-Match: no precondition failed, the
+        service refuses what the request carries; retrying cannot change that."""
+        detail = (f"412 {_code(exc)} to {operation} for a key that does not "
                   "exist, also without If-None-Match")
         if self.config.checksum is Checksum.SHA256:
-            # Google Cloud Storage answers so to part checksums it does not take.
-            return self._refused("checksum", "complete multipart upload of", key,
+            # Google Cloud Storage answers so to checksums it does not take.
+            return self._refused("checksum", action, key,
                                  detail + " (services without x-amz-checksum-* do this)")
-        return self._refused("service", "complete multipart upload of", key, detail)
+        return self._refused("service", action, key, detail)
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
