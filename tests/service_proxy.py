@@ -67,7 +67,8 @@ _BLOCK = 256 * 1024
 SERVICES = ("b2", "r2", "gcs", "garage", "scaleway", "transparent")
 
 _CHECKSUM_HEADER = re.compile(r"x-amz-(checksum-|sdk-checksum-algorithm)")
-_REASONS = {400: "Bad Request", 412: "Precondition Failed", 501: "Not Implemented"}
+_REASONS = {400: "Bad Request", 403: "Forbidden", 412: "Precondition Failed",
+            501: "Not Implemented"}
 _SCALEWAY_CLASSES = frozenset({"STANDARD", "ONEZONE_IA", "GLACIER"})
 _GCS_CLASSES = frozenset({"STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"})
 
@@ -104,7 +105,7 @@ class ServiceProxy:
     as ``service`` would answer."""
 
     def __init__(self, upstream_port: int, service: str, *, max_parts: int = 1000,
-                 put_412: bool = False) -> None:
+                 put_412: bool = False, deny_retention: bool = False) -> None:
         if service not in SERVICES:
             raise ValueError(f"no emulation of {service!r}")
         self.upstream = ("127.0.0.1", upstream_port)
@@ -113,6 +114,9 @@ class ServiceProxy:
         #: Answer every PutObject 412 PreconditionFailed, with or without If-None-Match
         #: (what GCS users report for requests carrying what it does not take).
         self.put_412 = put_412
+        #: Answer GetObjectRetention 403 AccessDenied (a policy without
+        #: s3:GetObjectRetention).
+        self.deny_retention = deny_retention
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -159,6 +163,9 @@ class ServiceProxy:
                 and "x-amz-copy-source" not in headers):
             return Refusal(412, "PreconditionFailed",
                            "At least one of the pre-conditions you specified did not hold.")
+        if self.deny_retention and method == "GET" and re.search(r"(^|&)retention(=|&|$)",
+                                                                 query):
+            return Refusal(403, "AccessDenied", "Access Denied")
         if self.service == "transparent":
             return None
         if (method == "POST" and self.service != "scaleway"

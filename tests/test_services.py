@@ -312,6 +312,22 @@ def test_object_lock_silently_ignored_stops_the_freeze(
     assert (cli.freeze_dir(ulid) / "chunk.0").exists()
 
 
+def test_a_policy_without_get_object_retention_is_named(
+        cli: Cli, lock_bucket: S3Bucket, tmp_path: Path, gpg_key: oracles.KeyPair,
+        small_data: bytes) -> None:
+    with emulated(lock_bucket, "transparent", deny_retention=True) as proxy:
+        s3 = fs.make_s3(cli, lock_bucket, tmp_path, endpoint_url=proxy.url,
+                        service="seaweedfs", object_lock_mode="GOVERNANCE", object_lock_days=1)
+        ulid = cli.backup(gpg_key, small_data)
+        frozen = s3.freeze()
+    assert frozen.returncode == 69, frozen.stderr
+    assert "access denied" in frozen.stderr
+    assert "need s3:GetObjectRetention" in frozen.stderr
+    assert "Traceback" not in frozen.stderr
+    # Not confirmed: the local copy stays.
+    assert (cli.freeze_dir(ulid) / "chunk.0").exists()
+
+
 # -- configuration -----------------------------------------------------------------
 
 

@@ -946,6 +946,13 @@ class S3Vault:
                 raise self._lock_not_applied(
                     key, f"reading its retention back: {_status(exc)} {code}: {message}"
                 ) from None
+            if code in _ACCESS_CODES:
+                # The upload went; whether it is locked cannot be told without this.
+                raise ServiceError(
+                    f"read the object lock retention of {self._where(key)}: access denied"
+                    f"{self._profile_hint()} ({code}): with object_lock_mode the credentials "
+                    "need s3:GetObjectRetention on the bucket's objects, to confirm the lock "
+                    "was applied; add it to the policy (the fragment stays queued)") from None
             raise self._error(exc, "read the object lock retention of", key) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, "read the object lock retention of", key) from exc
