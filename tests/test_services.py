@@ -54,6 +54,13 @@ SERVICES: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
+def service_line(endpoint: str) -> str:
+    """The pointer to ``service`` in a refusal when the entry left it at the default."""
+    return ("or set service (r2, b2, gcs, wasabi, minio, ceph, garage, scaleway, ovh, hetzner, "
+            f"seaweedfs, generic) to the service behind {endpoint} in the vault's [[vault]] "
+            "entry")
+
+
 @pytest.fixture(scope="module")
 def big_data() -> bytes:
     """Random bytes for one 64 MiB fragment (multipart) and one of ~2 MiB (one PUT)."""
@@ -168,7 +175,7 @@ def test_default_settings_fail_at_once_with_78_naming_the_setting(
     assert took < REFUSAL_SECONDS, took
     assert f"set {setting}" in frozen.stderr
     assert words in frozen.stderr
-    assert "service" in frozen.stderr
+    assert service_line(proxy.url) in frozen.stderr
     assert "Traceback" not in frozen.stderr
     # The request failed the same way without If-None-Match: not taken for a server
     # without conditional writes.
@@ -204,6 +211,43 @@ def test_thaw_with_default_settings_against_b2_fails_with_78(
     assert restored.returncode == 78, restored.stderr
     assert "set checksum" in restored.stderr
     assert restored.stdout == b""
+
+
+def test_backup_freeze_with_default_settings_against_r2_fails_with_78(
+        cli: Cli, s3_bucket: S3Bucket, tmp_path: Path, gpg_key: oracles.KeyPair,
+        small_data: bytes) -> None:
+    with emulated(s3_bucket, "r2") as proxy:
+        s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url)
+        started = time.monotonic()
+        backed_up = cli.run(["backup", "-v", VAULT, "-p", PREFIX, "-k", gpg_key.cert,
+                             "--freeze", "-c", s3.config], stdin=small_data, env=s3.env)
+        took = time.monotonic() - started
+    assert backed_up.returncode == 78, backed_up.stderr
+    assert took < REFUSAL_SECONDS, took
+    assert "retrying cannot help: set storage_class" in backed_up.stderr
+    assert service_line(proxy.url) in backed_up.stderr
+
+
+def test_thaw_once_with_default_settings_against_b2_fails_with_78(
+        cli: Cli, s3_bucket: S3Bucket, tmp_path: Path, gpg_key: oracles.KeyPair,
+        small_data: bytes) -> None:
+    with emulated(s3_bucket, "b2") as proxy:
+        s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url, service="b2")
+        ulid = cli.backup(gpg_key, small_data)
+        assert s3.freeze().returncode == 0
+        wipe_spool(cli)
+        # Filed while the entry was right; then the service line is lost.
+        filed = s3.run("restore", "-v", VAULT, "-p", PREFIX, "-u", ulid, "-k", gpg_key.secret,
+                       "--no-thaw", "--timeout", "0")
+        assert filed.returncode == 75, filed.stderr
+        s3.config.write_text(s3.config.read_text().replace('service = "b2"\n', ""))
+        started = time.monotonic()
+        thawed = s3.run("thaw", "--once")
+        took = time.monotonic() - started
+    assert thawed.returncode == 78, thawed.stderr
+    assert took < REFUSAL_SECONDS, took
+    assert "retrying cannot help: set checksum = 'md5'" in thawed.stderr
+    assert "Traceback" not in thawed.stderr
 
 
 def test_a_part_beyond_the_service_limit_is_a_78_naming_max_parts(
