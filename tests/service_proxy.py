@@ -118,6 +118,8 @@ class ServiceProxy:
         #: s3:GetObjectRetention).
         self.deny_retention = deny_retention
         self.seen: list[Seen] = []
+        #: Garage: answers whose composite checksum lost its "-N" here.
+        self.rewritten = 0
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.proxy = self
@@ -225,7 +227,11 @@ class ServiceProxy:
             if lowered == b"x-amz-checksum-type" or lowered.startswith(b"x-amz-object-lock"):
                 continue
             if lowered.startswith(b"x-amz-checksum-"):
-                line = name + b": " + re.sub(rb"-\d+$", b"", value.strip())
+                stripped = re.sub(rb"-\d+$", b"", value.strip())
+                if stripped != value.strip():
+                    with self._lock:
+                        self.rewritten += 1
+                line = name + b": " + stripped
             kept.append(line)
         return b"\r\n".join(kept) + b"\r\n\r\n"
 

@@ -21,8 +21,9 @@ How the contract is met on S3:
   ``x-amz-meta-sha256``, because a multipart object's checksum is a checksum
   of checksums, not of the content. botocore adds nothing of its own
   (``request_checksum_calculation`` and ``response_checksum_validation`` are
-  ``when_required``), and response checksums are asked for (``ChecksumMode``)
-  only from services known to return full-object ones correctly: every
+  ``when_required``), and response checksums are asked for (``ChecksumMode``,
+  on HeadObject only, never on a download) only from services known to
+  return full-object ones correctly: every
   download is hashed here and checked against the SHA-256 we stored (and the
   restore checks it against the manifest), so nothing depends on them.
 - **Permanent refusals**: a storage class the service does not have, a
@@ -531,11 +532,14 @@ class S3Vault:
 
     def _get_once(self, key: str, dest: Path) -> None:
         try:
-            if self._checksum_mode:
-                response = self._client.get_object(Bucket=self.bucket, Key=key,
-                                                   ChecksumMode="ENABLED")
-            else:
-                response = self._client.get_object(Bucket=self.bucket, Key=key)
+            # Never ChecksumMode on GET: botocore would check the body against
+            # whatever checksum the service returns, and one that returns a
+            # multipart object's composite checksum without its "-N" (Garage)
+            # turns an intact download into a checksum mismatch. The body is
+            # hashed below against the SHA-256 we stored (and the restore
+            # checks it against the manifest), which is all the check there is
+            # to make.
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as exc:
             if _code(exc) == "InvalidObjectState":
                 raise TryLaterError(
