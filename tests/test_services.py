@@ -288,6 +288,24 @@ def test_a_part_beyond_the_service_limit_is_a_78_naming_max_parts(
     assert "Part number must be an integer between 1 and 3" in frozen.stderr
 
 
+def test_parts_that_would_exceed_the_memory_limit_are_a_78_naming_max_parts_and_s(
+        cli: Cli, s3_bucket: S3Bucket, tmp_path: Path, gpg_key: oracles.KeyPair,
+        big_data: bytes) -> None:
+    # One part of 65 MiB (max_parts = 1): above the 64 MiB a part may hold in memory.
+    s3 = fs.make_s3(cli, s3_bucket, tmp_path, service="seaweedfs", max_parts=1)
+    ulid = cli.backup(gpg_key, big_data, "-C", "none", size="65M")
+    frozen = s3.freeze()
+    assert frozen.returncode == 78, frozen.stderr
+    assert "needs parts of 65 MiB with max_parts = 1, above cryophile's limit of 64 MiB" in (
+        frozen.stderr)
+    assert "raise max_parts" in frozen.stderr
+    assert "backup -s at most 64M" in frozen.stderr
+    assert "chunk.1" not in s3.listing(ulid)
+    assert (cli.freeze_dir(ulid) / "chunk.1").exists()
+    # No upload was started, so none is left behind.
+    assert s3.client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", []) == []
+
+
 def test_gcs_412_on_complete_for_a_missing_key_is_a_78_naming_checksum(
         cli: Cli, s3_bucket: S3Bucket, tmp_path: Path, gpg_key: oracles.KeyPair,
         big_data: bytes) -> None:

@@ -134,6 +134,10 @@ DEFAULT_PART_SIZE = 16 * MiB
 #: ``max_parts``).
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 << 30
+#: Our own limit on a part: each part in flight is held in memory
+#: (``max_concurrency`` of them), so a fragment needing bigger parts to fit
+#: within ``max_parts`` is refused (ConfigError naming max_parts and -s).
+MAX_MEMORY_PART_SIZE = 64 * MiB
 MAX_PARTS = 10_000
 #: Uploads of intact data that the server refuses for a checksum mismatch, and
 #: downloads whose body breaks off (both damaged on the wire), are tried this
@@ -732,10 +736,15 @@ class S3Vault:
         # Stay within the service's part count, in whole MiB.
         part_size = max(self.part_size, -(-size // self.config.max_parts))
         part_size = -(-part_size // MiB) * MiB
-        if part_size > MAX_PART_SIZE:
-            raise ServiceRefusalError(
-                f"{source}: {size} bytes need parts over S3's 5 GiB limit with max_parts = "
-                f"{self.config.max_parts}; use smaller fragments (backup -s)")
+        if part_size > MAX_MEMORY_PART_SIZE:
+            # Each part in flight is held in memory, max_concurrency of them.
+            raise ConfigError(
+                f"vault {self.config.id}: {source} ({size} bytes) needs parts of "
+                f"{part_size // MiB} MiB with max_parts = {self.config.max_parts}, above "
+                f"cryophile's limit of {MAX_MEMORY_PART_SIZE // MiB} MiB per part (up to "
+                f"{self.max_concurrency} parts are held in memory at once); raise max_parts "
+                f"in the vault's [[vault]] entry, or make smaller fragments (backup -s at most "
+                f"{self.config.max_parts * MAX_MEMORY_PART_SIZE // MiB}M)")
         checksum_args: dict[str, Any] = ({"ChecksumAlgorithm": "SHA256"}
                          if self.config.checksum is Checksum.SHA256 else {})
         try:
