@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from cryophile.vault.factory import wrapped
+from cryophile.config import parse_config
+from cryophile.vault.factory import open_vault, wrapped
 from cryophile.vault.throttle import Throttle
 from s3server import S3Bucket
+from test_freeze_s3 import credentials_env
+
+MiB = 1 << 20
 
 
 class FakeClock:
@@ -64,3 +70,37 @@ def test_a_capped_s3_vault_paces_its_uploads(s3_bucket: S3Bucket, tmp_path: Path
     assert elapsed >= 1.9
     assert [info.size for info in (vault.stat(f"capped/f{n}") for n in range(3))
             if info is not None] == [4 * 1024 * 1024] * 3
+
+
+def test_open_vault_caps_an_s3_multipart_upload_and_a_download(
+        s3_bucket: S3Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a daemon gets it: the configured entry through open_vault, a 64 MiB fragment
+    (multipart) and small ones up, the big one down. A lower bound only: every byte
+    had its time at the cap (the first transfer goes at once)."""
+    for name, value in credentials_env(s3_bucket, tmp_path).items():
+        monkeypatch.setenv(name, value)
+    vault_id = uuid.uuid4()
+    path = tmp_path / "cryophile.toml"
+    path.write_text("\n".join([
+        "[[vault]]", f'id = "{vault_id}"', 'provider = "s3"', 'service = "seaweedfs"',
+        f'bucket = "{s3_bucket.name}"', f'endpoint_url = "{s3_bucket.endpoint.url}"',
+        f'region = "{s3_bucket.endpoint.region}"', 'max_bandwidth = "32M"']) + "\n")
+    opened = open_vault(vault_id, parse_config(path.read_text(), path), tmp_path / "spool")
+    big = random.Random(8).randbytes(64 * MiB)
+    small = random.Random(9).randbytes(8 * MiB)
+    (tmp_path / "big").write_bytes(big)
+    (tmp_path / "small").write_bytes(small)
+    started = time.monotonic()
+    opened.vault.put("capped/big", tmp_path / "big", sha256=hashlib.sha256(big).hexdigest(),
+                     storage_class="STANDARD")
+    opened.vault.put("capped/small", tmp_path / "small",
+                     sha256=hashlib.sha256(small).hexdigest(), storage_class="STANDARD")
+    opened.vault.get("capped/big", tmp_path / "down")
+    opened.vault.put("capped/small2", tmp_path / "small",
+                     sha256=hashlib.sha256(small).hexdigest(), storage_class="STANDARD")
+    elapsed = time.monotonic() - started
+    assert (tmp_path / "down").read_bytes() == big
+    head = s3_bucket.endpoint.client().head_object(Bucket=s3_bucket.name, Key="capped/big")
+    assert "-" in head["ETag"]  # it did go up in parts
+    # 64 + 8 + 64 MiB had their time at 32 MiB/s before the last upload went: 4.25 s.
+    assert elapsed >= 4.0
