@@ -1,6 +1,6 @@
 """S3 services beyond AWS (issue 15), through ``service_proxy.py`` in front of SeaweedFS.
 
-No test reaches B2, R2, GCS, Garage or Scaleway: each is emulated by the
+No test reaches any of these services: each is emulated by the
 refusals its documentation and its users' public reports describe. For each,
 with the right ``service`` in the vault's entry, a backup with one multipart
 fragment (64 MiB, at the S3 vault's multipart threshold) and one single-part
@@ -24,10 +24,12 @@ from typing import Any
 
 import pytest
 
+import cryophile.services
 import oracles
 import test_freeze_s3 as fs
 from cryophile.config import parse_config
 from cryophile.errors import ConfigError
+from cryophile.storage_classes import COLD_STORAGE_CLASSES
 from s3server import S3Bucket
 from service_proxy import ServiceProxy
 from support.cli import VAULT, Cli, Result
@@ -38,21 +40,36 @@ MiB = fs.MiB
 #: for minutes): a generous bound on a few requests on loopback.
 REFUSAL_SECONDS = 30.0
 
-#: Per service: the vault settings a user writes, and the integrity header each
-#: upload must carry (one the service verifies).
-SERVICES: dict[str, tuple[dict[str, Any], str]] = {
-    "b2": ({"service": "b2"}, "content-md5"),
-    "r2": ({"service": "r2"}, "x-amz-checksum-sha256"),
+#: Per service: the vault settings a user writes, the integrity header each upload
+#: must carry (one the service verifies), and the emulation it is tested through
+#: (``transparent`` for AWS, SeaweedFS and an unknown server: nothing refused).
+SERVICES: dict[str, tuple[dict[str, Any], str, str]] = {
+    "aws": ({}, "x-amz-checksum-sha256", "transparent"),
+    "b2": ({"service": "b2"}, "content-md5", "b2"),
+    "r2": ({"service": "r2"}, "x-amz-checksum-sha256", "r2"),
     # GCS's own class names (NEARLINE, ...) are configurable, but SeaweedFS behind
     # the proxy refuses them (InvalidStorageClass): the round trip uses STANDARD.
-    "gcs": ({"service": "gcs"}, "content-md5"),
-    "garage": ({"service": "garage"}, "content-md5"),
+    "gcs": ({"service": "gcs"}, "content-md5", "gcs"),
+    "wasabi": ({"service": "wasabi"}, "x-amz-checksum-sha256", "wasabi"),
+    "minio": ({"service": "minio"}, "x-amz-checksum-sha256", "minio"),
+    "ceph": ({"service": "ceph"}, "content-md5", "ceph"),
+    "garage": ({"service": "garage"}, "content-md5", "garage"),
     # The emulated Scaleway allows 3 parts (the real one 1000: not reachable with a
     # test-sized fragment); max_parts = 3 must make the 64 MiB fragment fit, in parts
     # of 22 MiB instead of the usual 16 MiB.
     "scaleway": ({"service": "scaleway", "storage_class": "GLACIER", "max_parts": 3},
-                 "x-amz-checksum-sha256"),
+                 "x-amz-checksum-sha256", "scaleway"),
+    # OVHcloud's archive class, with RestoreObject.
+    "ovh": ({"service": "ovh", "storage_class": "DEEP_ARCHIVE"}, "x-amz-checksum-sha256",
+            "ovh"),
+    "hetzner": ({"service": "hetzner"}, "content-md5", "hetzner"),
+    "seaweedfs": ({"service": "seaweedfs"}, "x-amz-checksum-sha256", "transparent"),
+    "generic": ({"service": "generic"}, "content-md5", "transparent"),
 }
+
+
+def test_every_service_has_a_round_trip() -> None:
+    assert sorted(SERVICES) == sorted(cryophile.services.SERVICES)
 
 
 def service_line(endpoint: str) -> str:
@@ -93,9 +110,11 @@ def restore(s3: fs.S3Freeze, ulid: str, key: oracles.KeyPair) -> Result:
 def test_a_backup_freezes_lists_verifies_and_restores_through_the_service(
         service: str, cli: Cli, s3_bucket: S3Bucket, tmp_path: Path,
         gpg_key: oracles.KeyPair, big_data: bytes) -> None:
-    settings, integrity = SERVICES[service]
+    settings, integrity, emulation = SERVICES[service]
+    storage_class = str(settings.get(
+        "storage_class", cryophile.services.SERVICES[service].storage_class))
     options = {"max_parts": 3} if service == "scaleway" else {}
-    with emulated(s3_bucket, service, **options) as proxy:
+    with emulated(s3_bucket, emulation, **options) as proxy:
         s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url, **settings)
         ulid = cli.backup(gpg_key, big_data, size="64M")
         manifest = fs.manifest_of(cli, ulid)
@@ -109,7 +128,7 @@ def test_a_backup_freezes_lists_verifies_and_restores_through_the_service(
         listed = s3.run("list", "--json")
         assert listed.returncode == 0, listed.stderr
         assert [entry["ulid"] for entry in json.loads(listed.stdout)] == [ulid]
-        if settings.get("storage_class") == "GLACIER":
+        if storage_class in COLD_STORAGE_CLASSES:
             # Cold: verify checks sizes and SHA-256 in the vault without a download.
             verified = s3.run("verify", "-v", VAULT, "-p", PREFIX, "-u", ulid)
             assert verified.returncode == 0, verified.stderr
@@ -135,7 +154,29 @@ def test_a_backup_freezes_lists_verifies_and_restores_through_the_service(
         for seen in uploads:
             assert integrity in seen.headers, (seen.method, seen.target)
     stored = s3.head(f"{PREFIX}/{ulid}/chunk.1")
-    assert stored.get("StorageClass", "STANDARD") == settings.get("storage_class", "STANDARD")
+    assert stored.get("StorageClass", "STANDARD") == storage_class
+
+
+@pytest.mark.parametrize("service", ["ceph", "hetzner"])
+def test_sha256_where_no_checksum_comes_back_still_freezes_and_restores(
+        service: str, cli: Cli, s3_bucket: S3Bucket, tmp_path: Path,
+        gpg_key: oracles.KeyPair, small_data: bytes) -> None:
+    """Ceph and Hetzner take x-amz-checksum-sha256 and return none: the stored
+    x-amz-meta-sha256 confirms the upload, and the download is hashed against it."""
+    with emulated(s3_bucket, service) as proxy:
+        s3 = fs.make_s3(cli, s3_bucket, tmp_path, endpoint_url=proxy.url, service=service,
+                        checksum="sha256")
+        ulid = cli.backup(gpg_key, small_data)
+        frozen = s3.freeze()
+        assert frozen.returncode == 0, frozen.stderr
+        verified = s3.run("verify", "-v", VAULT, "-p", PREFIX, "-u", ulid)
+        assert verified.returncode == 0, verified.stderr
+        wipe_spool(cli)
+        restored = restore(s3, ulid, gpg_key)
+        assert restored.returncode == 0, restored.stderr
+        assert restored.stdout == small_data
+        assert proxy.rewritten > 0  # the server's checksums did not get through
+        assert all("x-amz-checksum-sha256" in seen.headers for seen in proxy.uploads())
 
 
 def test_nothing_is_added_behind_our_back_with_the_default_settings(
@@ -165,6 +206,11 @@ def test_nothing_is_added_behind_our_back_with_the_default_settings(
     ("r2", "storage_class", "Header 'x-amz-storage-class' with value 'GLACIER' not implemented"),
     ("b2", "checksum", "x-amz-checksum-mode"),
     ("gcs", "checksum", "x-amz-checksum-mode"),
+    ("minio", "storage_class", "400 InvalidStorageClass"),
+    ("ceph", "storage_class", "400 InvalidStorageClass"),
+    ("wasabi", "storage_class", "400 InvalidStorageClass"),
+    ("hetzner", "storage_class", "400 InvalidStorageClass"),
+    ("ovh", "storage_class", "400 InvalidStorageClass"),
 ])
 def test_default_settings_fail_at_once_with_78_naming_the_setting(
         service: str, setting: str, words: str, cli: Cli, s3_bucket: S3Bucket, tmp_path: Path,
