@@ -59,6 +59,7 @@ import secrets
 import socket
 import socketserver
 import threading
+import time
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -103,6 +104,8 @@ class Seen:
     target: str
     headers: dict[str, str]
     refused: int
+    #: When its head arrived (time.monotonic()).
+    at: float = 0.0
 
     @property
     def query(self) -> str:
@@ -166,7 +169,7 @@ class ServiceProxy:
 
     def record(self, method: str, target: str, headers: dict[str, str], refused: int) -> None:
         with self._lock:
-            self.seen.append(Seen(method, target, headers, refused))
+            self.seen.append(Seen(method, target, headers, refused, time.monotonic()))
 
     def uploads(self) -> list[Seen]:
         """Every PutObject and UploadPart the service accepted."""

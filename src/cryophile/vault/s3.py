@@ -72,8 +72,10 @@ How the contract is met on S3:
   adds only its back-off, and a server that answers (5xx, throttling) is left
   to botocore's retry mode and ``max_attempts``.
 
-``max_bandwidth`` is not applied here: :func:`cryophile.vault.factory.open_vault`
-wraps this vault in :class:`~cryophile.vault.throttle.ThrottledVault`, as any other.
+``max_bandwidth`` is not configured here: :func:`cryophile.vault.factory.open_vault`
+wraps this vault in :class:`~cryophile.vault.throttle.ThrottledVault`, as any other,
+which hands it the cap's callback (:meth:`S3Vault.pace_with`): each part of an
+upload and each 1 MiB of a download waits for its turn.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -305,6 +307,8 @@ class S3Vault:
         self._abort_refusal_logged = False
         self._lock_read_back = False
         self._lock = threading.Lock()
+        #: The bandwidth cap's callback (see :meth:`pace_with`); None: no cap.
+        self._pace: Callable[[int], None] | None = None
 
     def __repr__(self) -> str:
         where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
@@ -377,6 +381,14 @@ class S3Vault:
         logger.warning("s3://%s %s attempt %d of %d failed (%s); trying again after a "
                        "back-off", self.bucket, name, attempts, self._max_attempts, reason,
                        extra={"event": "retry", "operation": name, "attempt": attempts})
+
+    def pace_with(self, pace: Callable[[int], None]) -> None:
+        """The bandwidth cap (:class:`cryophile.vault.throttle.Paceable`): ``pace(n)``
+        is called before each part of a multipart upload goes, before a single-part
+        upload goes (its whole size: below the multipart threshold), and after each
+        1 MiB block of a download arrives (so the server is not read faster). An
+        object already stored costs nothing."""
+        self._pace = pace
 
     # -- the Vault contract (see cryophile.vault.base.Vault) -----------------
 
@@ -575,6 +587,8 @@ class S3Vault:
                 for chunk in body.iter_chunks(_READ_BLOCK):
                     digest.update(chunk)
                     writer.write(chunk)
+                    if self._pace is not None:
+                        self._pace(len(chunk))
                 writer.flush()
                 os.fsync(writer.fileno())
         except _BODY_BREAKS as exc:
@@ -684,6 +698,8 @@ class S3Vault:
         # confirms before it deletes the local copy. With sha256 the server
         # checks it too; with none nobody else would.
         md5 = _md5_of_file(source, sha256, self._where(key))
+        if self._pace is not None:
+            self._pace(size)
         if self.config.checksum is Checksum.SHA256:
             args["ChecksumSHA256"] = _b64_of_hex(sha256)
         elif self.config.checksum is Checksum.MD5:
@@ -810,6 +826,8 @@ class S3Vault:
         elif self.config.checksum is Checksum.MD5:
             integrity["ContentMD5"] = base64.b64encode(
                 hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+        if self._pace is not None:
+            self._pace(len(data))
         refused = 0
         while True:
             try:
