@@ -42,9 +42,18 @@ How the contract is met on S3:
   cannot be overwritten either; a server is taken not to implement
   conditional writes only when a request it refused (501, or 412 for a key
   that does not exist) succeeds without ``If-None-Match``; then the ``stat``
-  check alone guards. A 412 on CompleteMultipartUpload that the same request
-  without ``If-None-Match`` gets too is the service refusing the part
-  checksums (GCS): a ServiceRefusalError naming ``checksum``.
+  check alone guards. A 412 on PutObject or CompleteMultipartUpload that the
+  same request without ``If-None-Match`` gets too is the service refusing
+  what the request carries (GCS: checksums): a ServiceRefusalError naming
+  ``checksum`` (or ``service``), never "try again".
+- **Every upload is hashed first**: whatever ``checksum`` says, the file must
+  still hash to the caller's SHA-256 before it is stored (single part: before
+  the PUT; multipart: as the parts are read, checked before completing), or
+  DataError: with ``none`` (or a server that does not check the header) the
+  x-amz-meta-sha256 we store would otherwise vouch for damaged bytes.
+- **Memory**: parts are held in memory, ``max_concurrency`` at a time; a
+  fragment that would need parts over 64 MiB to fit within ``max_parts`` is
+  refused (ConfigError naming ``max_parts`` and ``backup -s``).
 - **Cold storage**: ``stat`` reads the ``x-amz-restore`` header
   (``ongoing-request="true"`` / ``"false", expiry-date="..."``) and the storage
   class; ``request_restore`` maps RestoreObject's answers (202 started, 409
@@ -250,8 +259,8 @@ class S3Vault:
         self.service = config.profile_of_service
         if not 1 <= config.max_parts <= MAX_PARTS:
             raise UsageError(f"max_parts {config.max_parts} is not from 1 to {MAX_PARTS}")
-        #: ChecksumMode only where full-object checksums come back right and
-        #: were sent in the first place.
+        #: ChecksumMode (on HeadObject; never on a download) only where
+        #: full-object checksums come back right and were sent in the first place.
         self._checksum_mode = (self.service.response_checksums
                                and config.checksum is Checksum.SHA256)
         self.bucket: str = config.bucket
