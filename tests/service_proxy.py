@@ -34,8 +34,17 @@ headers change, as in ``faultproxy.py``, whose plumbing this reuses).
     it) → ``400 InvalidArgument: Part number must be an integer between 1 and
     N, inclusive``; the storage classes it lacks → ``400 InvalidStorageClass``.
 
+``minio``, ``ceph``, ``wasabi``, ``hetzner``, ``ovh``
+    a storage class the service does not have → ``400 InvalidStorageClass``
+    (MinIO: STANDARD and REDUCED_REDUNDANCY; Ceph RGW, Wasabi, Hetzner:
+    STANDARD; OVHcloud: STANDARD, STANDARD_IA, DEEP_ARCHIVE). RestoreObject →
+    ``501`` except on OVHcloud, which has it (forwarded). ``ceph`` and
+    ``hetzner`` accept ``x-amz-checksum-sha256`` but return no checksum on
+    HEAD or GET (their ``x-amz-checksum-*`` answer headers are dropped).
+
 ``transparent``
-    refuses nothing, changes nothing: it only records (what AWS would be sent).
+    refuses nothing, changes nothing: it only records (what AWS would be sent;
+    also stands for SeaweedFS and an unknown ``generic`` server).
 
 ``seen`` records every request (method, target, headers) and the status
 answered, so a test can check that every upload carried an integrity header
@@ -50,6 +59,7 @@ import secrets
 import socket
 import socketserver
 import threading
+import time
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -64,12 +74,26 @@ from faultproxy import (
 )
 
 _BLOCK = 256 * 1024
-SERVICES = ("b2", "r2", "gcs", "garage", "scaleway", "transparent")
+SERVICES = ("b2", "r2", "gcs", "garage", "scaleway", "minio", "ceph", "wasabi", "hetzner",
+            "ovh", "transparent")
 
 _CHECKSUM_HEADER = re.compile(r"x-amz-(checksum-|sdk-checksum-algorithm)")
-_REASONS = {400: "Bad Request", 412: "Precondition Failed", 501: "Not Implemented"}
-_SCALEWAY_CLASSES = frozenset({"STANDARD", "ONEZONE_IA", "GLACIER"})
-_GCS_CLASSES = frozenset({"STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"})
+_REASONS = {400: "Bad Request", 403: "Forbidden", 412: "Precondition Failed",
+            501: "Not Implemented"}
+#: The classes of the services that answer any other with 400 InvalidStorageClass.
+_CLASSES = {
+    "gcs": frozenset({"STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"}),
+    "scaleway": frozenset({"STANDARD", "ONEZONE_IA", "GLACIER"}),
+    "minio": frozenset({"STANDARD", "REDUCED_REDUNDANCY"}),
+    "ceph": frozenset({"STANDARD"}),
+    "wasabi": frozenset({"STANDARD"}),
+    "hetzner": frozenset({"STANDARD"}),
+    "ovh": frozenset({"STANDARD", "STANDARD_IA", "DEEP_ARCHIVE"}),
+}
+#: The services that have RestoreObject (the others answer 501).
+_RESTORES = frozenset({"scaleway", "ovh"})
+#: The services that take x-amz-checksum-sha256 but never return a checksum.
+_NO_RESPONSE_CHECKSUMS = frozenset({"ceph", "hetzner"})
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,8 @@ class Seen:
     target: str
     headers: dict[str, str]
     refused: int
+    #: When its head arrived (time.monotonic()).
+    at: float = 0.0
 
     @property
     def query(self) -> str:
@@ -103,13 +129,23 @@ class ServiceProxy:
     """``with ServiceProxy(port, "r2") as proxy: proxy.url``: SeaweedFS behind ``port``
     as ``service`` would answer."""
 
-    def __init__(self, upstream_port: int, service: str, *, max_parts: int = 1000) -> None:
+    def __init__(self, upstream_port: int, service: str, *, max_parts: int = 1000,
+                 put_412: bool = False, deny_retention: bool = False) -> None:
         if service not in SERVICES:
             raise ValueError(f"no emulation of {service!r}")
         self.upstream = ("127.0.0.1", upstream_port)
         self.service = service
         self.max_parts = max_parts
+        #: Answer every PutObject 412 PreconditionFailed, with or without If-None-Match
+        #: (what GCS users report for requests carrying what it does not take).
+        self.put_412 = put_412
+        #: Answer GetObjectRetention 403 AccessDenied (a policy without
+        #: s3:GetObjectRetention).
+        self.deny_retention = deny_retention
         self.seen: list[Seen] = []
+        #: Checksums changed in answers: Garage's composite ones that lost their
+        #: "-N", Ceph's and Hetzner's dropped.
+        self.rewritten = 0
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.proxy = self
@@ -133,7 +169,7 @@ class ServiceProxy:
 
     def record(self, method: str, target: str, headers: dict[str, str], refused: int) -> None:
         with self._lock:
-            self.seen.append(Seen(method, target, headers, refused))
+            self.seen.append(Seen(method, target, headers, refused, time.monotonic()))
 
     def uploads(self) -> list[Seen]:
         """Every PutObject and UploadPart the service accepted."""
@@ -151,9 +187,16 @@ class ServiceProxy:
         """What the emulated service answers instead of the server, if anything."""
         query = target.partition("?")[2]
         storage_class = headers.get("x-amz-storage-class")
+        if (self.put_412 and method == "PUT" and "uploadId=" not in query
+                and "x-amz-copy-source" not in headers):
+            return Refusal(412, "PreconditionFailed",
+                           "At least one of the pre-conditions you specified did not hold.")
+        if self.deny_retention and method == "GET" and re.search(r"(^|&)retention(=|&|$)",
+                                                                 query):
+            return Refusal(403, "AccessDenied", "Access Denied")
         if self.service == "transparent":
             return None
-        if (method == "POST" and self.service != "scaleway"
+        if (method == "POST" and self.service not in _RESTORES
                 and re.search(r"(^|&)restore(=|&|$)", query)):
             return Refusal(501, "NotImplemented", "RestoreObject is not implemented")
         if self.service == "b2":
@@ -179,9 +222,6 @@ class ServiceProxy:
             if "x-amz-checksum-mode" in headers or (
                     not is_part and any(_CHECKSUM_HEADER.match(name) for name in headers)):
                 return Refusal(400, "InvalidArgument", "Invalid argument.")
-            if storage_class is not None and storage_class not in _GCS_CLASSES:
-                return Refusal(400, "InvalidStorageClass",
-                               "The storage class you specified is not valid")
             if method == "POST" and "uploadId=" in query and b"<ChecksumSHA256>" in body:
                 return Refusal(412, "PreconditionFailed",
                                "At least one of the pre-conditions you specified did not hold.")
@@ -193,24 +233,37 @@ class ServiceProxy:
             if method == "PUT" and part and int(part.group(2)) > self.max_parts:
                 return Refusal(400, "InvalidArgument", f"Part number must be an integer between "
                                                        f"1 and {self.max_parts}, inclusive")
-            if storage_class is not None and storage_class not in _SCALEWAY_CLASSES:
-                return Refusal(400, "InvalidStorageClass",
-                               "The storage class you specified is not valid")
+        classes = _CLASSES.get(self.service)
+        if classes is not None and storage_class is not None and storage_class not in classes:
+            return Refusal(400, "InvalidStorageClass",
+                           "The storage class you specified is not valid")
         return None
 
     def rewrite_answer(self, head: bytes) -> bytes:
-        """Garage: a multipart object's checksum without its ``-N``, no type, no lock."""
-        if self.service != "garage":
+        """Garage: a multipart object's checksum without its ``-N``, no type, no lock.
+        Ceph, Hetzner: no checksum at all."""
+        if self.service != "garage" and self.service not in _NO_RESPONSE_CHECKSUMS:
             return head
         lines = head.rstrip(b"\r\n").split(b"\r\n")
         kept = [lines[0]]
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             lowered = name.strip().lower()
+            if self.service in _NO_RESPONSE_CHECKSUMS:
+                if not lowered.startswith(b"x-amz-checksum-"):
+                    kept.append(line)
+                elif lowered != b"x-amz-checksum-type":
+                    with self._lock:
+                        self.rewritten += 1
+                continue
             if lowered == b"x-amz-checksum-type" or lowered.startswith(b"x-amz-object-lock"):
                 continue
             if lowered.startswith(b"x-amz-checksum-"):
-                line = name + b": " + re.sub(rb"-\d+$", b"", value.strip())
+                stripped = re.sub(rb"-\d+$", b"", value.strip())
+                if stripped != value.strip():
+                    with self._lock:
+                        self.rewritten += 1
+                line = name + b": " + stripped
             kept.append(line)
         return b"\r\n".join(kept) + b"\r\n\r\n"
 

@@ -460,6 +460,12 @@ class _Validator:
                        "retention to objects (its headers are refused or ignored); remove "
                        "object_lock_mode and object_lock_days, and protect the bucket with the "
                        "service's own rules (see the README's section on it)")
+        if "object_lock_mode" in table and values["checksum"] is Checksum.NONE:
+            # AWS refuses a locked PutObject without Content-MD5 or a checksum.
+            self._fail(index, "checksum",
+                       'checksum = "none" cannot go with object_lock_mode (a locked upload '
+                       "needs an integrity header): set checksum to \"md5\" or \"sha256\", "
+                       "or remove object_lock_mode and object_lock_days")
         if "object_lock_mode" in table:
             values["object_lock_mode"] = self._choice(
                 index, "object_lock_mode", table["object_lock_mode"], OBJECT_LOCK_MODES, upper=True

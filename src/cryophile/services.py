@@ -57,7 +57,8 @@ class ServiceProfile:
     default region (None: the AWS chain's). ``checksum`` is how uploads carry
     their integrity; ``response_checksums`` says whether the service returns
     full-object checksums that a client may check (only then is
-    ``ChecksumMode`` sent). ``max_parts`` is its limit on the parts of a
+    ``ChecksumMode`` sent, on HeadObject: downloads are hashed against the
+    stored SHA-256 instead). ``max_parts`` is its limit on the parts of a
     multipart upload. ``restore`` says whether RestoreObject exists (archive
     classes that need one), ``object_lock`` whether object lock retention is
     applied. ``notes`` is one line for messages and the README.

@@ -21,8 +21,9 @@ How the contract is met on S3:
   ``x-amz-meta-sha256``, because a multipart object's checksum is a checksum
   of checksums, not of the content. botocore adds nothing of its own
   (``request_checksum_calculation`` and ``response_checksum_validation`` are
-  ``when_required``), and response checksums are asked for (``ChecksumMode``)
-  only from services known to return full-object ones correctly: every
+  ``when_required``), and response checksums are asked for (``ChecksumMode``,
+  on HeadObject only, never on a download) only from services known to
+  return full-object ones correctly: every
   download is hashed here and checked against the SHA-256 we stored (and the
   restore checks it against the manifest), so nothing depends on them.
 - **Permanent refusals**: a storage class the service does not have, a
@@ -41,9 +42,18 @@ How the contract is met on S3:
   cannot be overwritten either; a server is taken not to implement
   conditional writes only when a request it refused (501, or 412 for a key
   that does not exist) succeeds without ``If-None-Match``; then the ``stat``
-  check alone guards. A 412 on CompleteMultipartUpload that the same request
-  without ``If-None-Match`` gets too is the service refusing the part
-  checksums (GCS): a ServiceRefusalError naming ``checksum``.
+  check alone guards. A 412 on PutObject or CompleteMultipartUpload that the
+  same request without ``If-None-Match`` gets too is the service refusing
+  what the request carries (GCS: checksums): a ServiceRefusalError naming
+  ``checksum`` (or ``service``), never "try again".
+- **Every upload is hashed first**: whatever ``checksum`` says, the file must
+  still hash to the caller's SHA-256 before it is stored (single part: before
+  the PUT; multipart: as the parts are read, checked before completing), or
+  DataError: with ``none`` (or a server that does not check the header) the
+  x-amz-meta-sha256 we store would otherwise vouch for damaged bytes.
+- **Memory**: parts are held in memory, ``max_concurrency`` at a time; a
+  fragment that would need parts over 64 MiB to fit within ``max_parts`` is
+  refused (ConfigError naming ``max_parts`` and ``backup -s``).
 - **Cold storage**: ``stat`` reads the ``x-amz-restore`` header
   (``ongoing-request="true"`` / ``"false", expiry-date="..."``) and the storage
   class; ``request_restore`` maps RestoreObject's answers (202 started, 409
@@ -71,8 +81,10 @@ How the contract is met on S3:
   adds only its back-off, and a server that answers (5xx, throttling) is left
   to botocore's retry mode and ``max_attempts``.
 
-``max_bandwidth`` is not applied here: :func:`cryophile.vault.factory.open_vault`
-wraps this vault in :class:`~cryophile.vault.throttle.ThrottledVault`, as any other.
+``max_bandwidth`` is not configured here: :func:`cryophile.vault.factory.open_vault`
+wraps this vault in :class:`~cryophile.vault.throttle.ThrottledVault`, as any other,
+which hands it the cap's callback (:meth:`S3Vault.pace_with`): each part of an
+upload and each 1 MiB of a download waits for its turn.
 """
 
 from __future__ import annotations
@@ -88,7 +100,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -133,6 +145,10 @@ DEFAULT_PART_SIZE = 16 * MiB
 #: ``max_parts``).
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 << 30
+#: Our own limit on a part: each part in flight is held in memory
+#: (``max_concurrency`` of them), so a fragment needing bigger parts to fit
+#: within ``max_parts`` is refused (ConfigError naming max_parts and -s).
+MAX_MEMORY_PART_SIZE = 64 * MiB
 MAX_PARTS = 10_000
 #: Uploads of intact data that the server refuses for a checksum mismatch, and
 #: downloads whose body breaks off (both damaged on the wire), are tried this
@@ -243,8 +259,8 @@ class S3Vault:
         self.service = config.profile_of_service
         if not 1 <= config.max_parts <= MAX_PARTS:
             raise UsageError(f"max_parts {config.max_parts} is not from 1 to {MAX_PARTS}")
-        #: ChecksumMode only where full-object checksums come back right and
-        #: were sent in the first place.
+        #: ChecksumMode (on HeadObject; never on a download) only where
+        #: full-object checksums come back right and were sent in the first place.
         self._checksum_mode = (self.service.response_checksums
                                and config.checksum is Checksum.SHA256)
         self.bucket: str = config.bucket
@@ -300,6 +316,8 @@ class S3Vault:
         self._abort_refusal_logged = False
         self._lock_read_back = False
         self._lock = threading.Lock()
+        #: The bandwidth cap's callback (see :meth:`pace_with`); None: no cap.
+        self._pace: Callable[[int], None] | None = None
 
     def __repr__(self) -> str:
         where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
@@ -372,6 +390,14 @@ class S3Vault:
         logger.warning("s3://%s %s attempt %d of %d failed (%s); trying again after a "
                        "back-off", self.bucket, name, attempts, self._max_attempts, reason,
                        extra={"event": "retry", "operation": name, "attempt": attempts})
+
+    def pace_with(self, pace: Callable[[int], None]) -> None:
+        """The bandwidth cap (:class:`cryophile.vault.throttle.Paceable`): ``pace(n)``
+        is called before each part of a multipart upload goes, before a single-part
+        upload goes (its whole size: below the multipart threshold), and after each
+        1 MiB block of a download arrives (so the server is not read faster). An
+        object already stored costs nothing."""
+        self._pace = pace
 
     # -- the Vault contract (see cryophile.vault.base.Vault) -----------------
 
@@ -531,11 +557,14 @@ class S3Vault:
 
     def _get_once(self, key: str, dest: Path) -> None:
         try:
-            if self._checksum_mode:
-                response = self._client.get_object(Bucket=self.bucket, Key=key,
-                                                   ChecksumMode="ENABLED")
-            else:
-                response = self._client.get_object(Bucket=self.bucket, Key=key)
+            # Never ChecksumMode on GET: botocore would check the body against
+            # whatever checksum the service returns, and one that returns a
+            # multipart object's composite checksum without its "-N" (Garage)
+            # turns an intact download into a checksum mismatch. The body is
+            # hashed below against the SHA-256 we stored (and the restore
+            # checks it against the manifest), which is all the check there is
+            # to make.
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as exc:
             if _code(exc) == "InvalidObjectState":
                 raise TryLaterError(
@@ -567,6 +596,8 @@ class S3Vault:
                 for chunk in body.iter_chunks(_READ_BLOCK):
                     digest.update(chunk)
                     writer.write(chunk)
+                    if self._pace is not None:
+                        self._pace(len(chunk))
                 writer.flush()
                 os.fsync(writer.fileno())
         except _BODY_BREAKS as exc:
@@ -670,10 +701,18 @@ class S3Vault:
     ) -> None:
         args = self._object_args(sha256, storage_class)
         args.update(Bucket=self.bucket, Key=key, ContentLength=size)
+        # One rule for every checksum setting, as for multipart (which hashes
+        # while it reads): the file must still hash to ``sha256`` before any
+        # byte goes, since the x-amz-meta-sha256 we store is what freeze
+        # confirms before it deletes the local copy. With sha256 the server
+        # checks it too; with none nobody else would.
+        md5 = _md5_of_file(source, sha256, self._where(key))
+        if self._pace is not None:
+            self._pace(size)
         if self.config.checksum is Checksum.SHA256:
             args["ChecksumSHA256"] = _b64_of_hex(sha256)
         elif self.config.checksum is Checksum.MD5:
-            args["ContentMD5"] = _md5_of_file(source, sha256, self._where(key))
+            args["ContentMD5"] = md5
         refused = 0
         probing = False
         while True:
@@ -697,9 +736,12 @@ class S3Vault:
                     if existing is not None:
                         self._same_or_refuse(key, existing, size, sha256)
                         return
-                    if conditional and _status(exc) == 412:
-                        probing = True  # 412 for a key that does not exist
-                        continue
+                    if _status(exc) == 412:
+                        if conditional:
+                            probing = True  # 412 for a key that does not exist
+                            continue
+                        raise self._precondition_refused(exc, "PutObject", "upload",
+                                                         key) from exc
                     raise VaultUnavailableError(
                         f"upload {self._where(key)}: conflicting concurrent write; try again"
                     ) from exc
@@ -719,10 +761,15 @@ class S3Vault:
         # Stay within the service's part count, in whole MiB.
         part_size = max(self.part_size, -(-size // self.config.max_parts))
         part_size = -(-part_size // MiB) * MiB
-        if part_size > MAX_PART_SIZE:
-            raise ServiceRefusalError(
-                f"{source}: {size} bytes need parts over S3's 5 GiB limit with max_parts = "
-                f"{self.config.max_parts}; use smaller fragments (backup -s)")
+        if part_size > MAX_MEMORY_PART_SIZE:
+            # Each part in flight is held in memory, max_concurrency of them.
+            raise ConfigError(
+                f"vault {self.config.id}: {source} ({size} bytes) needs parts of "
+                f"{part_size // MiB} MiB with max_parts = {self.config.max_parts}, above "
+                f"cryophile's limit of {MAX_MEMORY_PART_SIZE // MiB} MiB per part (up to "
+                f"{self.max_concurrency} parts are held in memory at once); raise max_parts "
+                f"in the vault's [[vault]] entry, or make smaller fragments (backup -s at most "
+                f"{self.config.max_parts * MAX_MEMORY_PART_SIZE // MiB}M)")
         checksum_args: dict[str, Any] = ({"ChecksumAlgorithm": "SHA256"}
                          if self.config.checksum is Checksum.SHA256 else {})
         try:
@@ -788,6 +835,8 @@ class S3Vault:
         elif self.config.checksum is Checksum.MD5:
             integrity["ContentMD5"] = base64.b64encode(
                 hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+        if self._pace is not None:
+            self._pace(len(data))
         refused = 0
         while True:
             try:
@@ -864,7 +913,9 @@ class S3Vault:
                         if conditional:
                             probing = True  # 412 for a key that does not exist
                             continue
-                        raise self._complete_refused(exc, key) from exc
+                        raise self._precondition_refused(
+                            exc, "CompleteMultipartUpload", "complete multipart upload of",
+                            key) from exc
                     raise VaultUnavailableError(
                         f"upload {self._where(key)}: conflicting concurrent write; try again"
                     ) from exc
@@ -872,17 +923,18 @@ class S3Vault:
             except botocore.exceptions.BotoCoreError as exc:
                 raise self._error(exc, "complete multipart upload of", key) from exc
 
-    def _complete_refused(self, exc: botocore.exceptions.ClientError,
-                          key: str) -> ServiceRefusalError:
-        """412 on CompleteMultipartUpload for a key that does not exist, with and
-        without If-None-Match: the service refuses what the request carries."""
-        detail = (f"412 {_code(exc)} to CompleteMultipartUpload for a key that does not "
+    def _precondition_refused(self, exc: botocore.exceptions.ClientError, operation: str,
+                              action: str, key: str) -> ServiceRefusalError:
+        """412 on ``operation`` (PutObject, CompleteMultipartUpload) for a key that
+        does not exist, with and without If-None-Match: no precondition failed, the
+        service refuses what the request carries; retrying cannot change that."""
+        detail = (f"412 {_code(exc)} to {operation} for a key that does not "
                   "exist, also without If-None-Match")
         if self.config.checksum is Checksum.SHA256:
-            # Google Cloud Storage answers so to part checksums it does not take.
-            return self._refused("checksum", "complete multipart upload of", key,
+            # Google Cloud Storage answers so to checksums it does not take.
+            return self._refused("checksum", action, key,
                                  detail + " (services without x-amz-checksum-* do this)")
-        return self._refused("service", "complete multipart upload of", key, detail)
+        return self._refused("service", action, key, detail)
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -934,6 +986,13 @@ class S3Vault:
                 raise self._lock_not_applied(
                     key, f"reading its retention back: {_status(exc)} {code}: {message}"
                 ) from None
+            if code in _ACCESS_CODES:
+                # The upload went; whether it is locked cannot be told without this.
+                raise ServiceError(
+                    f"read the object lock retention of {self._where(key)}: access denied"
+                    f"{self._profile_hint()} ({code}): with object_lock_mode the credentials "
+                    "need s3:GetObjectRetention on the bucket's objects, to confirm the lock "
+                    "was applied; add it to the policy (the fragment stays queued)") from None
             raise self._error(exc, "read the object lock retention of", key) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, "read the object lock retention of", key) from exc

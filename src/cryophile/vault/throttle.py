@@ -5,14 +5,18 @@ configuration entry names in a :class:`ThrottledVault` when the entry sets
 ``max_bandwidth``; the vault implementations (S3, directory) know nothing of
 it, and every vault gets the same cap.
 
-Each transfer reserves its bytes with one :class:`Throttle` per vault: the
+Each transfer reserves its bytes with one :class:`Throttle` per vault: a
 reservation waits until the bytes already reserved have had their time at the
-capped rate. An upload reserves the file's size before it goes; a download
-reserves what arrived once it is complete (its size is known only then), so
-the next transfer waits for it. The cap therefore holds on average over the
-objects (one fragment or manifest each), not within one request, which is
-what an operator sharing a link needs, without a byte-level shaper of our own
-in the HTTP path.
+capped rate. A vault that can pace its own transfers block by block (it
+implements :class:`Paceable`: the S3 vault does, per part of a multipart
+upload and per 1 MiB of a download) is handed the throttle's ``reserve`` and
+calls it as its bytes go, so the cap holds within one fragment, not only on
+average over several: a burst is at most one block (a part: 16 MiB by
+default; a single-part upload, below 64 MiB, is reserved whole before it
+goes). Any other vault (the directory vault) is paced per object: an upload
+reserves the file's size before it goes, a download reserves what arrived
+once it is complete (its size is known only then), so the next transfer
+waits for it. No byte-level shaper of our own sits in the HTTP path.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from cryophile.vault.base import ObjectInfo, RestoreState, Vault
 
@@ -53,26 +58,48 @@ class Throttle:
             self._sleep(start - now)
 
 
+#: A pacing callback: returns once ``size`` more bytes may go.
+Pace = Callable[[int], None]
+
+
+@runtime_checkable
+class Paceable(Protocol):
+    """A vault that paces its own transfers, block by block, once given a callback."""
+
+    def pace_with(self, pace: Pace) -> None:
+        """Call ``pace(n)`` before sending (or after receiving) each block of ``n``
+        bytes of every upload and download from now on."""
+
+
 class ThrottledVault:
     """A :class:`~cryophile.vault.base.Vault` whose ``put`` and ``get`` go through
     ``throttle``; every other call goes straight to ``inner``.
 
     The contract is ``inner``'s, unchanged: errors, no-ops and refusals are
-    what ``inner`` raises or does. A ``put`` that ``inner`` finds already
-    stored still takes its turn (the wrapper cannot tell it from an upload);
-    a ``get`` that fails reserves nothing.
+    what ``inner`` raises or does. A :class:`Paceable` ``inner`` is handed
+    ``throttle.reserve`` and paces itself block by block; any other is paced
+    here per object: a ``put`` that ``inner`` finds already stored still
+    takes its turn (the wrapper cannot tell it from an upload), a ``get``
+    that fails reserves nothing.
     """
 
     def __init__(self, inner: Vault, throttle: Throttle) -> None:
         self.inner = inner
         self.throttle = throttle
+        self._self_paced = isinstance(inner, Paceable)
+        if isinstance(inner, Paceable):
+            inner.pace_with(throttle.reserve)
 
     def __repr__(self) -> str:
         # Messages name the vault, not its wrappers.
         return repr(self.inner)
 
     def put(self, key: str, source: Path, *, sha256: str, storage_class: str) -> None:
-        """See :meth:`cryophile.vault.base.Vault.put`; waits for its turn first."""
+        """See :meth:`cryophile.vault.base.Vault.put`; waits for its turn first
+        (or, self-paced, block by block)."""
+        if self._self_paced:
+            self.inner.put(key, source, sha256=sha256, storage_class=storage_class)
+            return
         try:
             size = os.stat(source).st_size
         except OSError:
@@ -91,8 +118,10 @@ class ThrottledVault:
     def get(self, key: str, dest: Path) -> None:
         """See :meth:`cryophile.vault.base.Vault.get`; the bytes that arrived are
         reserved afterwards, so the call returns once earlier transfers have
-        had their time."""
+        had their time (self-paced: block by block as they arrive)."""
         self.inner.get(key, dest)
+        if self._self_paced:
+            return
         try:
             size = os.stat(dest).st_size
         except OSError as error:  # the caller moved it already: nothing to charge
