@@ -258,6 +258,12 @@ def _add_restore(commands: Any) -> argparse.ArgumentParser:
                         help="OpenPGP engine: fast (default; our streaming SEIPD v1 on OpenSSL, "
                              "falls back to reference for keys it does not handle) or "
                              "reference (pysequoia)")
+    parser.add_argument("--spool-limit", type=spool_limit, default=None, metavar="SIZE|PCT",
+                        help="the spool's budget, a size (48M, 20G) or a percentage of its "
+                             "file system (25%%): a restore from the vault stages at most "
+                             "what it holds (at least two fragments), removing each fragment "
+                             "once read; --keep needs room for the whole backup (default: "
+                             "spool_limit in the config, else free space less 10%%)")
     add_progress_option(parser)
     return parser
 
