@@ -275,7 +275,7 @@ class Thawer:
                     continue
                 if no_space(raised):
                     # Even its state could not be written: wait for space, quietly.
-                    self._wait_for_space(backup_id, str(error))
+                    self._wait_for_space(backup_id, f"waiting for space in the spool: {error}")
                     continue
                 errors[backup_id] = error
                 # The back-off decides when it is tried again: a poll or retry time
@@ -360,8 +360,8 @@ class Thawer:
         now = time.monotonic()
         if now - self._space_logged.get(backup_id, -SPACE_LOG_SECONDS) >= SPACE_LOG_SECONDS:
             self._space_logged[backup_id] = now
-            logger.warning("thaw of %s: %s; waiting for space in the spool (looking again "
-                           "every %.0f s at most, logged once a minute)", backup_id, why,
+            logger.warning("thaw of %s: %s (looking again every %.0f s at most; logged "
+                           "once a minute)", backup_id, why,
                            MAX_SPACE_SECONDS,
                            extra={"backup": str(backup_id), "event": "waiting_for_space"})
 
