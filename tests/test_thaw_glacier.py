@@ -51,6 +51,7 @@ from cryophile.watch import TreeWatcher
 from polling import live_files, wait_until
 from s3server import S3Bucket
 from support.cli import VAULT, Cli, Result
+from support.files import UsageSampler
 
 PREFIX = "hosts/db1"
 MiB = 1 << 20
@@ -696,3 +697,41 @@ def test_thaw_watcher_wakes_for_directories_made_during_a_refresh(
         slept = time.monotonic() - started
     assert slept < 1, (f"the watcher slept {slept:.1f} s through a directory made below "
                        f"{prefix_dir}: it never watched that directory")
+
+
+def test_a_windowed_restore_asks_for_every_glacier_restore_at_once_then_downloads_in_order(
+        glacier: Site, moto_view: MotoView, gpg_key: oracles.KeyPair) -> None:
+    """Issue 14: through a spool of three fragments, every cold fragment's restore is
+    asked for in the first pass (the charge does not depend on the order), but the
+    downloads follow the restore's read position, within the budget."""
+    data = random.Random(1414).randbytes(8 * 5 * MiB + 4321)
+    ulid, manifest = glacier.backup_and_freeze(gpg_key, data, "-C", "none")
+    keys = glacier.fragment_keys(ulid, manifest)
+    assert len(keys) == 9
+    # When the third fragment's download arrives at moto: what had been asked for?
+    arrived, go = threading.Event(), threading.Event()
+    moto_view.gates[keys[2]] = (arrived, go)
+    seen: dict[str, Any] = {}
+
+    def look() -> None:
+        if arrived.wait(timeout=120):
+            seen["restores"] = sorted(key for key, _, _ in moto_view.restores)
+            seen["gets"] = [key for key in moto_view.gets if key in keys]
+        go.set()
+
+    watcher = threading.Thread(target=look, daemon=True)
+    watcher.start()
+    with UsageSampler(glacier.cli.spool) as sampler:
+        result = glacier.run(glacier.restore_args(ulid, gpg_key, "--thaw", "--poll", "0.2",
+                                                  "--spool-limit", "15M"))
+    watcher.join(timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == data
+    assert "restoring through a window of 2 fragment(s)" in result.stderr
+    assert seen["restores"] == sorted(keys)  # all asked for before the third download
+    assert seen["gets"] == keys[:2]  # and the downloads so far in the order restore reads
+    assert sorted(key for key, _, _ in moto_view.restores) == sorted(keys)  # each once
+    assert [key for key in moto_view.gets if key in keys] == keys  # in order, each once
+    assert sampler.peak <= 15 * MiB
+    assert glacier.queue_entries("thaw") == []
+    assert glacier.queue_entries("restore") == []
