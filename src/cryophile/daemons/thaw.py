@@ -406,8 +406,9 @@ class Thawer:
         return done
 
     def _advance(self, job: _Job) -> bool:
-        """Move every fragment of one request forward; True when all are downloaded
-        (never for a windowed request: its restore closes it)."""
+        """Move every fragment of one request forward; True when all are in the restore
+        queue. A windowed request whose restore has consumed some is never done
+        here: its restore closes it (a rerun may need what it consumed again)."""
         make_dirs(job.target)
         manifest = self._manifest(job)
         position = thaw_request.load_position(job.directory)
@@ -426,6 +427,7 @@ class Thawer:
             job.request.fragments = {f.index: FragmentProgress() for f in manifest.fragments}
         readable = self._readable.setdefault(backup_id, set())
         waiting = retrying = later = False
+        everything_here = True  # every fragment in the restore queue at once
         for fragment in manifest.fragments:
             progress = job.request.fragments.setdefault(fragment.index, FragmentProgress())
             present = (job.target / fragment_name(fragment.index)).exists()
@@ -442,14 +444,18 @@ class Thawer:
                 progress.state = FragmentState.DOWNLOADED
                 continue
             if step is Step.CONSUMED:
+                everything_here = False
                 continue
             if step is Step.LATER or (step is Step.REQUEST and fragment.index in readable):
                 later = True
+                everything_here = False
                 continue
             info = (infos[fragment.index] if fragment.index in infos
                     else job.opened.vault.stat(job.key(fragment.index)))
             outcome = self._fragment(job, fragment, info, progress,
                                      download=step is Step.FETCH)
+            if outcome is not _Outcome.DONE:
+                everything_here = False
             if outcome is _Outcome.RESTORING:
                 waiting = True
             elif outcome is _Outcome.RETRY:
@@ -476,7 +482,7 @@ class Thawer:
             self._poll_delay[backup_id] = min(delay, self.max_poll)
             self._next_poll[backup_id] = time.monotonic() + self._poll_delay[backup_id]
             return False
-        if position is not None:
+        if position is not None and not everything_here:
             # The restore reads on (position.json wakes this loop), or it is done
             # and closes the request; either way, nothing to do until then.
             self._next_poll[backup_id] = time.monotonic() + WINDOW_RECHECK_SECONDS
