@@ -46,7 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryophile import presence, thaw_request
-from cryophile.backup_id import MANIFEST_NAME, BackupId, Selection, fragment_name
+from cryophile.backup_id import (
+    MANIFEST_NAME,
+    BackupId,
+    Selection,
+    fragment_name,
+    parse_fragment_name,
+)
 from cryophile.catalog import fetch_manifest, fetch_signature
 from cryophile.daemons.thaw import FIRST_POLL_SECONDS, Thawer
 from cryophile.durable import FILE_MODE, fsync_dir, make_dirs, remove_empty_dirs
@@ -225,6 +231,11 @@ def restore(spool: Spool, opened: OpenedVault, options: RestoreOptions, output_f
             choose_key(preparation.manifest, options.secret_keys, options.ask_passphrase)
         # Before anything is filed: does the spool have room for what this restore stages?
         window = restore_window(spool, opened, backup_id, options, preparation)
+        if window is not None:
+            # Before the window is announced: what an earlier, killed run left
+            # beyond it would add to what this one stages.
+            _drop_beyond(spool.backup_dir(Queue.RESTORE, backup_id), window)
+            _drop_stale_downloads(thaw_request.request_dir(spool, backup_id), window)
         if preparation.manifest is not None:
             if preparation.plan is not None:
                 say(preparation.plan.describe())
@@ -297,6 +308,41 @@ def restore_window(spool: Spool, opened: OpenedVault, backup_id: BackupId,
         return None
     return ReadPosition(window=budget.restore_window(manifest.fragment_size, overhead),
                         released=0, pid=os.getpid())
+
+
+def _drop_beyond(directory: Path, window: ReadPosition) -> None:
+    """Remove the fragments in the restore queue ``directory`` that lie beyond
+    ``window`` (the vault still has them; thaw downloads them again in turn)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    dropped = []
+    for name in names:
+        index = parse_fragment_name(name)
+        if index is not None and index > 0 and not window.allows(index):
+            with contextlib.suppress(FileNotFoundError):
+                (directory / name).unlink()
+            dropped.append(index)
+    if dropped:
+        fsync_dir(directory)
+        logger.info("removed fragment(s) %s from %s: beyond this restore's window of %d "
+                    "(left by an earlier run; downloaded again in turn)",
+                    ", ".join(map(str, sorted(dropped))), directory, window.window)
+
+
+def _drop_stale_downloads(request: Path, window: ReadPosition) -> None:
+    """Remove the partial downloads (``chunk.N.part``) a killed thaw left in the
+    request beyond ``window``, unless a thaw is serving the request right now
+    (it holds the lock, and removes its own leftovers as it goes)."""
+    with thaw_request.lock(request) as held:
+        if not held:
+            return
+        for part in request.glob("chunk.*.part"):
+            index = parse_fragment_name(part.name.removesuffix(".part"))
+            if index is not None and index > 0 and not window.allows(index):
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
 
 
 def _known_manifest(spool: Spool, opened: OpenedVault, backup_id: BackupId,
