@@ -307,7 +307,7 @@ def restore_window(spool: Spool, opened: OpenedVault, backup_id: BackupId,
                 "or restore without --keep (fragments are then removed as they are read)")
         return None
     return ReadPosition(window=budget.restore_window(manifest.fragment_size, overhead),
-                        released=0, pid=os.getpid())
+                        released=0, pid=os.getpid(), run=f"{os.getpid()}.{time.time_ns()}")
 
 
 def _drop_beyond(directory: Path, window: ReadPosition) -> None:
@@ -383,15 +383,16 @@ class _Supplier:
     def consumed(self, fragment: Fragment) -> None:
         """Fragment ``fragment`` went on to the decryptor: remove it, move the window."""
         assert self.position is not None
-        # The position first: a thaw that finds the fragment gone then knows it
-        # was read, and does not download it again.
-        self.position = dataclasses.replace(self.position, released=fragment.index)
-        self._unsaved = True
-        self._save()
+        # Removed first, then the window moves: never more than W staged. A thaw
+        # that finds it gone before the position moved knows from the run it
+        # delivered it for that it was read.
         path = self.target / fragment_name(fragment.index)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         fsync_dir(self.target)
+        self.position = dataclasses.replace(self.position, released=fragment.index)
+        self._unsaved = True
+        self._save()
 
     def _save(self) -> None:
         if not self._unsaved or self.position is None:

@@ -20,9 +20,13 @@ serves it; ``status`` and ``list`` read it. The directory holds:
   serves, written only by that restore (so the two writers never overwrite
   each other's state)::
 
-      {"version": 1, "window": 3, "released": 12, "pid": 4242, "updated": "<RFC 3339>"}
+      {"version": 1, "window": 3, "released": 12, "pid": 4242, "updated": "<RFC 3339>",
+       "run": "4242.1765110000000000000"}
 
-  Thaw downloads fragment N only while ``released < N <= released + window``;
+  Thaw downloads fragment N only while ``released < N <= released + window``,
+  and records in the fragment's entry the ``run`` it downloaded it for: gone
+  later in the same run, it was consumed; a new run (a rerun after a crash)
+  needs it again;
   without the file (an older restore, ``restore --keep``) it downloads
   everything, as before.
 
@@ -88,11 +92,17 @@ class FragmentProgress:
     attempts: int = 0
     requested_at: str | None = None
     thawed_until: str | None = None
+    #: The restore run (:attr:`ReadPosition.run`) it was downloaded for, if windowed.
+    run: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The fragment's entry in ``state.json``."""
-        return {"state": self.state.value, "attempts": self.attempts,
-                "requested_at": self.requested_at, "thawed_until": self.thawed_until}
+        entry: dict[str, Any] = {"state": self.state.value, "attempts": self.attempts,
+                                 "requested_at": self.requested_at,
+                                 "thawed_until": self.thawed_until}
+        if self.run is not None:
+            entry["run"] = self.run
+        return entry
 
 
 @dataclass(frozen=True)
@@ -197,7 +207,8 @@ def _parse(document: Any) -> ThawRequest:
         fragments[int(name)] = FragmentProgress(
             FragmentState(entry.get("state", FragmentState.COLD.value)),
             attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0,
-            _text(entry.get("requested_at")), _text(entry.get("thawed_until")))
+            _text(entry.get("requested_at")), _text(entry.get("thawed_until")),
+            _text(entry.get("run")))
     error = document.get("error")
     return ThawRequest(tier, days, str(document.get("created") or ""),
                        Status(document.get("status") or Status.ACTIVE.value),
@@ -215,6 +226,9 @@ class ReadPosition:
     released: int = 0
     pid: int = 0
     updated: str = ""
+    #: Names one run of the restore: a fragment downloaded for this run and gone
+    #: was consumed; one downloaded for another run (killed) is needed again.
+    run: str = ""
 
     def allows(self, index: int) -> bool:
         """Whether fragment ``index`` may be downloaded now (it is inside the window)."""
@@ -228,7 +242,7 @@ class ReadPosition:
         """``position.json``'s bytes."""
         return json.dumps({"version": POSITION_VERSION, "window": self.window,
                            "released": self.released, "pid": self.pid,
-                           "updated": self.updated}).encode()
+                           "updated": self.updated, "run": self.run}).encode()
 
     @classmethod
     def from_json(cls, data: bytes, where: Path) -> ReadPosition:
@@ -247,7 +261,8 @@ class ReadPosition:
                     raise TypeError(f"bad number {value!r}")  # noqa: TRY301
             if window < 1:
                 raise ValueError("window below 1")  # noqa: TRY301
-            return cls(window, released, pid, str(document.get("updated") or ""))
+            return cls(window, released, pid, str(document.get("updated") or ""),
+                       str(document.get("run") or ""))
         except (ValueError, TypeError, KeyError) as problem:
             raise DataError(f"read position {where} is damaged: {problem}") from None
 
@@ -302,7 +317,7 @@ def save_position(directory: Path, position: ReadPosition) -> bool:
     written into a directory that no longer exists.
     """
     stamped = ReadPosition(position.window, position.released, position.pid or os.getpid(),
-                           now_text())
+                           now_text(), position.run)
     try:
         replace_file(directory / POSITION_NAME, stamped.to_json())
     except FileNotFoundError:

@@ -25,6 +25,7 @@ from support.memory_vault import MemoryVault
 CREATED = datetime(2026, 12, 1, 3, tzinfo=UTC)
 SIZE = 1000
 FRAGMENTS = 8
+RUN = "run-1"
 
 
 def _setup(tmp_path: Path, vault: Vault, *, window: int | None,
@@ -34,7 +35,7 @@ def _setup(tmp_path: Path, vault: Vault, *, window: int | None,
     spool = Spool.open(tmp_path / "spool", create_root=True)
     stored = store_backup(vault, tmp_path / "scratch", CREATED, sizes=(SIZE,) * FRAGMENTS,
                           storage_class=storage_class)
-    position = None if window is None else ReadPosition(window=window)
+    position = None if window is None else ReadPosition(window=window, run=RUN)
     assert thaw_request.file_request(spool, stored.backup_id, tier="Bulk", days=1,
                                      position=position)
     thawer = Thawer(spool, lambda _vault_id: opened(vault), first_poll=0.0)
@@ -47,15 +48,19 @@ def _staged(spool: Spool, backup_id: BackupId) -> list[int]:
                   if path.name != "chunk.0" and not path.name.endswith(".sig"))
 
 
-def _read(spool: Spool, stored: StoredBackup, index: int, window: int) -> None:
-    """What the restore does with fragment ``index``: check it, record, remove."""
+def _read(spool: Spool, stored: StoredBackup, index: int, window: int, *,
+          record: bool = True) -> None:
+    """What the restore does with fragment ``index``: check it, remove it, then
+    (with ``record``) move the window."""
     directory = spool.backup_dir(Queue.RESTORE, stored.backup_id)
     path = directory / f"chunk.{index}"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == stored.manifest.fragments[
         index - 1].sha256
-    assert thaw_request.save_position(thaw_request.request_dir(spool, stored.backup_id),
-                                      ReadPosition(window=window, released=index))
     path.unlink()
+    if record:
+        assert thaw_request.save_position(
+            thaw_request.request_dir(spool, stored.backup_id),
+            ReadPosition(window=window, released=index, run=RUN))
 
 
 @pytest.mark.parametrize(("index", "state", "present", "position", "step"), [
@@ -71,6 +76,14 @@ def _read(spool: Spool, stored: StoredBackup, index: int, window: int) -> None:
 def test_window_step(index: int, state: FragmentState, present: bool,
                      position: ReadPosition | None, step: Step) -> None:
     assert window_step(index, state, present, position) is step
+
+
+def test_a_fragment_gone_in_the_run_it_was_delivered_for_was_read() -> None:
+    position = ReadPosition(2, released=1, run="b")
+    downloaded = FragmentState.DOWNLOADED
+    assert window_step(2, downloaded, False, position, delivered_for="b") is Step.CONSUMED
+    assert window_step(2, downloaded, False, position, delivered_for="a") is Step.FETCH
+    assert window_step(2, downloaded, False, position, delivered_for=None) is Step.FETCH
 
 
 def test_the_window_of_a_budget_is_at_least_two_fragments() -> None:
@@ -112,7 +125,8 @@ def test_a_rerun_from_the_start_downloads_what_was_read_again(tmp_path: Path) ->
     assert _staged(spool, stored.backup_id) == [3, 4]
     # The restore was killed; its rerun reads from the start again.
     request = thaw_request.request_dir(spool, stored.backup_id)
-    assert thaw_request.save_position(request, ReadPosition(window=2, released=0))
+    assert thaw_request.save_position(request, ReadPosition(window=2, released=0,
+                                                            run="run-2"))
     thawer.run_pass()
     assert _staged(spool, stored.backup_id) == [1, 2, 3, 4]
     for index in (1, 2):
@@ -183,3 +197,18 @@ def test_a_version_1_state_still_reads(tmp_path: Path) -> None:
     assert request.fragments[1].state is FragmentState.RESTORING
     assert request.space_wait is None
     assert b'"version": 2' in request.to_json()
+
+
+def test_a_fragment_removed_before_the_window_moved_is_not_downloaded_again(
+        tmp_path: Path) -> None:
+    vault = DirectoryVault(tmp_path / "vault", create=True)
+    spool, stored, thawer = _setup(tmp_path, vault, window=2)
+    thawer.run_pass()
+    assert _staged(spool, stored.backup_id) == [1, 2]
+    _read(spool, stored, 1, window=2, record=False)  # a pass runs in between
+    thawer.run_pass()
+    assert _staged(spool, stored.backup_id) == [2]  # never more than W, nothing twice
+    thaw_request.save_position(thaw_request.request_dir(spool, stored.backup_id),
+                               ReadPosition(window=2, released=1, run=RUN))
+    thawer.run_pass()
+    assert _staged(spool, stored.backup_id) == [2, 3]

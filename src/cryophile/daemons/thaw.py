@@ -155,19 +155,21 @@ class Step(enum.Enum):
 
 
 def window_step(index: int, state: FragmentState, present: bool,
-                position: ReadPosition | None) -> Step:
+                position: ReadPosition | None, delivered_for: str | None = None) -> Step:
     """The window's decision for fragment ``index`` (pure).
 
     Without a position (no window) every missing fragment is fetched. With one,
-    fragments up to ``released`` are consumed, those after it up to
-    ``released + window`` are fetched, and a later one only gets its Glacier
-    restore asked for, once.
+    fragments up to ``released`` are consumed, and so is one already delivered
+    to this run of the restore (``delivered_for``; it removes a fragment before
+    it records the new position); those after it up to ``released + window``
+    are fetched, and a later one only gets its Glacier restore asked for, once.
     """
     if present:
         return Step.HAVE
     if position is None:
         return Step.FETCH
-    if position.consumed(index):
+    if position.consumed(index) or (state is FragmentState.DOWNLOADED and position.run
+                                    and delivered_for == position.run):
         return Step.CONSUMED
     if position.allows(index):
         return Step.FETCH
@@ -431,15 +433,8 @@ class Thawer:
         for fragment in manifest.fragments:
             progress = job.request.fragments.setdefault(fragment.index, FragmentProgress())
             present = (job.target / fragment_name(fragment.index)).exists()
-            step = window_step(fragment.index, progress.state, present, position)
-            if (step is Step.FETCH and position is not None
-                    and progress.state is FragmentState.DOWNLOADED):
-                # Gone since it was downloaded: the restore may have read it after
-                # this pass loaded its position. It records the position before
-                # it removes a fragment, so a fresh look tells which.
-                position = thaw_request.load_position(job.directory) or position
-                self._released[backup_id] = position.released
-                step = window_step(fragment.index, progress.state, present, position)
+            step = window_step(fragment.index, progress.state, present, position,
+                               progress.run)
             if step is Step.HAVE:
                 progress.state = FragmentState.DOWNLOADED
                 continue
@@ -454,6 +449,8 @@ class Thawer:
                     else job.opened.vault.stat(job.key(fragment.index)))
             outcome = self._fragment(job, fragment, info, progress,
                                      download=step is Step.FETCH)
+            if outcome is _Outcome.DONE:
+                progress.run = position.run if position is not None else None
             if outcome is not _Outcome.DONE:
                 everything_here = False
             if outcome is _Outcome.RESTORING:
