@@ -128,7 +128,13 @@ STATUS_SCHEMA: dict[str, Any] = {
             "requested": _nullable("string", pattern=TIME_PATTERN),
             "fragments_total": _nullable("integer", minimum=1),
             "cold": _COUNT, "restoring": _COUNT, "downloaded": _COUNT,
-            "error": _nullable("string")})},
+            "error": _nullable("string"),
+            "waiting_for_space": {"oneOf": [{"type": "null"}, {
+                "type": "object", "additionalProperties": False,
+                "required": ["since", "fragment", "needed", "free"],
+                "properties": {"since": {"type": "string", "pattern": TIME_PATTERN},
+                               "fragment": {"type": "integer", "minimum": 1},
+                               "needed": _COUNT, "free": _COUNT}}]}})},
         "restore": {"type": "array", "items": _record({
             "complete": {"type": "boolean"},
             "fragments_present": _COUNT,

@@ -51,6 +51,7 @@ from cryophile.watch import TreeWatcher
 from polling import live_files, wait_until
 from s3server import S3Bucket
 from support.cli import VAULT, Cli, Result
+from support.files import UsageSampler
 
 PREFIX = "hosts/db1"
 MiB = 1 << 20
@@ -399,6 +400,16 @@ def fragments_in(directory: Path) -> set[str]:
             if re.fullmatch(r"chunk\.[1-9][0-9]*", path.name)}
 
 
+def delivered(target: Path, request: Path) -> set[str]:
+    """Fragments the thaw delivered: in the restore queue, or already read and removed
+    by the restore (up to the read position it records in the request, issue 14)."""
+    try:
+        released = json.loads((request / "position.json").read_text())["released"]
+    except FileNotFoundError:
+        released = 0
+    return fragments_in(target) | {f"chunk.{index}" for index in range(1, released + 1)}
+
+
 def test_thaw_daemon_killed_mid_way_resumes_without_downloading_twice(
         glacier: Site, moto_view: MotoView, moto_slow_restore: None,
         gpg_key: oracles.KeyPair, tmp_path: Path) -> None:
@@ -427,11 +438,19 @@ def test_thaw_daemon_killed_mid_way_resumes_without_downloading_twice(
         with logs[0].open("wb") as stderr:
             daemons.append(glacier.popen(["thaw", "--poll", "0.2", "--json"],
                                          stdin=subprocess.DEVNULL, stderr=stderr))
-        wait_until(lambda: len(fragments_in(target)) >= 2, timeout=60,
+        request = glacier.queue("thaw") / VAULT / PREFIX / ulid
+        wait_until(lambda: len(delivered(target, request)) >= 2, timeout=60,
                    what="the first daemon to download two fragments")
         daemons[0].send_signal(signal.SIGKILL)
         assert daemons[0].wait(timeout=10) == -signal.SIGKILL
-        present = fragments_in(target)
+        # What the restore read meanwhile it removed: delivered is both. It removes a
+        # fragment an instant before it records so: the union of a few looks is stable
+        # (nothing arrives any more, and what was delivered only moves from one to the
+        # other).
+        present = set()
+        for _look in range(5):
+            present |= delivered(target, request)
+            time.sleep(0.1)
         assert 2 <= len(present) <= len(keys) - len(held)
         assert restore.poll() is None  # still waiting for the rest
         assert live_files(glacier.queue("thaw"), "state.json")
@@ -684,3 +703,41 @@ def test_thaw_watcher_wakes_for_directories_made_during_a_refresh(
         slept = time.monotonic() - started
     assert slept < 1, (f"the watcher slept {slept:.1f} s through a directory made below "
                        f"{prefix_dir}: it never watched that directory")
+
+
+def test_a_windowed_restore_asks_for_every_glacier_restore_at_once_then_downloads_in_order(
+        glacier: Site, moto_view: MotoView, gpg_key: oracles.KeyPair) -> None:
+    """Issue 14: through a spool of three fragments, every cold fragment's restore is
+    asked for in the first pass (the charge does not depend on the order), but the
+    downloads follow the restore's read position, within the budget."""
+    data = random.Random(1414).randbytes(8 * 5 * MiB + 4321)
+    ulid, manifest = glacier.backup_and_freeze(gpg_key, data, "-C", "none")
+    keys = glacier.fragment_keys(ulid, manifest)
+    assert len(keys) == 9
+    # When the third fragment's download arrives at moto: what had been asked for?
+    arrived, go = threading.Event(), threading.Event()
+    moto_view.gates[keys[2]] = (arrived, go)
+    seen: dict[str, Any] = {}
+
+    def look() -> None:
+        if arrived.wait(timeout=120):
+            seen["restores"] = sorted(key for key, _, _ in moto_view.restores)
+            seen["gets"] = [key for key in moto_view.gets if key in keys]
+        go.set()
+
+    watcher = threading.Thread(target=look, daemon=True)
+    watcher.start()
+    with UsageSampler(glacier.cli.spool) as sampler:
+        result = glacier.run(glacier.restore_args(ulid, gpg_key, "--thaw", "--poll", "0.2",
+                                                  "--spool-limit", "15M"))
+    watcher.join(timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == data
+    assert "restoring through a window of 2 fragment(s)" in result.stderr
+    assert seen["restores"] == sorted(keys)  # all asked for before the third download
+    assert seen["gets"] == keys[:2]  # and the downloads so far in the order restore reads
+    assert sorted(key for key, _, _ in moto_view.restores) == sorted(keys)  # each once
+    assert [key for key in moto_view.gets if key in keys] == keys  # in order, each once
+    assert sampler.peak <= 15 * MiB
+    assert glacier.queue_entries("thaw") == []
+    assert glacier.queue_entries("restore") == []

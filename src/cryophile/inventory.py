@@ -63,7 +63,7 @@ from cryophile.errors import (
 )
 from cryophile.manifest import Manifest, parse
 from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written
-from cryophile.thaw_request import FragmentState
+from cryophile.thaw_request import FragmentState, SpaceWait
 from cryophile.uploads import UploadRecords
 from cryophile.vault.base import Vault
 from cryophile.vault.factory import OpenedVault, default_vault_root
@@ -136,6 +136,8 @@ class ThawRecord:
     requested: str | None
     fragments_total: int | None
     counts: Mapping[FragmentState, int]
+    #: Thaw met a full spool and waits for room (``status``: "waiting for space").
+    space_wait: SpaceWait | None = None
 
     @property
     def state(self) -> BackupState:
@@ -297,7 +299,7 @@ def _thaw_record(spool: Spool, backup_id: BackupId) -> ThawRecord:
     return ThawRecord(
         status=request.status.value, error=request.error, tier=request.tier,
         days=request.days, requested=_time_text(request.created),
-        fragments_total=total, counts=counts)
+        fragments_total=total, counts=counts, space_wait=request.space_wait)
 
 
 def _time_text(value: object) -> str | None:

@@ -17,37 +17,61 @@
 5. :func:`~cryophile.pipeline.restore.run_restore` streams the plaintext out
    as fragments arrive, saying every minute what it still waits for;
 6. the restore queue and the request are removed (unless ``keep``).
+
+A backup that comes from the vault goes through a bounded window
+(:func:`restore_window`): at most W fragments are staged in the spool at
+once, W being what the spool's budget holds (``spool_limit``, at least 2).
+The restore records in the request how far it has read
+(:class:`~cryophile.thaw_request.ReadPosition`), so whoever thaws (this
+process or the daemon) downloads only inside the window, and removes each
+fragment (unlink, fsync of the directory) as soon as its bytes went on to the
+decryptor: the vault still has it, and a rerun after a crash downloads it
+again. ``keep`` needs room for the whole backup, checked before anything is
+filed (ConfigError, exit 78, with the numbers and the fix). While thaw waits
+for space in the spool, the restore says so once, then at most every minute.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryophile import presence, thaw_request
-from cryophile.backup_id import MANIFEST_NAME, BackupId, Selection, fragment_name
+from cryophile.backup_id import (
+    MANIFEST_NAME,
+    BackupId,
+    Selection,
+    fragment_name,
+    parse_fragment_name,
+)
 from cryophile.catalog import fetch_manifest, fetch_signature
 from cryophile.daemons.thaw import FIRST_POLL_SECONDS, Thawer
-from cryophile.durable import FILE_MODE, make_dirs, remove_empty_dirs
-from cryophile.errors import CryophileError, DataError, NoInputError, TryLaterError
-from cryophile.manifest import Manifest, parse
+from cryophile.durable import FILE_MODE, fsync_dir, make_dirs, remove_empty_dirs
+from cryophile.errors import ConfigError, CryophileError, DataError, NoInputError, TryLaterError
+from cryophile.manifest import Fragment, Manifest, parse
 from cryophile.pipeline.engines import Engine
 from cryophile.pipeline.keys import SecretKey
 from cryophile.pipeline.restore import RestorePlan, RestoreResult, choose_key, run_restore
 from cryophile.pipeline.stages import Counters
 from cryophile.signing import TrustedSigners, check_manifest_signature, read_local_signature
 from cryophile.spool import Queue, Spool, read_spool_file
+from cryophile.spool_budget import SpoolLimit, spool_budget
 from cryophile.storage_classes import check_tier
 from cryophile.thaw_plan import ThawPlan, make_plan
+from cryophile.thaw_request import ReadPosition, SpaceWait
+from cryophile.units import human_bytes
 from cryophile.vault.base import RestoreState
 from cryophile.vault.factory import OpenedVault
+from cryophile.watch import NOTICE_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +97,8 @@ class RestoreOptions:
     poll: float = FIRST_POLL_SECONDS
     keep: bool = False
     signers: TrustedSigners | None = None
+    # The spool's budget (``--spool-limit`` / ``spool_limit``); None: the default.
+    spool_limit: SpoolLimit | None = None
 
 
 @dataclass(frozen=True)
@@ -203,11 +229,29 @@ def restore(spool: Spool, opened: OpenedVault, options: RestoreOptions, output_f
         if preparation.manifest is not None:
             # Before paying for a Glacier restore and waiting hours: can we decrypt it?
             choose_key(preparation.manifest, options.secret_keys, options.ask_passphrase)
+        # Before anything is filed: does the spool have room for what this restore stages?
+        window = restore_window(spool, opened, backup_id, options, preparation)
+        if window is not None:
+            # Before the window is announced: what an earlier, killed run left
+            # beyond it would add to what this one stages.
+            _drop_beyond(spool.backup_dir(Queue.RESTORE, backup_id), window)
+            _drop_stale_downloads(thaw_request.request_dir(spool, backup_id), window)
+        if preparation.manifest is not None:
             if preparation.plan is not None:
                 say(preparation.plan.describe())
-            thaw_request.file_request(spool, backup_id, tier=options.tier, days=options.days)
+            filed = thaw_request.file_request(spool, backup_id, tier=options.tier,
+                                              days=options.days, position=window)
+            if not filed and window is not None:
+                # Filed meanwhile by another process: this restore's window still holds.
+                thaw_request.save_position(thaw_request.request_dir(spool, backup_id), window)
+        elif window is not None:
+            # A request left by an earlier run: this restore reads from the start again.
+            thaw_request.save_position(thaw_request.request_dir(spool, backup_id), window)
+        if window is not None:
+            say(f"restoring through a window of {window.window} fragment(s) in the spool")
         served_here = _thaw_here(spool, options, preparation, say)
         signers = options.signers
+        supplier = _Supplier(spool, backup_id, window, say)
 
         def authenticate(directory: Path, data: bytes) -> None:
             # The manifest actually used is checked again: the vault may have changed since.
@@ -222,16 +266,169 @@ def restore(spool: Spool, opened: OpenedVault, options: RestoreOptions, output_f
             compression=options.compression,
             wait=options.wait or not preparation.local,
             timeout=options.timeout,
-            supplier_failure=lambda: thaw_request.failure(spool, backup_id),
+            supplier_failure=supplier.check,
             authenticate=None if signers is None else authenticate,
             still_waiting=lambda path, seconds: say(
                 _waiting_for(spool, backup_id, path, seconds, served_here)),
+            consumed=None if window is None else supplier.consumed,
         )
         with _thawing(served_here, spool, opened, backup_id, options.poll):
             result = run_restore(spool, plan, output_fd, counters)
         if not options.keep:
             finish_restore(spool, backup_id)
     return result
+
+
+#: Bytes kept beside a window's fragments for the manifest's signature.
+SIGNATURE_ALLOWANCE = 4096
+
+
+def restore_window(spool: Spool, opened: OpenedVault, backup_id: BackupId,
+                   options: RestoreOptions, preparation: Preparation) -> ReadPosition | None:
+    """The window this restore stages fragments through; None when it needs none.
+
+    None when every fragment is local already (or someone else delivers
+    them), and with ``keep``, after checking that the spool's budget holds
+    the whole backup (ConfigError otherwise, naming both sizes and the fix).
+    Raises ConfigError when the budget holds fewer than two fragments.
+    """
+    if preparation.local or preparation.delivered:
+        return None
+    manifest, manifest_bytes = _known_manifest(spool, opened, backup_id, preparation)
+    overhead = manifest_bytes + SIGNATURE_ALLOWANCE
+    budget = spool_budget(spool.root, options.spool_limit, manifest.fragment_size)
+    if options.keep:
+        needed = manifest.stored_bytes + overhead
+        if needed > budget.limit:
+            raise ConfigError(
+                f"restore --keep keeps the whole backup {backup_id} in the spool: it needs "
+                f"{human_bytes(needed)}, and the spool's budget is {budget}; raise "
+                "spool_limit (or --spool-limit, or free space on the spool's file system), "
+                "or restore without --keep (fragments are then removed as they are read)")
+        return None
+    return ReadPosition(window=budget.restore_window(manifest.fragment_size, overhead),
+                        released=0, pid=os.getpid(), run=f"{os.getpid()}.{time.time_ns()}")
+
+
+def _drop_beyond(directory: Path, window: ReadPosition) -> None:
+    """Remove the fragments in the restore queue ``directory`` that lie beyond
+    ``window`` (the vault still has them; thaw downloads them again in turn)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    dropped = []
+    for name in names:
+        index = parse_fragment_name(name)
+        if index is not None and index > 0 and not window.allows(index):
+            with contextlib.suppress(FileNotFoundError):
+                (directory / name).unlink()
+            dropped.append(index)
+    if dropped:
+        fsync_dir(directory)
+        logger.info("removed fragment(s) %s from %s: beyond this restore's window of %d "
+                    "(left by an earlier run; downloaded again in turn)",
+                    ", ".join(map(str, sorted(dropped))), directory, window.window)
+
+
+def _drop_stale_downloads(request: Path, window: ReadPosition) -> None:
+    """Remove the partial downloads (``chunk.N.part``) a killed thaw left in the
+    request beyond ``window``, unless a thaw is serving the request right now
+    (it holds the lock, and removes its own leftovers as it goes)."""
+    with thaw_request.lock(request) as held:
+        if not held:
+            return
+        for part in request.glob("chunk.*.part"):
+            index = parse_fragment_name(part.name.removesuffix(".part"))
+            if index is not None and index > 0 and not window.allows(index):
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+
+
+def _known_manifest(spool: Spool, opened: OpenedVault, backup_id: BackupId,
+                    preparation: Preparation) -> tuple[Manifest, int]:
+    """The manifest of a backup to thaw, and its size: from the preparation, else
+    the one thaw published in the restore queue, else the vault's."""
+    if preparation.manifest is not None and preparation.manifest_data is not None:
+        return preparation.manifest, len(preparation.manifest_data)
+    published = spool.backup_dir(Queue.RESTORE, backup_id) / MANIFEST_NAME
+    try:
+        data = read_spool_file(published)
+    except FileNotFoundError:
+        manifest, data = fetch_manifest(opened, backup_id, spool.queue_dir(Queue.THAW))
+        return manifest, len(data)
+    return parse(data, expected=backup_id), len(data)
+
+
+class _Supplier:
+    """What the restore tells the request that supplies it, and hears from it.
+
+    :meth:`consumed` removes a fragment that has been read and records the new
+    read position (retried at the next :meth:`check` if the spool was too full
+    even for that); :meth:`check` returns why the request failed, if it did, and
+    says once, then at most every minute, that thaw waits for space.
+    """
+
+    def __init__(self, spool: Spool, backup_id: BackupId, position: ReadPosition | None,
+                 say: Notify) -> None:
+        self.spool = spool
+        self.backup_id = backup_id
+        self.position = position
+        self.say = say
+        self.target = spool.backup_dir(Queue.RESTORE, backup_id)
+        self.request = thaw_request.request_dir(spool, backup_id)
+        self._unsaved = False
+        self._space_said: float | None = None
+
+    def consumed(self, fragment: Fragment) -> None:
+        """Fragment ``fragment`` went on to the decryptor: remove it, move the window."""
+        assert self.position is not None
+        # Removed first, then the window moves: never more than W staged. A thaw
+        # that finds it gone before the position moved knows from the run it
+        # delivered it for that it was read.
+        path = self.target / fragment_name(fragment.index)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fsync_dir(self.target)
+        self.position = dataclasses.replace(self.position, released=fragment.index)
+        self._unsaved = True
+        self._save()
+
+    def _save(self) -> None:
+        if not self._unsaved or self.position is None:
+            return
+        try:
+            thaw_request.save_position(self.request, self.position)
+        except OSError as error:
+            logger.warning("cannot record the read position of %s yet: %s", self.backup_id,
+                           error.strerror)
+            return
+        self._unsaved = False
+
+    def check(self) -> str | None:
+        """Why the request failed (None: it did not); says when thaw waits for space."""
+        self._save()
+        try:
+            request = thaw_request.load(self.request)
+        except FileNotFoundError:
+            return None
+        except DataError as damaged:
+            return str(damaged)
+        self._tell_space(request.space_wait)
+        return request.error if request.failed else None
+
+    def _tell_space(self, wait: SpaceWait | None) -> None:
+        now = time.monotonic()
+        if wait is None:
+            if self._space_said is not None:
+                self._space_said = None
+                self.say(f"space in the spool is back: thawing {self.backup_id} goes on")
+            return
+        if self._space_said is not None and now - self._space_said < NOTICE_SECONDS:
+            return
+        self._space_said = now
+        self.say(f"{wait.describe()}; the restore goes on once there is room on the "
+                 f"spool's file system ({self.spool.root})")
 
 
 def _thaw_here(spool: Spool, options: RestoreOptions, preparation: Preparation,
@@ -264,6 +461,8 @@ def _waiting_for(spool: Spool, backup_id: BackupId, path: Path, seconds: float,
         return line + ": no thaw request; waiting for the fragment to be delivered"
     counts = request.counts()
     states = ", ".join(f"{counts[state]} {state.value}" for state in counts)
+    if request.space_wait is not None:
+        states += f"; {request.space_wait.describe()}"
     if served_here:
         who = "thawed by this process"
     elif (pid := presence.alive(spool, presence.THAW)) is not None:

@@ -6,7 +6,8 @@ the budget, and a restore stages no more fragments than the budget allows. Both
 directions share one number, so one setting bounds the disk a spool can take.
 
 What counts (:func:`spool_usage`): every file under ``backup/``, ``freeze/`` and
-``restore/``, of every backup in the spool. Small records (thaw requests, upload
+``restore/``, of every backup in the spool, and the downloads in progress in
+``thaw/`` (``chunk.N.part``). Small records (thaw request states, upload
 records, the run directory) are not counted: they are bytes, not fragments.
 
 The limit comes from the configuration's top-level ``spool_limit`` (or
@@ -34,6 +35,8 @@ RESERVE_FRACTION = 0.10
 # downloaded) while the one before it is uploaded (or restored).
 MIN_FRAGMENTS = 2
 COUNTED_QUEUES = ("backup", "freeze", "restore")
+#: Below ``thaw/``, only fragments being downloaded count (not the request states).
+DOWNLOAD_SUFFIX = ".part"
 
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%", re.ASCII)
 
@@ -75,11 +78,12 @@ def parse_spool_limit(text: str | int) -> SpoolLimit:
 
 @dataclass(frozen=True)
 class SpoolUsage:
-    """Bytes of fragments in each counted queue."""
+    """Bytes of fragments in each counted queue (``thaw``: downloads in progress)."""
 
     backup: int = 0
     freeze: int = 0
     restore: int = 0
+    thaw: int = 0
 
     @property
     def queued(self) -> int:
@@ -87,8 +91,13 @@ class SpoolUsage:
         return self.backup + self.freeze
 
     @property
+    def staged(self) -> int:
+        """What restores hold: fragments in the restore queue and being downloaded."""
+        return self.restore + self.thaw
+
+    @property
     def total(self) -> int:
-        return self.backup + self.freeze + self.restore
+        return self.backup + self.freeze + self.restore + self.thaw
 
 
 def spool_usage(root: Path) -> SpoolUsage:
@@ -103,10 +112,12 @@ def spool_usage(root: Path) -> SpoolUsage:
     """
     sizes: dict[str, int] = {}
     seen: set[tuple[int, int]] = set()
-    for queue in COUNTED_QUEUES:
+    for queue in (*COUNTED_QUEUES, "thaw"):
         total = 0
         for directory, _dirs, files in os.walk(root / queue):
             for name in files:
+                if queue == "thaw" and not name.endswith(DOWNLOAD_SUFFIX):
+                    continue
                 try:
                     info = os.lstat(os.path.join(directory, name))
                 except FileNotFoundError:
@@ -135,6 +146,13 @@ class Budget:
     def fragments(self, fragment_size: int) -> int:
         """How many whole fragments of ``fragment_size`` fit (at least 0)."""
         return self.limit // max(1, fragment_size)
+
+    def restore_window(self, fragment_size: int, overhead: int = 0) -> int:
+        """How many fragments one restore may stage at once: the whole fragments of
+        ``fragment_size`` that fit beside ``overhead`` bytes (its manifest and
+        signature), and never fewer than :data:`MIN_FRAGMENTS` (one being
+        read while the next is downloaded)."""
+        return max(MIN_FRAGMENTS, (self.limit - overhead) // max(1, fragment_size))
 
 
 def spool_budget(root: Path, limit: SpoolLimit | None, fragment_size: int) -> Budget:

@@ -6,10 +6,29 @@ serves it; ``status`` and ``list`` read it. The directory holds:
 - ``state.json``: the :class:`ThawRequest`, versioned JSON, replaced
   atomically after every change, so a killed or rebooted thaw loses nothing::
 
-      {"version": 1, "tier": "Bulk", "days": 7, "created": "<RFC 3339>",
+      {"version": 2, "tier": "Bulk", "days": 7, "created": "<RFC 3339>",
        "status": "active" | "failed", "error": null | "...",
+       "waiting_for_space": null | {"since": "<RFC 3339>", "fragment": 7,
+                                    "needed": <bytes>, "free": <bytes>},
        "fragments": {"1": {"state": "cold" | "restoring" | "downloaded",
                            "attempts": 0, "requested_at": null, "thawed_until": null}}}
+
+  Version 2 added ``waiting_for_space`` (thaw met a full spool and waits for
+  room); a version 1 state reads as a request that is not waiting. Written
+  only by whoever serves the request (under ``.lock``).
+- ``position.json``: the :class:`ReadPosition` of the restore this request
+  serves, written only by that restore (so the two writers never overwrite
+  each other's state)::
+
+      {"version": 1, "window": 3, "released": 12, "pid": 4242, "updated": "<RFC 3339>",
+       "run": "4242.1765110000000000000"}
+
+  Thaw downloads fragment N only while ``released < N <= released + window``,
+  and records in the fragment's entry the ``run`` it downloaded it for: gone
+  later in the same run, it was consumed; a new run (a rerun after a crash)
+  needs it again;
+  without the file (an older restore, ``restore --keep``) it downloads
+  everything, as before.
 
 - ``.lock``: held (flock) by whoever serves the request now;
 - ``chunk.N.part``: a download in progress (never seen by a restore).
@@ -37,11 +56,16 @@ from cryophile.backup_id import BackupId, rfc3339
 from cryophile.durable import DIR_MODE, FILE_MODE, make_dirs, remove_empty_dirs, replace_file
 from cryophile.errors import DataError
 from cryophile.spool import LOCK_NAME, Queue, Spool, read_spool_file
+from cryophile.units import human_bytes
 
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "state.json"
-FORMAT_VERSION = 1
+POSITION_NAME = "position.json"
+FORMAT_VERSION = 2
+#: Every state version this code reads (an older request still reads).
+READABLE_VERSIONS = (1, 2)
+POSITION_VERSION = 1
 
 
 class Status(StrEnum):
@@ -68,11 +92,52 @@ class FragmentProgress:
     attempts: int = 0
     requested_at: str | None = None
     thawed_until: str | None = None
+    #: The restore run (:attr:`ReadPosition.run`) it was downloaded for, if windowed.
+    run: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The fragment's entry in ``state.json``."""
-        return {"state": self.state.value, "attempts": self.attempts,
-                "requested_at": self.requested_at, "thawed_until": self.thawed_until}
+        entry: dict[str, Any] = {"state": self.state.value, "attempts": self.attempts,
+                                 "requested_at": self.requested_at,
+                                 "thawed_until": self.thawed_until}
+        if self.run is not None:
+            entry["run"] = self.run
+        return entry
+
+
+@dataclass(frozen=True)
+class SpaceWait:
+    """Thaw could not download ``fragment`` (``needed`` bytes) into a spool with
+    ``free`` bytes left, and waits for room since ``since`` (RFC 3339)."""
+
+    since: str
+    fragment: int
+    needed: int
+    free: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``waiting_for_space`` entry of ``state.json``."""
+        return {"since": self.since, "fragment": self.fragment, "needed": self.needed,
+                "free": self.free}
+
+    def describe(self) -> str:
+        """``waiting for space in the spool: chunk.7 needs 5.0 MiB, 1.2 MiB free``."""
+        return (f"waiting for space in the spool: chunk.{self.fragment} needs "
+                f"{human_bytes(self.needed)}, {human_bytes(self.free)} free (since "
+                f"{self.since})")
+
+
+def _space_wait(value: object) -> SpaceWait | None:
+    if not isinstance(value, dict):
+        return None
+    fragment, needed, free = (_count(value.get(name)) for name in ("fragment", "needed", "free"))
+    if fragment is None or needed is None or free is None:
+        return None
+    return SpaceWait(str(value.get("since") or ""), fragment, needed, free)
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass
@@ -85,6 +150,7 @@ class ThawRequest:
     status: Status = Status.ACTIVE
     error: str | None = None
     fragments: dict[int, FragmentProgress] = field(default_factory=dict)
+    space_wait: SpaceWait | None = None
 
     @property
     def failed(self) -> bool:
@@ -107,6 +173,8 @@ class ThawRequest:
         return json.dumps({
             "version": FORMAT_VERSION, "tier": self.tier, "days": self.days,
             "created": self.created, "status": self.status.value, "error": self.error,
+            "waiting_for_space": (self.space_wait.as_json() if self.space_wait is not None
+                                  else None),
             "fragments": {str(index): progress.as_json()
                           for index, progress in sorted(self.fragments.items())},
         }, indent=1).encode()
@@ -123,8 +191,9 @@ class ThawRequest:
 def _parse(document: Any) -> ThawRequest:
     if not isinstance(document, dict) or not isinstance(document.get("fragments"), dict):
         raise TypeError("not a cryophile thaw state")
-    if document.get("version", FORMAT_VERSION) != FORMAT_VERSION:
-        raise ValueError(f"version {document.get('version')!r}, expected {FORMAT_VERSION}")
+    if document.get("version", FORMAT_VERSION) not in READABLE_VERSIONS:
+        raise ValueError(f"version {document.get('version')!r}, expected one of "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
     tier, days = document["tier"], document["days"]
     if not isinstance(tier, str) or isinstance(days, bool) or not isinstance(days, int):
         raise TypeError("bad tier or days")
@@ -138,11 +207,64 @@ def _parse(document: Any) -> ThawRequest:
         fragments[int(name)] = FragmentProgress(
             FragmentState(entry.get("state", FragmentState.COLD.value)),
             attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0,
-            _text(entry.get("requested_at")), _text(entry.get("thawed_until")))
+            _text(entry.get("requested_at")), _text(entry.get("thawed_until")),
+            _text(entry.get("run")))
     error = document.get("error")
     return ThawRequest(tier, days, str(document.get("created") or ""),
                        Status(document.get("status") or Status.ACTIVE.value),
-                       error if isinstance(error, str) else None, fragments)
+                       error if isinstance(error, str) else None, fragments,
+                       _space_wait(document.get("waiting_for_space")))
+
+
+@dataclass(frozen=True)
+class ReadPosition:
+    """How far the restore served by a request has read: fragments up to
+    ``released`` are consumed (removed from the restore queue), and at most
+    ``window`` fragments after it may be staged at once."""
+
+    window: int
+    released: int = 0
+    pid: int = 0
+    updated: str = ""
+    #: Names one run of the restore: a fragment downloaded for this run and gone
+    #: was consumed; one downloaded for another run (killed) is needed again.
+    run: str = ""
+
+    def allows(self, index: int) -> bool:
+        """Whether fragment ``index`` may be downloaded now (it is inside the window)."""
+        return self.released < index <= self.released + self.window
+
+    def consumed(self, index: int) -> bool:
+        """Whether fragment ``index`` was consumed already (not needed again)."""
+        return index <= self.released
+
+    def to_json(self) -> bytes:
+        """``position.json``'s bytes."""
+        return json.dumps({"version": POSITION_VERSION, "window": self.window,
+                           "released": self.released, "pid": self.pid,
+                           "updated": self.updated, "run": self.run}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: Path) -> ReadPosition:
+        """Parse ``position.json``; DataError naming ``where`` when it is not one."""
+        try:
+            document = json.loads(data)
+            if not isinstance(document, dict):
+                raise TypeError("not a read position")  # noqa: TRY301
+            if document.get("version") != POSITION_VERSION:
+                raise ValueError(f"version {document.get('version')!r}, expected "  # noqa: TRY301
+                                 f"{POSITION_VERSION}")
+            window, released = document["window"], document["released"]
+            pid = document.get("pid", 0)
+            for value in (window, released, pid):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise TypeError(f"bad number {value!r}")  # noqa: TRY301
+            if window < 1:
+                raise ValueError("window below 1")  # noqa: TRY301
+            return cls(window, released, pid, str(document.get("updated") or ""),
+                       str(document.get("run") or ""))
+        except (ValueError, TypeError, KeyError) as problem:
+            raise DataError(f"read position {where} is damaged: {problem}") from None
 
 
 def _text(value: object) -> str | None:
@@ -172,8 +294,44 @@ def save(directory: Path, request: ThawRequest) -> None:
     replace_file(directory / STATE_NAME, request.to_json())
 
 
-def file_request(spool: Spool, backup_id: BackupId, *, tier: str, days: int) -> bool:
-    """Create the request for ``backup_id`` unless one exists; True if created."""
+def load_position(directory: Path) -> ReadPosition | None:
+    """The read position in the request ``directory``; None when there is none.
+
+    A damaged one is logged and taken as none (downloading without a window
+    loses nothing; refusing would stop the restore).
+    """
+    try:
+        return ReadPosition.from_json(read_spool_file(directory / POSITION_NAME),
+                                      directory / POSITION_NAME)
+    except FileNotFoundError:
+        return None
+    except DataError as error:
+        logger.warning("%s; downloading without a window", error)
+        return None
+
+
+def save_position(directory: Path, position: ReadPosition) -> bool:
+    """Record ``position`` in the request ``directory`` (atomically, durably).
+
+    False when the request is gone (closed meanwhile): a position is never
+    written into a directory that no longer exists.
+    """
+    stamped = ReadPosition(position.window, position.released, position.pid or os.getpid(),
+                           now_text(), position.run)
+    try:
+        replace_file(directory / POSITION_NAME, stamped.to_json())
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def file_request(spool: Spool, backup_id: BackupId, *, tier: str, days: int,
+                 position: ReadPosition | None = None) -> bool:
+    """Create the request for ``backup_id`` unless one exists; True if created.
+
+    ``position`` (the restore's window) is part of the request from its first
+    instant, so no thaw ever downloads it without the window.
+    """
     directory = request_dir(spool, backup_id)
     if directory.exists():
         return False
@@ -183,6 +341,8 @@ def file_request(spool: Spool, backup_id: BackupId, *, tier: str, days: int) -> 
     staging = directory.parent / f".{directory.name}.{os.getpid()}.new"
     staging.mkdir(mode=DIR_MODE)
     save(staging, ThawRequest(tier, days, now_text()))
+    if position is not None:
+        save_position(staging, position)
     try:
         os.rename(staging, directory)
     except OSError:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 from cryophile.spool import Spool
+from cryophile.spool_budget import spool_usage
 
 #: The root of this checkout (README.md, pyproject.toml).
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -35,3 +37,29 @@ def tar_of(directory: Path) -> bytes:
     """A real tar stream of ``directory``, made by the real ``tar``."""
     return subprocess.run(["tar", "-C", str(directory), "-cf", "-", "."], capture_output=True,
                           check=True).stdout
+
+
+class UsageSampler:
+    """Samples the spool's usage (:func:`~cryophile.spool_budget.spool_usage`, every
+    counted queue) every few milliseconds in a thread; ``peak`` is the most seen."""
+
+    def __init__(self, root: Path, interval: float = 0.01) -> None:
+        self.root = root
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, spool_usage(self.root).total)
+            self.samples += 1
+
+    def __enter__(self) -> UsageSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

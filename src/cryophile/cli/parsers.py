@@ -288,6 +288,12 @@ def _add_restore(commands: Any) -> argparse.ArgumentParser:
                              "`sh -c CMD` (e.g. 'btrfs receive /mnt', 'tar "
                              "--listed-incremental=/dev/null -x -C /srv'); once without "
                              "--chain, once per link with it; CMD failing stops (exit 69)")
+    parser.add_argument("--spool-limit", type=spool_limit, default=None, metavar="SIZE|PCT",
+                        help="the spool's budget, a size (48M, 20G) or a percentage of its "
+                             "file system (25%%): a restore from the vault stages at most "
+                             "what it holds (at least two fragments), removing each fragment "
+                             "once read; --keep needs room for the whole backup (default: "
+                             "spool_limit in the config, else free space less 10%%)")
     add_progress_option(parser)
     parser.add_argument("--cancel", action="store_true",
                         help="instead of restoring: " + CANCEL_HELP + "; needs no key")

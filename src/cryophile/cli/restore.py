@@ -94,7 +94,7 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         ask_passphrase=passphrase_source(args.pass_fd, environment.env, timeout=args.timeout),
         engine=engine_for(args.engine), tier=tier, days=days, compression=args.compression,
         thaw=args.thaw, wait=args.wait, timeout=args.timeout, poll=args.poll, keep=args.keep,
-        signers=signers)
+        signers=signers, spool_limit=args.spool_limit or config.spool_limit)
     counters = Counters()
     show = args.progress and not args.quiet
     if args.chain or args.exec is not None:

@@ -69,7 +69,9 @@ def build_status(spool_root: str, records: dict[BackupId, SpoolRecord]) -> dict[
                           "cold": thaw.counts.get(FragmentState.COLD, 0),
                           "restoring": thaw.counts.get(FragmentState.RESTORING, 0),
                           "downloaded": thaw.counts.get(FragmentState.DOWNLOADED, 0),
-                          "error": thaw.error})
+                          "error": thaw.error,
+                          "waiting_for_space": (thaw.space_wait.as_json()
+                                                if thaw.space_wait is not None else None)})
         if record.restore is not None:
             restore = record.restore
             restores.append({**_identity(backup_id), "complete": restore.complete,
@@ -149,6 +151,11 @@ def format_status(document: dict[str, Any]) -> str:
                 f"{entry['restoring']} restoring, {entry['downloaded']} downloaded; "
                 f"tier {entry['tier'] or '?'}, {entry['days'] or '?'} day(s), "
                 f"requested {entry['requested'] or '?'}")
+        space = entry.get("waiting_for_space")
+        if space:
+            text += (f"; waiting for space in the spool since {space['since']}: "
+                     f"chunk.{space['fragment']} needs {human_bytes(space['needed'])}, "
+                     f"{human_bytes(space['free'])} free")
         return text + (f"; error: {entry['error']}" if entry["error"] else "")
 
     section("thaw queue", document["thaw"],

@@ -19,6 +19,22 @@ For each request, a pass:
    then the request is marked failed, naming the fragment, and ``restore``
    stops with that message (a new restore retries the request).
 
+A restore that stages a bounded window of fragments records how far it has
+read in the request (:class:`~cryophile.thaw_request.ReadPosition`): the
+Glacier restores of every cold fragment are still asked for in the first
+pass (the charge does not depend on the order, and waiting hours per window
+would be absurd), but a fragment is downloaded only once it is inside the
+window, in the order the restore reads them (:func:`window_step`). Such a
+request is never closed here: its restore closes it when it has read
+everything (a fragment it consumed may be needed again by a rerun after a
+crash, and is then downloaded again).
+
+A full spool (ENOSPC, EDQUOT) while downloading is a wait, not an error:
+the request records ``waiting_for_space`` (``status`` and the waiting restore
+show it), is tried again after a short back-off (1 s doubling to 10 s, a
+``statvfs`` each time, nothing downloaded until a fragment fits), logs the
+wait at most once a minute, and goes on when space is back.
+
 State is written atomically after every change, so a killed or rebooted thaw
 loses nothing and never downloads again what is already in the restore
 queue. A finished request is removed; a request its restore closed is simply
@@ -34,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import logging
 import os
 import threading
@@ -62,7 +79,14 @@ from cryophile.pipeline.fragments import sha256_of_file
 from cryophile.spool import Queue, Spool, publish, read_spool_file, write_file_durably
 from cryophile.storage_classes import check_tier
 from cryophile.thaw_plan import ThawPlan, make_plan
-from cryophile.thaw_request import FragmentProgress, FragmentState, ThawRequest
+from cryophile.thaw_request import (
+    POSITION_NAME,
+    FragmentProgress,
+    FragmentState,
+    ReadPosition,
+    SpaceWait,
+    ThawRequest,
+)
 from cryophile.vault.base import ObjectInfo, RestoreState
 from cryophile.vault.factory import OpenedVault
 from cryophile.watch import TreeWatcher
@@ -84,12 +108,72 @@ FAILED_RECHECK_SECONDS = 5.0
 #: Back-off of a request whose pass failed: 5 s, 10 s, … at most 5 minutes.
 FIRST_ERROR_SECONDS = 5.0
 MAX_ERROR_SECONDS = 300.0
+#: Back-off while the spool is full: how soon thaw looks for room again.
+FIRST_SPACE_SECONDS = 1.0
+MAX_SPACE_SECONDS = 10.0
+#: A wait for space is logged at most this often.
+SPACE_LOG_SECONDS = 60.0
+#: A request whose next download waits for its restore to read on is looked at
+#: again this often even if no event says the restore moved (inotify is only a
+#: wake-up).
+WINDOW_RECHECK_SECONDS = 30.0
 
 
-def _request_arrived(_name: str, is_directory: bool) -> bool:
+def _request_arrived(name: str, is_directory: bool) -> bool:
     """What wakes the daemon: a directory (a request renamed into the queue, or the
-    prefix directories above it). Everything thaw writes itself is a file."""
-    return is_directory
+    prefix directories above it), or a restore recording that it read on (its
+    ``position.json``). Everything thaw writes itself is another file."""
+    return is_directory or name == POSITION_NAME
+
+
+def free_space(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on ``directory``'s file system."""
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize
+
+
+def no_space(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a full file system or quota."""
+    seen: BaseException | None = error
+    for _depth in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class Step(enum.Enum):
+    """What a pass does with one fragment of a request (:func:`window_step`)."""
+
+    HAVE = "have"  # in the restore queue already
+    CONSUMED = "consumed"  # read and removed by the restore: not needed again
+    FETCH = "fetch"  # inside the window: restore if cold, download once readable
+    REQUEST = "request"  # beyond the window, never asked for: ask for its restore only
+    LATER = "later"  # beyond the window, already asked for: nothing until it is inside
+
+
+def window_step(index: int, state: FragmentState, present: bool,
+                position: ReadPosition | None, delivered_for: str | None = None) -> Step:
+    """The window's decision for fragment ``index`` (pure).
+
+    Without a position (no window) every missing fragment is fetched. With one,
+    fragments up to ``released`` are consumed, and so is one already delivered
+    to this run of the restore (``delivered_for``; it removes a fragment before
+    it records the new position); those after it up to ``released + window``
+    are fetched, and a later one only gets its Glacier restore asked for, once.
+    """
+    if present:
+        return Step.HAVE
+    if position is None:
+        return Step.FETCH
+    if position.consumed(index) or (state is FragmentState.DOWNLOADED and position.run
+                                    and delivered_for == position.run):
+        return Step.CONSUMED
+    if position.allows(index):
+        return Step.FETCH
+    return Step.REQUEST if state is FragmentState.COLD else Step.LATER
 
 
 class _Outcome(enum.Enum):
@@ -98,6 +182,8 @@ class _Outcome(enum.Enum):
     DONE = "done"
     RESTORING = "restoring"  # a Glacier restore is under way: poll later
     RETRY = "retry"  # missing or damaged: look again in a few seconds
+    WINDOW = "window"  # readable, but beyond the restore's window: download later
+    NO_SPACE = "no space"  # the spool has no room for it: wait for space
 
 
 @dataclass
@@ -122,8 +208,10 @@ class Thawer:
                  max_poll: float = MAX_POLL_SECONDS,
                  on_plan: Callable[[ThawPlan], None] | None = None,
                  on_pass: Callable[[list[BackupId], dict[BackupId, CryophileError]], None]
-                 | None = None) -> None:
+                 | None = None,
+                 space: Callable[[Path], int] = free_space) -> None:
         self.spool = spool
+        self.space = space  # free bytes where downloads go (injectable for tests)
         self.on_pass = on_pass  # told each pass's completed requests and errors (metrics)
         self.open_vault = open_vault
         self.selection = selection or Selection()
@@ -138,6 +226,17 @@ class Thawer:
         self._retry_delay: dict[BackupId, float] = {}
         # Every failed pass of a request, whatever the reason.
         self._backoff: Backoff[BackupId] = Backoff(FIRST_ERROR_SECONDS, MAX_ERROR_SECONDS)
+        # A full spool: its own short back-off, and when the wait was last logged.
+        self._space_backoff: Backoff[BackupId] = Backoff(FIRST_SPACE_SECONDS,
+                                                         MAX_SPACE_SECONDS)
+        self._space_logged: dict[BackupId, float] = {}
+        # The read position each windowed request had at its last pass: a restore
+        # that read on makes its request due at once, whatever its poll time.
+        self._released: dict[BackupId, int] = {}
+        # Fragments beyond the window already seen readable (not stat-ed again).
+        self._readable: dict[BackupId, set[int]] = {}
+        # Windowed requests whose every fragment was delivered (logged once).
+        self._delivered: set[BackupId] = set()
 
     def _vault(self, vault_id: uuid.UUID) -> OpenedVault:
         if vault_id not in self._vaults:
@@ -159,7 +258,7 @@ class Thawer:
         now = time.monotonic()
         pending = self.pending()
         for backup_id in pending:
-            if self._next_poll.get(backup_id, 0.0) > now:
+            if self._next_poll.get(backup_id, 0.0) > now and not self._read_on(backup_id):
                 continue
             if respect_backoff and not self._backoff.due(backup_id):
                 continue
@@ -176,6 +275,10 @@ class Thawer:
                     self._closed(backup_id)
                     completed.append(backup_id)
                     continue
+                if no_space(raised):
+                    # Even its state could not be written: wait for space, quietly.
+                    self._wait_for_space(backup_id, f"waiting for space in the spool: {error}")
+                    continue
                 errors[backup_id] = error
                 # The back-off decides when it is tried again: a poll or retry time
                 # left from before the failure is past, and would wake the loop at once.
@@ -186,7 +289,15 @@ class Thawer:
                                     "transient": error.transient, "retry_in": round(wait, 1)})
         self._backoff.keep_only(set(pending))
         for gone in set(self._next_poll) - set(pending):
-            self._forget(gone)  # removed meanwhile (its restore, an operator)
+            if gone in self._released:
+                # A windowed request ends when its restore has read everything.
+                completed.append(gone)
+                if gone in self._delivered:
+                    self._forget(gone)  # its end was logged when all was delivered
+                else:
+                    self._closed(gone)
+            else:
+                self._forget(gone)  # removed meanwhile (its restore, an operator)
         if self.on_pass is not None:
             self.on_pass(completed, errors)
         return errors
@@ -231,6 +342,30 @@ class Thawer:
         self._next_poll.pop(backup_id, None)
         self._poll_delay.pop(backup_id, None)
         self._retry_delay.pop(backup_id, None)
+        self._released.pop(backup_id, None)
+        self._readable.pop(backup_id, None)
+        self._delivered.discard(backup_id)
+        self._space_backoff.succeeded(backup_id)
+        self._space_logged.pop(backup_id, None)
+
+    def _read_on(self, backup_id: BackupId) -> bool:
+        """Whether the restore a windowed request serves read on since the last pass."""
+        if backup_id not in self._released:
+            return False
+        position = thaw_request.load_position(thaw_request.request_dir(self.spool, backup_id))
+        return position is not None and position.released != self._released[backup_id]
+
+    def _wait_for_space(self, backup_id: BackupId, why: str) -> None:
+        """Look for room again after the space back-off; log it at most once a minute."""
+        wait = self._space_backoff.failed(backup_id)
+        self._next_poll[backup_id] = time.monotonic() + wait
+        now = time.monotonic()
+        if now - self._space_logged.get(backup_id, -SPACE_LOG_SECONDS) >= SPACE_LOG_SECONDS:
+            self._space_logged[backup_id] = now
+            logger.warning("thaw of %s: %s (looking again every %.0f s at most; logged "
+                           "once a minute)", backup_id, why,
+                           MAX_SPACE_SECONDS,
+                           extra={"backup": str(backup_id), "event": "waiting_for_space"})
 
     def _serve(self, backup_id: BackupId) -> bool:
         """Advance one request; True when it completed in this call.
@@ -273,9 +408,15 @@ class Thawer:
         return done
 
     def _advance(self, job: _Job) -> bool:
-        """Move every fragment of one request forward; True when all are downloaded."""
+        """Move every fragment of one request forward; True when all are in the restore
+        queue. A windowed request whose restore has consumed some is never done
+        here: its restore closes it (a rerun may need what it consumed again)."""
         make_dirs(job.target)
         manifest = self._manifest(job)
+        position = thaw_request.load_position(job.directory)
+        backup_id = job.backup_id
+        if position is not None:
+            self._released[backup_id] = position.released
         infos: dict[int, ObjectInfo | None] = {}
         if not job.request.fragments:
             infos = {f.index: job.opened.vault.stat(job.key(f.index))
@@ -286,23 +427,47 @@ class Thawer:
             if self.on_plan is not None:
                 self.on_plan(plan)
             job.request.fragments = {f.index: FragmentProgress() for f in manifest.fragments}
-        waiting = retrying = False
+        readable = self._readable.setdefault(backup_id, set())
+        waiting = retrying = later = False
+        everything_here = True  # every fragment in the restore queue at once
         for fragment in manifest.fragments:
             progress = job.request.fragments.setdefault(fragment.index, FragmentProgress())
-            if progress.state is FragmentState.DOWNLOADED:
-                continue
-            if (job.target / fragment_name(fragment.index)).exists():
+            present = (job.target / fragment_name(fragment.index)).exists()
+            step = window_step(fragment.index, progress.state, present, position,
+                               progress.run)
+            if step is Step.HAVE:
                 progress.state = FragmentState.DOWNLOADED
+                continue
+            if step is Step.CONSUMED:
+                everything_here = False
+                continue
+            if step is Step.LATER or (step is Step.REQUEST and fragment.index in readable):
+                later = True
+                everything_here = False
                 continue
             info = (infos[fragment.index] if fragment.index in infos
                     else job.opened.vault.stat(job.key(fragment.index)))
-            outcome = self._fragment(job, fragment, info, progress)
+            outcome = self._fragment(job, fragment, info, progress,
+                                     download=step is Step.FETCH)
+            if outcome is _Outcome.DONE:
+                progress.run = position.run if position is not None else None
+            if outcome is not _Outcome.DONE:
+                everything_here = False
             if outcome is _Outcome.RESTORING:
                 waiting = True
             elif outcome is _Outcome.RETRY:
                 retrying = True
+            elif outcome is _Outcome.WINDOW:
+                readable.add(fragment.index)
+                later = True
+            elif outcome is _Outcome.NO_SPACE:
+                thaw_request.save(job.directory, job.request)
+                assert job.request.space_wait is not None
+                self._wait_for_space(backup_id, job.request.space_wait.describe())
+                return False
             thaw_request.save(job.directory, job.request)
-        backup_id = job.backup_id
+        if job.request.space_wait is not None:
+            job.request.space_wait = None  # nothing (more) to download for now
         if retrying:
             delay = self._retry_delay.get(backup_id, FIRST_RETRY_SECONDS / 2) * 2
             self._retry_delay[backup_id] = delay
@@ -314,7 +479,19 @@ class Thawer:
             self._poll_delay[backup_id] = min(delay, self.max_poll)
             self._next_poll[backup_id] = time.monotonic() + self._poll_delay[backup_id]
             return False
-        return True
+        if position is not None and not everything_here:
+            # The restore reads on (position.json wakes this loop), or it is done
+            # and closes the request; either way, nothing to do until then.
+            self._next_poll[backup_id] = time.monotonic() + WINDOW_RECHECK_SECONDS
+            if later:
+                self._delivered.discard(backup_id)  # a rerun reads from the start again
+            elif backup_id not in self._delivered:
+                self._delivered.add(backup_id)
+                logger.info("thaw of %s complete: every fragment was delivered to its "
+                            "restore (which closes the request)", backup_id,
+                            extra={"backup": str(backup_id), "event": "thawed"})
+            return False
+        return not later
 
     def _manifest(self, job: _Job) -> Manifest:
         published = job.target / MANIFEST_NAME
@@ -343,8 +520,9 @@ class Thawer:
         return manifest
 
     def _fragment(self, job: _Job, fragment: Fragment, info: ObjectInfo | None,
-                  progress: FragmentProgress) -> _Outcome:
-        """Advance one fragment."""
+                  progress: FragmentProgress, *, download: bool = True) -> _Outcome:
+        """Advance one fragment: ask for its restore if it is cold, and download it
+        once readable (only with ``download``: it is inside the window)."""
         key = job.key(fragment.index)
         if info is None:
             return self._retry(progress, f"fragment {fragment.index} ({key}) is missing from "
@@ -372,6 +550,8 @@ class Thawer:
             return _Outcome.RESTORING
         if info.restore_expiry is not None:
             progress.thawed_until = info.restore_expiry.isoformat()
+        if not download:
+            return _Outcome.WINDOW
         return self._download(job, fragment, progress)
 
     def _download(self, job: _Job, fragment: Fragment, progress: FragmentProgress) -> _Outcome:
@@ -382,6 +562,11 @@ class Thawer:
         # goes first: the download must never be written through it.
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
+        free = self.space(job.directory)
+        if free < fragment.size:
+            # It cannot fit: do not even start (a partial download would only take
+            # the last free bytes from everyone else on the disk).
+            return self._no_room(job, fragment, free)
         try:
             job.opened.vault.get(key, part)
         except TryLaterError:
@@ -389,6 +574,12 @@ class Thawer:
             return _Outcome.RESTORING
         except DataError as error:
             return self._retry(progress, f"fragment {fragment.index}: {error}")
+        except (StorageIOError, OSError) as error:
+            if not no_space(error):
+                raise
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            return self._no_room(job, fragment, self.space(job.directory))
         try:
             actual = sha256_of_file(part)
             if actual != fragment.sha256:
@@ -400,14 +591,32 @@ class Thawer:
             size = part.stat().st_size
             publish(part, job.target / fragment_name(fragment.index))
         except OSError as error:
+            if no_space(error):
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+                return self._no_room(job, fragment, self.space(job.directory))
             raise StorageIOError(f"cannot place fragment {fragment.index} in {job.target}: "
                                  f"{error.strerror}") from None
         progress.state = FragmentState.DOWNLOADED
+        if job.request.space_wait is not None:
+            job.request.space_wait = None
+            self._space_backoff.succeeded(job.backup_id)
+            self._space_logged.pop(job.backup_id, None)
+            logger.info("thaw of %s: space in the spool is back; downloading again",
+                        job.backup_id, extra={"backup": str(job.backup_id),
+                                              "event": "space_back"})
         seconds = max(time.monotonic() - started, 1e-6)
         logger.info("downloaded %s (%d bytes, %.1f MB/s)", key, size, size / seconds / 1e6,
                     extra={"backup": str(job.backup_id), "event": "downloaded", "key": key,
                            "bytes": size, "seconds": round(seconds, 3)})
         return _Outcome.DONE
+
+    def _no_room(self, job: _Job, fragment: Fragment, free: int) -> _Outcome:
+        """Record that ``fragment`` waits for room in the spool (since the wait began)."""
+        since = (job.request.space_wait.since if job.request.space_wait is not None
+                 else thaw_request.now_text())
+        job.request.space_wait = SpaceWait(since, fragment.index, fragment.size, free)
+        return _Outcome.NO_SPACE
 
     def _retry(self, progress: FragmentProgress, problem: str) -> _Outcome:
         progress.attempts += 1

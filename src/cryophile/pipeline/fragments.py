@@ -236,10 +236,14 @@ WaitFor = Callable[[Path], None]
 
 def read_fragments(directory: Path, manifest: Manifest, wait_for: WaitFor,
                    block_size: int = BLOCK_SIZE,
-                   counters: Counters | None = None) -> Generator[bytes, None, None]:
+                   counters: Counters | None = None,
+                   consumed: Callable[[Fragment], None] | None = None,
+                   ) -> Generator[bytes, None, None]:
     """Yield the message, fragment by fragment, each verified before it is used.
 
     Closing the generator early closes every fragment it opened.
+    ``consumed(fragment)`` is called once every byte of a fragment has been
+    yielded and its file closed (a bounded restore removes it then).
 
     ``wait_for(path)`` returns once ``path`` exists (or raises, e.g. on a
     timeout). Each fragment is opened once, hashed whole, and only then read
@@ -273,6 +277,8 @@ def read_fragments(directory: Path, manifest: Manifest, wait_for: WaitFor,
                 os.close(fd)
             if counters is not None:
                 counters.fragments += 1
+            if consumed is not None:
+                consumed(fragment)
     finally:
         if ahead is not None:
             ahead.discard()

@@ -29,7 +29,7 @@ from cryophile.errors import (
     NoInputError,
     StorageIOError,
 )
-from cryophile.manifest import AUTO_COMPRESSION, Manifest, parse
+from cryophile.manifest import AUTO_COMPRESSION, Fragment, Manifest, parse
 from cryophile.pipeline.compress import Codec, codec_for, detecting
 from cryophile.pipeline.engines import Engine
 from cryophile.pipeline.fragments import read_fragments
@@ -59,6 +59,9 @@ class RestorePlan:
     authenticate: Callable[[Path, bytes], None] | None = None
     # Told every minute while a fragment is awaited (its path, seconds waited).
     still_waiting: Callable[[Path, float], None] | None = None
+    # Told of each fragment once all its bytes went on to the decryptor (a
+    # bounded restore removes it from the restore queue then).
+    consumed: Callable[[Fragment], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ def run_restore(spool: Spool, plan: RestorePlan, output_fd: int,
         _warn_about_strays(directory, manifest)
         key, passphrase = choose_key(manifest, plan.secret_keys, plan.ask_passphrase)
         codec = _codec(plan.compression, manifest)
-        ciphertext = threaded(read_fragments(directory, manifest, waiter, counters=counters),
+        ciphertext = threaded(read_fragments(directory, manifest, waiter, counters=counters,
+                                             consumed=plan.consumed),
                               name="fragments")
         plaintext: Iterator[Buffer] = plan.engine.decrypt(ciphertext, key, passphrase)
         if codec is None:
