@@ -100,15 +100,23 @@ def cancel_restore(spool: Spool, backup_id: BackupId, *,
     result. Raises TryLaterError while a restore of the backup runs.
     """
     say = notify if notify is not None else (lambda _message: None)
+    claimed: int | None = None
     try:
         with hold_restore_lock(spool, backup_id):
-            return _cancel(spool, backup_id, say)
+            claimed = thaw_request.claimant(thaw_request.request_dir(spool, backup_id))
+            if claimed is None:
+                return _cancel(spool, backup_id, say)
     except TryLaterError:
         pid = _lock_owner(spool, backup_id)
         raise TryLaterError(
             f"a restore of {backup_id} is running{f' (pid {pid})' if pid else ''}: stop it "
             f"first{f' (kill {pid})' if pid else ''}, then cancel again; nothing was "
             "removed") from None
+    # A chain restore (pid) filed this request and will read it later.
+    raise TryLaterError(
+        f"the request of {backup_id} belongs to a running restore (pid {claimed}, a chain "
+        f"restore that reads it later): stop it first (kill {claimed}), then cancel again; "
+        "nothing was removed")
 
 
 def _lock_owner(spool: Spool, backup_id: BackupId) -> str | None:

@@ -356,6 +356,12 @@ def restore_chain(spool: Spool, opened: OpenedVault, links: Sequence[BackupId],
     for link, preparation in zip(chain, preparations, strict=True):
         if preparation.manifest is not None:
             thaw_request.file_request(spool, link, tier=options.tier, days=options.days)
+            # Window 0 until its link's turn: every Glacier restore is asked for now,
+            # but nothing is downloaded, so the spool holds one link's window at a
+            # time; and the request is claimed by this process (status does not call
+            # it a leftover, cancel refuses it) until that link's restore takes over.
+            thaw_request.save_position(thaw_request.request_dir(spool, link),
+                                       thaw_request.ReadPosition(window=0))
     served_here = _thaw_here(spool, options, preparations, say)
     if served_here:
         _request_restores(opened, chain, preparations, options)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from cryophile import thaw_request
 from cryophile.backup_id import BackupId, normalize_prefix, parse_ulid, parse_vault
 from cryophile.errors import UsageError
 from cryophile.inventory import BackupState, SpoolRecord
@@ -89,7 +90,8 @@ def find_leftovers(spool: Spool, records: dict[BackupId, SpoolRecord], *,
     for backup_id in sorted(records):
         record = records[backup_id]
         paste = shlex.quote(str(backup_id))
-        restoring = _restore_running(spool, backup_id)
+        restoring = (_restore_running(spool, backup_id) or thaw_request.claimant(
+            spool.backup_dir(Queue.THAW, backup_id)) is not None)
         if record.thaw is not None and not restoring:
             found.append(Leftover(Kind.THAW_REQUEST, spool.backup_dir(Queue.THAW, backup_id),
                                   backup_id, f"{cryophile} thaw --cancel --id {paste}"))

@@ -259,8 +259,8 @@ class ReadPosition:
             for value in (window, released, pid):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise TypeError(f"bad number {value!r}")  # noqa: TRY301
-            if window < 1:
-                raise ValueError("window below 1")  # noqa: TRY301
+            # 0: a restore that will read this request later (a chain's later link):
+            # its Glacier restores are asked for, nothing is downloaded yet.
             return cls(window, released, pid, str(document.get("updated") or ""),
                        str(document.get("run") or ""))
         except (ValueError, TypeError, KeyError) as problem:
@@ -308,6 +308,22 @@ def load_position(directory: Path) -> ReadPosition | None:
     except DataError as error:
         logger.warning("%s; downloading without a window", error)
         return None
+
+
+def claimant(directory: Path) -> int | None:
+    """The pid of the live process whose read position the request ``directory``
+    holds (a running restore, or a chain restore that will read it later); None
+    when there is none or it died."""
+    position = load_position(directory)
+    if position is None or position.pid <= 0 or position.pid == os.getpid():
+        return None
+    try:
+        os.kill(position.pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return position.pid
+    return position.pid
 
 
 def save_position(directory: Path, position: ReadPosition) -> bool:

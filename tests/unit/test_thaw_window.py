@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -212,3 +213,36 @@ def test_a_fragment_removed_before_the_window_moved_is_not_downloaded_again(
                                ReadPosition(window=2, released=1, run=RUN))
     thawer.run_pass()
     assert _staged(spool, stored.backup_id) == [2, 3]
+
+
+def test_a_chain_link_not_yet_read_gets_its_glacier_restores_but_no_download(
+        tmp_path: Path) -> None:
+    """Window 0 (a chain restore's later link): every restore asked for, nothing staged,
+    and the request claimed by the live process that wrote the position."""
+    vault = MemoryVault(restore_ticks=1)
+    spool, stored, thawer = _setup(tmp_path, vault, window=0, storage_class="GLACIER")
+    thawer.run_pass()
+    assert len(vault.restore_requests) == FRAGMENTS
+    vault.clock.advance(2)
+    thawer.run_pass()
+    assert _staged(spool, stored.backup_id) == []
+    directory = thaw_request.request_dir(spool, stored.backup_id)
+    position = thaw_request.load_position(directory)
+    assert position is not None
+    assert (position.window, position.released) == (0, 0)
+    # The link's turn: its restore records a real window, and downloads start.
+    assert thaw_request.save_position(directory, ReadPosition(window=2, run=RUN))
+    thawer.run_pass()
+    assert _staged(spool, stored.backup_id) == [1, 2]
+
+
+def test_a_request_is_claimed_only_by_a_live_process_other_than_us(tmp_path: Path) -> None:
+    spool, stored, _thawer = _setup(tmp_path, DirectoryVault(tmp_path / "vault", create=True),
+                                    window=2)
+    directory = thaw_request.request_dir(spool, stored.backup_id)
+    assert thaw_request.claimant(directory) is None  # written by this process
+    parent = os.getppid()
+    assert thaw_request.save_position(directory, ReadPosition(window=0, pid=parent))
+    assert thaw_request.claimant(directory) == parent
+    assert thaw_request.save_position(directory, ReadPosition(window=0, pid=2**22 + 1))
+    assert thaw_request.claimant(directory) is None
