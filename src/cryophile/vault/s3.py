@@ -83,6 +83,7 @@ import concurrent.futures
 import contextlib
 import email.utils
 import hashlib
+import io
 import logging
 import os
 import re
@@ -91,7 +92,7 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import IO, Any, BinaryIO, Literal, cast
 
 import boto3
 import botocore.config
@@ -752,58 +753,75 @@ class S3Vault:
         self, key: str, source: Path, upload_id: str, part_size: int
     ) -> tuple[_Parts, str]:
         """Upload ``source`` in parts, ``max_concurrency`` at a time; return
-        the part list for CompleteMultipartUpload and the file's hex SHA-256."""
+        the part list for CompleteMultipartUpload and the file's hex SHA-256.
+
+        This thread reads the file once, in order, for the whole file's SHA-256
+        and each part's checksum; a part's body is then read from the file as it
+        is sent (:class:`_FilePart`), never held in memory: with several uploads
+        at once, whole parts in memory cost more than the backup itself."""
         whole = hashlib.sha256()
         parts: _Parts = []
         pending: collections.deque[concurrent.futures.Future[dict[str, Any]]] = collections.deque()
         pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.max_concurrency, thread_name_prefix="s3-part"
         )
+        buffer = bytearray(MiB)
+        view = memoryview(buffer)
         try:
             with _open_source(source) as reader:
-                number = 0
+                fd = reader.fileno()
+                number = offset = 0
                 while True:
-                    data = reader.read(part_size)
-                    if not data and number > 0:
+                    part_hash = (hashlib.sha256() if self.config.checksum is Checksum.SHA256
+                                 else hashlib.md5(usedforsecurity=False)
+                                 if self.config.checksum is Checksum.MD5 else None)
+                    length = 0
+                    while length < part_size:
+                        count = os.readv(fd, [view[:min(MiB, part_size - length)]])
+                        if not count:
+                            break
+                        whole.update(view[:count])
+                        if part_hash is not None:
+                            part_hash.update(view[:count])
+                        length += count
+                    if not length and number > 0:
                         break
                     number += 1
-                    whole.update(data)
-                    pending.append(pool.submit(self._upload_part, key, upload_id, number, data))
-                    # Bounded read-ahead: at most max_concurrency parts in memory.
+                    integrity = _part_integrity(self.config.checksum, part_hash)
+                    pending.append(pool.submit(self._upload_part, key, upload_id, number,
+                                               _FilePart(fd, offset, length), integrity))
+                    offset += length
+                    # Bounded read-ahead: the parts in flight hold the file open only.
                     if len(pending) >= self.max_concurrency:
                         parts.append(pending.popleft().result())
-                    if len(data) < part_size:
+                    if length < part_size:
                         break
-            while pending:
-                parts.append(pending.popleft().result())
+                while pending:
+                    parts.append(pending.popleft().result())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return parts, whole.hexdigest()
 
-    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
-        integrity: dict[str, Any] = {}
-        if self.config.checksum is Checksum.SHA256:
-            integrity["ChecksumSHA256"] = base64.b64encode(
-                hashlib.sha256(data).digest()).decode("ascii")
-        elif self.config.checksum is Checksum.MD5:
-            integrity["ContentMD5"] = base64.b64encode(
-                hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+    def _upload_part(self, key: str, upload_id: str, number: int, body: _FilePart,
+                     integrity: dict[str, Any]) -> dict[str, Any]:
         refused = 0
         while True:
+            body.seek(0)
             try:
                 response = self._client.upload_part(
                     Bucket=self.bucket,
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=data,
-                    ContentLength=len(data),
+                    Body=cast("IO[bytes]", body),
+                    ContentLength=len(body),
                     **integrity,
                 )
             except botocore.exceptions.ClientError as exc:
                 if _code(exc) in _BAD_DATA_CODES:
-                    # The checksum was computed from these very bytes in
-                    # memory: a refusal means they were damaged on the way.
+                    # The checksum was computed from these very bytes of a spool
+                    # file, which is never written again: a refusal means they
+                    # were damaged on the way.
                     refused += 1
                     self._refused_in_transit(exc, f"upload part {number} of", key, refused)
                     continue
@@ -1296,6 +1314,62 @@ def _file_size(source: Path) -> int:
         raise NoInputError(f"{source}: no such file") from None
     except OSError as exc:
         raise StorageIOError(f"cannot read {source}: {exc}") from exc
+
+
+def _part_integrity(checksum: Checksum, part_hash: Any) -> dict[str, Any]:
+    """The integrity argument of one UploadPart, from the part's digest."""
+    if part_hash is None:
+        return {}
+    encoded = base64.b64encode(part_hash.digest()).decode("ascii")
+    return {"ChecksumSHA256" if checksum is Checksum.SHA256 else "ContentMD5": encoded}
+
+
+class _FilePart(io.RawIOBase):
+    """Bytes ``offset`` to ``offset + length`` of the open file ``fd``, as a seekable
+    stream of its own (position 0 is ``offset``; ``pread``, so parts of one file
+    share the descriptor). botocore hashes it for the signature, seeks back and
+    sends it; a retry seeks to 0 again."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._offset = offset
+        self._length = length
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
+        self._position = min(max(base + position, 0), self._length)
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        remaining = self._length - self._position
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        if size <= 0:
+            return b""
+        data = os.pread(self._fd, size, self._offset + self._position)
+        if not data:
+            raise StorageIOError(f"a spool file shrank while it was uploaded (fd {self._fd})")
+        self._position += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 @contextlib.contextmanager
