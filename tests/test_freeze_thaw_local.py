@@ -223,8 +223,16 @@ def test_damaged_vault_object_fails_the_request_naming_the_fragment(
     assert result.returncode == 65, result.stderr
     assert "fragment 2" in result.stderr
     assert "output is incomplete" in result.stderr
-    state = json.loads(next((cli.spool / "thaw").rglob("state.json")).read_text())
-    assert state["status"] == "failed"
+    assert data.startswith(result.stdout)
+    if damage == "missing":
+        state = json.loads(next((cli.spool / "thaw").rglob("state.json")).read_text())
+        assert state["status"] == "failed"
+    else:
+        # Thaw links the vault's file into the restore queue without reading it
+        # (issue 14); restore's check of every fragment refuses it, and leaves the
+        # vault's file as it was.
+        assert "damaged" in result.stderr
+        assert target.read_bytes() == bytes(content)
 
 
 def test_wrong_key_is_refused_before_any_thaw(cli: Cli, gpg_key: oracles.KeyPair,

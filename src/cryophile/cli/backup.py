@@ -138,7 +138,8 @@ def _backup_and_freeze(spool: Spool, plan: BackupPlan, freezer: BackupFreezer, g
     in the spool (run_backup) nor in the vault (the freezer's clean-up pass)."""
     freezer.start()
     try:
-        result = run_backup(spool, plan, open_input, counters, reserve=gate.reserve)
+        result = run_backup(spool, plan, open_input, counters, reserve=gate.reserve,
+                            digests=freezer.digests)
     except BaseException:
         freezer.clean_up()
         raise

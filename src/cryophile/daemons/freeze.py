@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,8 +131,17 @@ class Freezer:
     def __init__(self, spool: Spool, open_vault: Callable[[uuid.UUID], OpenedVault], *,
                  parallel: int = DEFAULT_PARALLEL, selection: Selection | None = None,
                  on_pass: Callable[[PassReport], None] | None = None,
-                 retarget: bool = False) -> None:
+                 retarget: bool = False,
+                 known_sha256: Callable[[BackupId, int], str | None] | None = None) -> None:
         self.spool = spool
+        # The SHA-256 of a fragment whose backup has no manifest yet, from whoever
+        # wrote it (``backup --freeze``: its writer hashed every byte as it wrote
+        # it); else the file is read once more to hash it. The vault checks it.
+        self.known_sha256 = known_sha256
+        # Backups whose vault listing was checked for another host's objects while
+        # their writer ran: once is enough (the uploads' own no-overwrite check
+        # stays); listing again at every pass made a --freeze quadratic.
+        self._checked_foreign: set[BackupId] = set()
         # --retarget: backups queued for another place go to the configured one
         # (after a bucket name was fixed, or the vault moved).
         self.retarget = retarget
@@ -262,9 +271,11 @@ class Freezer:
                 manifest = self._read_manifest(manifest_path, backup_id)
             if manifest is None:
                 if is_being_written(writer_lock):
-                    if present:
+                    if present and backup_id not in self._checked_foreign:
                         self._refuse_foreign(opened, backup_id)
-                    self._upload_all(backup_id, opened, present, None, pool, report, stop)
+                        self._checked_foreign.add(backup_id)
+                    self._upload_all(backup_id, opened, present, None, pool, report, stop,
+                                     rescan=directory)
                     report.waiting.append(backup_id)
                 else:
                     logger.warning("backup %s is incomplete (no manifest) and its writer is "
@@ -402,12 +413,31 @@ class Freezer:
 
     def _upload_all(self, backup_id: BackupId, opened: OpenedVault, present: dict[int, Path],
                     expected: dict[int, str] | None, pool: ThreadPoolExecutor,
-                    report: PassReport, stop: threading.Event | None) -> None:
-        futures: list[Future[int]] = []
-        for index in sorted(present):
+                    report: PassReport, stop: threading.Event | None, *,
+                    rescan: Path | None = None) -> None:
+        """Upload ``present``; with ``rescan`` (the directory of a backup still being
+        written), also every fragment published there while these uploads run, so
+        the uploads never wait for the slowest of a batch before taking the next."""
+        submitted: dict[int, Future[int]] = {}
+
+        def submit(index: int, path: Path) -> None:
             sha256 = expected[index] if expected is not None else None
-            futures.append(pool.submit(self._upload_fragment, opened, backup_id, index,
-                                       present[index], sha256, stop))
+            submitted[index] = pool.submit(self._upload_fragment, opened, backup_id, index,
+                                           path, sha256, stop)
+
+        for index in sorted(present):
+            submit(index, present[index])
+        running = set(submitted.values())
+        while rescan is not None and running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            if any(future.exception() is not None for future in done) or (
+                    stop is not None and stop.is_set()):
+                break  # the pass ends: the ones still running finish below
+            for index, path in sorted(_fragments_in(rescan).items()):
+                if index not in submitted:
+                    submit(index, path)
+                    running.add(submitted[index])
+        futures = [submitted[index] for index in sorted(submitted)]
         errors = list(_exceptions(futures))
         for future in futures:
             if future.exception() is None:
@@ -424,6 +454,8 @@ class Freezer:
                          sha256: str | None, stop: threading.Event | None) -> int:
         if stop is not None and stop.is_set():
             raise _Stopped
+        if sha256 is None and self.known_sha256 is not None:
+            sha256 = self.known_sha256(backup_id, index)
         if sha256 is None:
             sha256 = sha256_of_file(path)
         return self._upload_one(opened, backup_id.object_key(index), path, sha256,
@@ -548,8 +580,12 @@ class BackupFreezer:
     def __init__(self, spool: Spool, opened: OpenedVault, backup_id: BackupId, *,
                  parallel: int = DEFAULT_PARALLEL) -> None:
         self.backup_id = backup_id
+        #: Filled by the backup's writer (``run_backup(digests=…)``): fragment index →
+        #: SHA-256 of what it wrote, so the uploads need not read a fragment to hash it.
+        self.digests: dict[int, str] = {}
         self.freezer = Freezer(spool, lambda _vault: opened, parallel=parallel,
-                               selection=Selection.only(backup_id), on_pass=self._on_pass)
+                               selection=Selection.only(backup_id), on_pass=self._on_pass,
+                               known_sha256=self._known_sha256)
         self.stop = threading.Event()
         self.frozen = threading.Event()
         #: The permanent error that stopped it, if any.
@@ -559,6 +595,9 @@ class BackupFreezer:
         #: When an upload last completed (monotonic clock): the stall detector.
         self.progress_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="freeze", daemon=True)
+
+    def _known_sha256(self, backup_id: BackupId, index: int) -> str | None:
+        return self.digests.get(index) if backup_id == self.backup_id else None
 
     def start(self) -> BackupFreezer:
         """Start the uploading thread."""

@@ -87,7 +87,7 @@ from cryophile.thaw_request import (
     SpaceWait,
     ThawRequest,
 )
-from cryophile.vault.base import ObjectInfo, RestoreState
+from cryophile.vault.base import ObjectInfo, RestoreState, SharedFiles
 from cryophile.vault.factory import OpenedVault
 from cryophile.watch import TreeWatcher
 
@@ -569,8 +569,15 @@ class Thawer:
             # It cannot fit: do not even start (a partial download would only take
             # the last free bytes from everyone else on the disk).
             return self._no_room(job, fragment, free)
+        vault = job.opened.vault
         try:
-            job.opened.vault.get(key, part)
+            # A directory vault hands its file over (a hard link, or a copy checked as
+            # it is made): no second pass here. A link is checked by restore, which
+            # verifies every fragment against the manifest before using it.
+            shared = (vault.get_shared(key, part, sha256=fragment.sha256)
+                      if isinstance(vault, SharedFiles) else None)
+            if shared is None:
+                vault.get(key, part)
         except TryLaterError:
             progress.state = FragmentState.RESTORING
             return _Outcome.RESTORING
@@ -583,13 +590,14 @@ class Thawer:
                 part.unlink()
             return self._no_room(job, fragment, self.space(job.directory))
         try:
-            actual = sha256_of_file(part)
+            actual = fragment.sha256 if shared is not None else sha256_of_file(part)
             if actual != fragment.sha256:
                 part.unlink()
                 return self._retry(progress, f"fragment {fragment.index} ({key}) downloaded "
                                              f"with SHA-256 {actual}, the manifest says "
                                              f"{fragment.sha256}")
-            os.chmod(part, FILE_MODE)
+            if shared is None:
+                os.chmod(part, FILE_MODE)  # never on a link: that is the vault's file
             size = part.stat().st_size
             publish(part, job.target / fragment_name(fragment.index))
         except OSError as error:

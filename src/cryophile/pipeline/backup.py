@@ -80,7 +80,8 @@ class BackupResult:
 
 def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
                counters: Counters | None = None,
-               reserve: Callable[[int], None] | None = None) -> BackupResult:
+               reserve: Callable[[int], None] | None = None,
+               digests: dict[int, str] | None = None) -> BackupResult:
     """Write one backup into the spool; return its manifest.
 
     ``reserve(size)`` is called before each fragment (with the fragment size)
@@ -93,6 +94,9 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
     taken, StorageIOError on input or spool I/O errors, and whatever the
     engine raises; in every failure case nothing of this backup stays in the
     spool.
+
+    ``digests``, when given, receives each fragment's SHA-256 (by index) before
+    that fragment is published: ``backup --freeze`` hands it to its uploads.
     """
     started = time.monotonic()
     tune_allocator()
@@ -113,7 +117,7 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
     completed = False
     try:
         input_fd = open_input()
-        digests: dict[int, str] = {}
+        digests = digests if digests is not None else {}
         try:
             blocks = counting(_reading(input_fd, plan.codec.block_size), counters)
             # Compression looks ahead on its own (ordered_map): a short queue

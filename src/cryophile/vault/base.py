@@ -185,6 +185,28 @@ class Vault(Protocol):
         ...
 
 
+@runtime_checkable
+class SharedFiles(Protocol):
+    """A vault whose objects are local files that it can hand over without a copy
+    (:class:`cryophile.vault.local.DirectoryVault`). Wrappers do not pass it on:
+    through a throttle, objects are downloaded with :meth:`Vault.get`."""
+
+    def get_shared(self, key: str, dest: Path, *, sha256: str) -> bool:
+        """Place the object under ``key`` at ``dest`` (which must not exist), for
+        reading only; return True when ``dest`` is the stored file itself.
+
+        True: ``dest`` is a hard link to the object, nothing was read, written or
+        fsynced (the object is durable already). The caller may read, link,
+        rename and unlink ``dest``, never write to it or change its mode (that
+        would change the vault's object), and must check its bytes before it
+        uses them: nothing here read them. False: ``dest`` is a new, fsynced
+        copy whose bytes were checked against ``sha256`` in the same pass
+        (DataError on a mismatch). On any error nothing is left at ``dest``.
+        A missing key raises NoInputError.
+        """
+        ...
+
+
 def check_key(key: str) -> str:
     """Return ``key`` if every vault can store it, else raise UsageError.
 

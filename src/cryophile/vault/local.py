@@ -179,6 +179,46 @@ class DirectoryVault:
                 f"SHA-256 {digest}, expected {info.sha256}"
             )
 
+    def get_shared(self, key: str, dest: Path, *, sha256: str) -> bool:
+        """See :meth:`cryophile.vault.base.SharedFiles.get_shared`.
+
+        A link only to a regular file of this user with the spool's mode (0600),
+        as every fragment that freeze stored by link is: a file copied in by
+        hand with other permissions must not lend them to the spool. Otherwise,
+        or on another file system, a copy hashed as it is written (one pass)."""
+        path = self._object_path(key)
+        sha256 = check_sha256(sha256)
+        self._check_root()
+        try:
+            os.link(path, dest, follow_symlinks=False)
+        except FileNotFoundError as exc:
+            if not os.path.lexists(path):
+                raise NoInputError(f"no object {key!r} in vault {self.root}") from exc
+            raise StorageIOError(f"cannot place {key!r} at {dest}: {exc}") from exc
+        except FileExistsError as exc:
+            raise StorageIOError(f"cannot place {key!r} at {dest}: {exc}") from exc
+        except OSError:
+            pass  # EXDEV, EPERM, EMLINK, a directory at the key: the copy decides
+        else:
+            linked = os.lstat(dest)
+            if (stat.S_ISREG(linked.st_mode) and linked.st_uid == os.geteuid()
+                    and stat.S_IMODE(linked.st_mode) == FILE_MODE):
+                return True
+            dest.unlink()
+        if not os.path.isfile(path):
+            raise NoInputError(f"no object {key!r} in vault {self.root}")
+        try:
+            _size, digest = _copy_hashing(path, dest)
+            if digest != sha256:
+                raise DataError(  # noqa: TRY301 - the copy must go too
+                    f"object {key!r} in vault {self.root} is damaged: "
+                    f"SHA-256 {digest}, expected {sha256}")
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                dest.unlink()
+            raise
+        return False
+
     def list(self, prefix: str) -> Iterator[str]:
         """See :meth:`cryophile.vault.base.Vault.list`."""
         check_prefix(prefix)

@@ -51,9 +51,10 @@ How the contract is met on S3:
   the PUT; multipart: as the parts are read, checked before completing), or
   DataError: with ``none`` (or a server that does not check the header) the
   x-amz-meta-sha256 we store would otherwise vouch for damaged bytes.
-- **Memory**: parts are held in memory, ``max_concurrency`` at a time; a
-  fragment that would need parts over 64 MiB to fit within ``max_parts`` is
-  refused (ConfigError naming ``max_parts`` and ``backup -s``).
+- **Memory**: a part is read from the spool file as it is sent, never held in
+  memory; a fragment that would need parts over 64 MiB to fit within
+  ``max_parts`` is refused (ConfigError naming ``max_parts`` and ``backup -s``):
+  a part that fails is sent again whole.
 - **Cold storage**: ``stat`` reads the ``x-amz-restore`` header
   (``ongoing-request="true"`` / ``"false", expiry-date="..."``) and the storage
   class; ``request_restore`` maps RestoreObject's answers (202 started, 409
@@ -95,6 +96,7 @@ import concurrent.futures
 import contextlib
 import email.utils
 import hashlib
+import io
 import logging
 import os
 import re
@@ -103,7 +105,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import IO, Any, BinaryIO, Literal, cast
 
 import boto3
 import botocore.config
@@ -145,10 +147,11 @@ DEFAULT_PART_SIZE = 16 * MiB
 #: ``max_parts``).
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 << 30
-#: Our own limit on a part: each part in flight is held in memory
-#: (``max_concurrency`` of them), so a fragment needing bigger parts to fit
-#: within ``max_parts`` is refused (ConfigError naming max_parts and -s).
-MAX_MEMORY_PART_SIZE = 64 * MiB
+#: Our own limit on a part: a part that fails is sent again whole, so on a flaky
+#: link bigger parts waste more; a fragment needing bigger parts to fit within
+#: ``max_parts`` is refused (ConfigError naming max_parts and -s). (Parts are read
+#: from the spool file as they are sent: their size costs no memory.)
+MAX_CRYOPHILE_PART_SIZE = 64 * MiB
 MAX_PARTS = 10_000
 #: Uploads of intact data that the server refuses for a checksum mismatch, and
 #: downloads whose body breaks off (both damaged on the wire), are tried this
@@ -761,15 +764,14 @@ class S3Vault:
         # Stay within the service's part count, in whole MiB.
         part_size = max(self.part_size, -(-size // self.config.max_parts))
         part_size = -(-part_size // MiB) * MiB
-        if part_size > MAX_MEMORY_PART_SIZE:
-            # Each part in flight is held in memory, max_concurrency of them.
+        if part_size > MAX_CRYOPHILE_PART_SIZE:
             raise ConfigError(
                 f"vault {self.config.id}: {source} ({size} bytes) needs parts of "
                 f"{part_size // MiB} MiB with max_parts = {self.config.max_parts}, above "
-                f"cryophile's limit of {MAX_MEMORY_PART_SIZE // MiB} MiB per part (up to "
-                f"{self.max_concurrency} parts are held in memory at once); raise max_parts "
+                f"cryophile's limit of {MAX_CRYOPHILE_PART_SIZE // MiB} MiB per part (a part "
+                "that fails is sent again whole); raise max_parts "
                 f"in the vault's [[vault]] entry, or make smaller fragments (backup -s at most "
-                f"{self.config.max_parts * MAX_MEMORY_PART_SIZE // MiB}M)")
+                f"{self.config.max_parts * MAX_CRYOPHILE_PART_SIZE // MiB}M)")
         checksum_args: dict[str, Any] = ({"ChecksumAlgorithm": "SHA256"}
                          if self.config.checksum is Checksum.SHA256 else {})
         try:
@@ -799,60 +801,77 @@ class S3Vault:
         self, key: str, source: Path, upload_id: str, part_size: int
     ) -> tuple[_Parts, str]:
         """Upload ``source`` in parts, ``max_concurrency`` at a time; return
-        the part list for CompleteMultipartUpload and the file's hex SHA-256."""
+        the part list for CompleteMultipartUpload and the file's hex SHA-256.
+
+        This thread reads the file once, in order, for the whole file's SHA-256
+        and each part's checksum; a part's body is then read from the file as it
+        is sent (:class:`_FilePart`), never held in memory: with several uploads
+        at once, whole parts in memory cost more than the backup itself."""
         whole = hashlib.sha256()
         parts: _Parts = []
         pending: collections.deque[concurrent.futures.Future[dict[str, Any]]] = collections.deque()
         pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.max_concurrency, thread_name_prefix="s3-part"
         )
+        buffer = bytearray(MiB)
+        view = memoryview(buffer)
         try:
             with _open_source(source) as reader:
-                number = 0
+                fd = reader.fileno()
+                number = offset = 0
                 while True:
-                    data = reader.read(part_size)
-                    if not data and number > 0:
+                    part_hash = (hashlib.sha256() if self.config.checksum is Checksum.SHA256
+                                 else hashlib.md5(usedforsecurity=False)
+                                 if self.config.checksum is Checksum.MD5 else None)
+                    length = 0
+                    while length < part_size:
+                        count = os.readv(fd, [view[:min(MiB, part_size - length)]])
+                        if not count:
+                            break
+                        whole.update(view[:count])
+                        if part_hash is not None:
+                            part_hash.update(view[:count])
+                        length += count
+                    if not length and number > 0:
                         break
                     number += 1
-                    whole.update(data)
-                    pending.append(pool.submit(self._upload_part, key, upload_id, number, data))
-                    # Bounded read-ahead: at most max_concurrency parts in memory.
+                    integrity = _part_integrity(self.config.checksum, part_hash)
+                    pending.append(pool.submit(self._upload_part, key, upload_id, number,
+                                               _FilePart(fd, offset, length), integrity))
+                    offset += length
+                    # Bounded read-ahead: the parts in flight hold the file open only.
                     if len(pending) >= self.max_concurrency:
                         parts.append(pending.popleft().result())
-                    if len(data) < part_size:
+                    if length < part_size:
                         break
-            while pending:
-                parts.append(pending.popleft().result())
+                while pending:
+                    parts.append(pending.popleft().result())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return parts, whole.hexdigest()
 
-    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
-        integrity: dict[str, Any] = {}
-        if self.config.checksum is Checksum.SHA256:
-            integrity["ChecksumSHA256"] = base64.b64encode(
-                hashlib.sha256(data).digest()).decode("ascii")
-        elif self.config.checksum is Checksum.MD5:
-            integrity["ContentMD5"] = base64.b64encode(
-                hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+    def _upload_part(self, key: str, upload_id: str, number: int, body: _FilePart,
+                     integrity: dict[str, Any]) -> dict[str, Any]:
         if self._pace is not None:
-            self._pace(len(data))
+            self._pace(len(body))
         refused = 0
         while True:
+            body.seek(0)
             try:
                 response = self._client.upload_part(
                     Bucket=self.bucket,
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=data,
-                    ContentLength=len(data),
+                    Body=cast("IO[bytes]", body),
+                    ContentLength=len(body),
                     **integrity,
                 )
             except botocore.exceptions.ClientError as exc:
                 if _code(exc) in _BAD_DATA_CODES:
-                    # The checksum was computed from these very bytes in
-                    # memory: a refusal means they were damaged on the way.
+                    # The checksum was computed from these very bytes of a spool
+                    # file, which is never written again: a refusal means they
+                    # were damaged on the way.
                     refused += 1
                     self._refused_in_transit(exc, f"upload part {number} of", key, refused)
                     continue
@@ -1355,6 +1374,62 @@ def _file_size(source: Path) -> int:
         raise NoInputError(f"{source}: no such file") from None
     except OSError as exc:
         raise StorageIOError(f"cannot read {source}: {exc}") from exc
+
+
+def _part_integrity(checksum: Checksum, part_hash: Any) -> dict[str, Any]:
+    """The integrity argument of one UploadPart, from the part's digest."""
+    if part_hash is None:
+        return {}
+    encoded = base64.b64encode(part_hash.digest()).decode("ascii")
+    return {"ChecksumSHA256" if checksum is Checksum.SHA256 else "ContentMD5": encoded}
+
+
+class _FilePart(io.RawIOBase):
+    """Bytes ``offset`` to ``offset + length`` of the open file ``fd``, as a seekable
+    stream of its own (position 0 is ``offset``; ``pread``, so parts of one file
+    share the descriptor). botocore hashes it for the signature, seeks back and
+    sends it; a retry seeks to 0 again."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._offset = offset
+        self._length = length
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
+        self._position = min(max(base + position, 0), self._length)
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        remaining = self._length - self._position
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        if size <= 0:
+            return b""
+        data = os.pread(self._fd, size, self._offset + self._position)
+        if not data:
+            raise StorageIOError(f"a spool file shrank while it was uploaded (fd {self._fd})")
+        self._position += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 @contextlib.contextmanager
