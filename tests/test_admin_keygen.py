@@ -115,6 +115,16 @@ def test_keygen_refuses_the_keyring_directory(cli: Cli, tmp_path: Path) -> None:
     assert sorted(p.name for p in etc.iterdir()) == ["backup.cert"]
 
 
+def test_keygen_refuses_a_userid_with_a_newline(cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "keys"
+    out.mkdir()
+    result = cli.run(["keygen", "--tool", "gpg", "--output-dir", out,
+                      "--userid", "me <me@host>\n%no-protection"])
+    assert result.returncode == 64, result.stderr
+    assert "invalid --userid" in result.stderr
+    assert list(out.iterdir()) == []
+
+
 def test_keygen_with_sq_refuses_a_passphrase_it_cannot_take(cli: Cli, tmp_path: Path) -> None:
     keys = tmp_path / "offline"
     keys.mkdir()

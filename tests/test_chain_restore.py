@@ -284,3 +284,15 @@ def test_chain_restore_and_verify_on_seaweedfs(cli: Cli, gpg_key: oracles.KeyPai
     assert not marker.exists()
     verified = chain.run("verify", "-v", VAULT, "-p", PREFIX, "-u", chain.ulids[2], "--chain")
     assert verified.returncode == 65
+
+
+def test_a_command_that_exits_0_before_reading_its_input_is_a_failure(
+        cli: Cli, gpg_key: oracles.KeyPair, tmp_path: Path) -> None:
+    data = random.Random(77).randbytes(4 << 20)  # far more than a pipe holds
+    ulid = cli.backup(gpg_key, data, "-C", "none")
+    assert cli.run(["freeze", "--once"]).returncode == 0
+    result = cli.run(["restore", "-v", VAULT, "-p", "hosts/db1", "-u", ulid, "-k",
+                      gpg_key.secret, "--exec", "exit 0"])
+    assert result.returncode == 69, result.stderr
+    assert "exited with status 0" in result.stderr
+    assert "before it read its whole input" in result.stderr

@@ -29,6 +29,11 @@ RESTORABLE_STATES = frozenset({BackupState.FROZEN, BackupState.RESTORED,
                                BackupState.THAW_REQUESTED, BackupState.THAWING,
                                BackupState.THAW_FAILED})
 
+#: States that say a thaw request exists: they outrank what the vault holds, so
+#: the backup must still be in the vault, undamaged, to count.
+THAW_STATES = frozenset({BackupState.THAW_REQUESTED, BackupState.THAWING,
+                         BackupState.THAW_FAILED})
+
 Notify = Callable[[str], None]
 
 
@@ -47,7 +52,8 @@ def latest(inventory: Inventory, vault: uuid.UUID, prefix: str, notify: Notify) 
             raise TryLaterError(f"--latest: cannot tell which backup of {vault}/"
                                 f"{prefix or '(no prefix)'} is the latest: {entry.backup_id} "
                                 f"cannot be read now ({entry.error})")
-        if entry.state in RESTORABLE_STATES:
+        if entry.state in RESTORABLE_STATES and (
+                entry.state not in THAW_STATES or (entry.in_vault and entry.error is None)):
             return entry.backup_id
         notify(f"--latest passes over {entry.backup_id}: {_why_not(entry)}")
     where = f"{vault}/{prefix}" if prefix else f"{vault} (no prefix)"
@@ -58,6 +64,8 @@ def latest(inventory: Inventory, vault: uuid.UUID, prefix: str, notify: Notify) 
 def _why_not(entry: Entry) -> str:
     if entry.state in (BackupState.QUEUED, BackupState.PARTLY_FROZEN):
         return "it is not in the vault yet (still queued for upload)"
+    if entry.state in THAW_STATES and not entry.in_vault:
+        return f"it is {entry.state.value} but no longer in the vault"
     why = f": {entry.error}" if entry.error else ""
     return f"it is {entry.state.value}{why}"
 
@@ -72,6 +80,13 @@ def labelled(inventory: Inventory, vault: uuid.UUID, prefix: str,
              and all(dict(entry.manifest.labels).get(key) == value
                      for key, value in wanted.items())]
     text = " ".join(f"--label {key}={value}" for key, value in labels)
+    unreadable = [entry for entry in inventory.entries
+                  if entry.backup_id.vault == vault and entry.state is BackupState.UNREADABLE]
+    if unreadable:
+        # It might carry the label too: "one match" cannot be told now.
+        raise TryLaterError(f"{text}: cannot tell which backup carries it: "
+                            f"{unreadable[0].backup_id} cannot be read now "
+                            f"({unreadable[0].error})")
     if not found:
         below = f" below prefix {prefix!r}" if prefix else ""
         raise NoInputError(f"{text}: no backup of vault {vault}{below} carries it (`cryophile "

@@ -291,16 +291,26 @@ class CommandSink:
     def abort(self, link: BackupId, error: CryophileError) -> CryophileError:
         """Stop the command, whose input is incomplete; when the command itself
         failed (it stopped reading: the restore's output closed), its failure."""
-        process = self._end_input()
+        process = self.process
+        assert process is not None
         if isinstance(error, StorageIOError):
             # The output closed under the restore: the command is exiting on its own.
+            self._end_input()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 status = process.wait(timeout=EXIT_GRACE_SECONDS)
                 if status != 0:
                     return self._failed(link, status)
+                # It exited 0 before reading its whole input: it failed all the same.
+                return CommandFailedError(
+                    f"--exec {self.command!r} exited with status 0 on backup {link} before "
+                    "it read its whole input: the restore is incomplete")
         if process.poll() is None:
+            # Stopped before its input ends: an end of input first would let a command
+            # that takes EOF as "done" (cat > file) commit the truncated stream.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
+        if self.process is not None:
+            self._end_input()
         status = process.wait()
         return type(error)(f"{error}; the input of --exec {self.command!r} was incomplete, "
                            f"so it was stopped ({_status_text(status)})")

@@ -146,6 +146,10 @@ def generate(tool: str, userid: str, output_dir: Path, *, passphrase: str | None
     if not is_directory:
         shown = str(output_dir) if len(str(output_dir)) <= 80 else str(output_dir)[:80] + "…"
         raise UsageError(f"invalid --output-dir {shown!r}: {why}")
+    if not userid.strip() or not userid.isprintable():
+        # A newline would add lines to gpg's parameter file (%no-protection among them).
+        raise UsageError(f"invalid --userid {userid!r}: a non-empty line of printable "
+                         "characters, e.g. 'backup storage key <root@host>'")
     environment = dict(env if env is not None else os.environ)
     with _private_dir(output_dir) as work:
         made = _MAKERS[tool](work, userid, passphrase, environment)

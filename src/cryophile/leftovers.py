@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shlex
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,6 +156,17 @@ def _cancelled_requests(spool: Spool) -> Iterator[tuple[BackupId, Path]]:
                        Path(dirpath) / name)
 
 
+#: An empty lock or record this young is being written, not left over.
+FRESH_SECONDS = 60.0
+
+
+def _fresh(path: Path) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < FRESH_SECONDS
+    except OSError:
+        return True
+
+
 def _dead_records(directory: Path, pattern: str) -> list[Path]:
     """Files in ``directory`` naming a pid (a wait record's ``pid``, a lock's text) that
     is no longer alive, or none readable."""
@@ -165,6 +177,8 @@ def _dead_records(directory: Path, pattern: str) -> list[Path]:
                 text = path.read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError):
                 continue
+            if not text and _fresh(path):
+                continue  # created, its pid not written yet: a live one, starting
             pid: object = text
             if text.startswith("{"):
                 try:

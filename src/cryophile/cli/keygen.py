@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         "     cryophile backup -k /etc/cryophile/backup.cert ...",
         f"secret key (mode 0600, {protection}): {pair.secret_key}",
         "  -> keep it on the restoring or an offline machine only, never on the backup host,",
-        f"     and restore with: cryophile restore -k {pair.secret_key} ...",
+        f"     and restore with: cryophile restore -k {shlex.quote(str(pair.secret_key))} ...",
         "     Keep a second copy offline: without it, no backup made to this certificate",
         "     can ever be restored.",
     ]
