@@ -2,7 +2,7 @@
 
 :class:`MemoryVault` implements :class:`cryophile.vault.base.Vault` and passes
 the same contract suite as the directory and S3 vaults
-(``tests/test_vault_contract.py``), so in-process tests of the use cases
+(``tests/unit/test_vault_contract.py``), so in-process tests of the use cases
 (prune, inventory, verification, ...) can run on it without a server.
 
 Cold storage follows AWS: an object in a class of

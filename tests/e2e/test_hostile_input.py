@@ -31,10 +31,10 @@ import pytest
 
 import oracles
 from cryophile.cli.main import Environment, run
+from e2e.test_cli_errors import SENTINEL, _sign_only_cert, assert_one_line, left_unread
 from stress import pick
 from support.cli import VAULT, Cli
 from support.files import prepare_spool, snapshot
-from test_cli_errors import SENTINEL, _sign_only_cert, assert_one_line, left_unread
 
 ULID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
 LONG = "x" * 2000

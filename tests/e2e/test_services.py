@@ -26,10 +26,10 @@ import pytest
 
 import cryophile.services
 import oracles
-import test_freeze_s3 as fs
 from cryophile.config import parse_config
 from cryophile.errors import ConfigError
 from cryophile.storage_classes import COLD_STORAGE_CLASSES
+from e2e import test_freeze_s3 as fs
 from s3server import S3Bucket
 from service_proxy import ServiceProxy
 from support.cli import VAULT, Cli, Result

@@ -38,7 +38,7 @@ from cryophile.errors import DataError
 from cryophile.manifest import MAX_FRAGMENT_SIZE, parse
 from stress import pick
 from support.cli import VAULT
-from test_manifest import BACKUP, sample
+from unit.test_manifest import BACKUP, sample
 
 #: The README's exit code table, minus 70 (internal error: a bug) and 130 (interrupted).
 DOCUMENTED = {0, 64, 65, 66, 69, 73, 74, 75, 77, 78}

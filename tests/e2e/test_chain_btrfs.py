@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import oracles
+from e2e.test_chain_restore import same_tree
 from support.cli import VAULT, Cli
-from test_chain_restore import same_tree
 
 PREFIX = "btrfs/home"
 

@@ -21,10 +21,10 @@ import pytest
 from moto.s3.responses import S3Response
 
 import oracles
+from e2e.test_chain_restore import PREFIX, make_chain, same_tree, untar_into
+from e2e.test_thaw_glacier import make_site
 from s3server import S3Bucket
 from support.cli import Cli
-from test_chain_restore import PREFIX, make_chain, same_tree, untar_into
-from test_thaw_glacier import make_site
 
 _FRAGMENT = re.compile(r".*/chunk\.[1-9][0-9]*")
 

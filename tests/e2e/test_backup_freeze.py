@@ -23,11 +23,8 @@ from pathlib import Path
 import pytest
 
 import oracles
-import test_freeze_s3 as fs
-from polling import wait_until
-from s3server import S3Bucket
-from support.cli import VAULT, Cli
-from test_backpressure import (
+from e2e import test_freeze_s3 as fs
+from e2e.test_backpressure import (
     BUDGET,
     FRAGMENT,
     UsageSampler,
@@ -35,6 +32,9 @@ from test_backpressure import (
     make_big_input,
     spool_files,
 )
+from polling import wait_until
+from s3server import S3Bucket
+from support.cli import VAULT, Cli
 
 PREFIX = fs.PREFIX
 MiB = 1 << 20

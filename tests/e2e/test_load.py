@@ -34,7 +34,7 @@ from typing import IO
 import pytest
 
 import oracles
-import test_freeze_s3 as fs
+from e2e import test_freeze_s3 as fs
 from polling import live_files, wait_until
 from s3server import S3Bucket
 from stress import full, pick

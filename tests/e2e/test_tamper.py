@@ -37,11 +37,11 @@ from typing import Any
 import pytest
 
 import oracles
+from e2e.test_list_verify_status import configure_s3_vault, vault_dir, wipe_spool
 from s3server import S3Bucket
 from stress import full
 from support.cli import VAULT, Cli, Result
 from support.files import snapshot
-from test_list_verify_status import configure_s3_vault, vault_dir, wipe_spool
 
 PREFIX = "hosts/db1"
 MiB = 1 << 20

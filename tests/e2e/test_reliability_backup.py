@@ -50,10 +50,10 @@ import oracles
 from cryophile.backup_id import BackupId
 from cryophile.durable import remove_empty_dirs
 from cryophile.spool import LOCK_NAME, Queue, Spool
+from e2e.test_freeze_thaw_local import restore_args, vault_objects
 from stress import pick
 from support.cli import VAULT, Cli
 from support.files import snapshot
-from test_freeze_thaw_local import restore_args, vault_objects
 
 PREFIX = "hosts/db1"
 MiB = 1 << 20

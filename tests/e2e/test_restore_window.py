@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import oracles
-import test_freeze_s3 as fs
+from e2e import test_freeze_s3 as fs
 from polling import wait_until
 from s3server import S3Bucket
 from support.cli import VAULT, Cli

@@ -38,12 +38,7 @@ from cryophile.retention import (
 )
 from cryophile.spool import Spool
 from cryophile.vault.factory import open_vault
-from faultproxy import Fault, FaultProxy, always
-from polling import live_files, wait_until
-from s3server import S3Bucket
-from support.cli import VAULT, Cli
-from support.files import REPO, snapshot
-from test_list_verify_status import (
+from e2e.test_list_verify_status import (
     IDENTITY,
     TIME_PATTERN,
     UUID_PATTERN,
@@ -51,7 +46,12 @@ from test_list_verify_status import (
     backup_from_fifo,
     configure_s3_vault,
 )
-from test_tamper import SigningPair, make_gpg_signing_key
+from e2e.test_tamper import SigningPair, make_gpg_signing_key
+from faultproxy import Fault, FaultProxy, always
+from polling import live_files, wait_until
+from s3server import S3Bucket
+from support.cli import VAULT, Cli
+from support.files import REPO, snapshot
 
 DB = "hosts/db1"
 WEB = "hosts/web1"

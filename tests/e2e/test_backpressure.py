@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 import oracles
-import test_freeze_s3 as fs
 from cryophile.spool_budget import spool_usage
+from e2e import test_freeze_s3 as fs
 from faultproxy import Fault, FaultProxy, always
 from polling import wait_until
 from s3server import S3Bucket

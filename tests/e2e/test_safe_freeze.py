@@ -50,8 +50,8 @@ from typing import Any
 import pytest
 
 import oracles
-import test_freeze_s3 as fs
 from cryophile.backup_id import parse_timestamp, ulid_for_timestamp
+from e2e import test_freeze_s3 as fs
 from polling import live_files, wait_until
 from s3server import S3Bucket
 from support.cli import VAULT, Cli, Result

@@ -15,9 +15,9 @@ import pytest
 from cryophile.config import parse_config
 from cryophile.vault.factory import open_vault, wrapped
 from cryophile.vault.throttle import Throttle
+from e2e.test_freeze_s3 import credentials_env, s3_port
 from s3server import S3Bucket
 from service_proxy import ServiceProxy
-from test_freeze_s3 import credentials_env, s3_port
 
 MiB = 1 << 20
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import configparser
-from pathlib import Path
 
 from cryophile.cli.parsers import build_parser
 from cryophile.config import load_config
+from support.files import REPO
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
+CONTRIB = REPO / "contrib"
 
 
 def test_example_config_parses_with_every_provider() -> None:

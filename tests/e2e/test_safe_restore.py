@@ -51,7 +51,7 @@ from typing import IO, Any
 import pytest
 
 import oracles
-import test_freeze_s3 as fs
+from e2e import test_freeze_s3 as fs
 from faultproxy import FaultProxy
 from polling import wait_until
 from s3server import S3Bucket

@@ -42,13 +42,14 @@ from typing import Any
 import pytest
 
 import oracles
-import test_freeze_s3 as fs
 from cryophile.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
+from e2e import test_freeze_s3 as fs
 from faultproxy import BODY_FAULTS, Fault, FaultProxy, Request, always, capped
 from polling import live_files, wait_until
 from s3server import S3Bucket, SeaweedFS, _new_bucket, isolated_aws_environment
 from stress import full, pick
 from support.cli import VAULT, Cli
+from support.files import REPO
 
 PREFIX = fs.PREFIX
 MiB = fs.MiB
@@ -704,7 +705,7 @@ QUICK_TIMEOUTS = {"connect_timeout": 1.0, "read_timeout": 2.0}
 def test_the_readme_states_the_bound_of_the_defaults() -> None:
     """The defaults' bound, without waiting 60 s for it: the README's number is
     the formula's (the tests below hold the formula with small timeouts)."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     assert f"{no_answer_bound():g} s with the defaults" in readme
 
 
