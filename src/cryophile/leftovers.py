@@ -40,6 +40,7 @@ from cryophile import thaw_request
 from cryophile.backup_id import BackupId, normalize_prefix, parse_ulid, parse_vault
 from cryophile.errors import UsageError
 from cryophile.inventory import BackupState, SpoolRecord
+from cryophile.presence import pid_alive
 from cryophile.spool import Queue, Spool
 
 #: The suffix of a request being cancelled: ``SPOOL/thaw/VAULT/PREFIX/.ULID.cancelled``
@@ -125,19 +126,7 @@ def _restore_running(spool: Spool, backup_id: BackupId) -> bool:
         text = spool.restore_lock_path(backup_id).read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError):
         return False
-    return text.isdigit() and _alive(int(text))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OverflowError:
-        return False
-    return True
+    return text.isdigit() and pid_alive(int(text))
 
 
 def _cancelled_requests(spool: Spool) -> Iterator[tuple[BackupId, Path]]:
@@ -187,7 +176,7 @@ def _dead_records(directory: Path, pattern: str) -> list[Path]:
                     pid = None
             number = pid if isinstance(pid, int) else (
                 int(pid) if isinstance(pid, str) and pid.isascii() and pid.isdigit() else None)
-            if number is None or not _alive(number):
+            if number is None or not pid_alive(number):
                 dead.append(path)
     return dead
 

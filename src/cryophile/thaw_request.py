@@ -55,6 +55,7 @@ from typing import Any
 from cryophile.backup_id import BackupId, rfc3339
 from cryophile.durable import DIR_MODE, FILE_MODE, make_dirs, remove_empty_dirs, replace_file
 from cryophile.errors import DataError
+from cryophile.presence import pid_alive
 from cryophile.spool import LOCK_NAME, Queue, Spool, read_spool_file
 from cryophile.units import human_bytes
 
@@ -317,13 +318,7 @@ def claimant(directory: Path) -> int | None:
     position = load_position(directory)
     if position is None or position.pid <= 0 or position.pid == os.getpid():
         return None
-    try:
-        os.kill(position.pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return position.pid
-    return position.pid
+    return position.pid if pid_alive(position.pid) else None
 
 
 def save_position(directory: Path, position: ReadPosition) -> bool:

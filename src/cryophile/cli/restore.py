@@ -32,6 +32,7 @@ from cryophile.pipeline.engines import engine_for
 from cryophile.pipeline.keys import load_secret_keys
 from cryophile.pipeline.restore import RestoreResult
 from cryophile.pipeline.stages import Counters
+from cryophile.presence import pid_alive
 from cryophile.restoring import RestoreOptions, check_signature, prepare, restore
 from cryophile.signing import load_trusted_signers
 from cryophile.spool import Spool
@@ -201,7 +202,7 @@ def _remove_dead_leftovers(path: Path, notify: Callable[[str], None]) -> None:
                 name.startswith(stem) and name.endswith(".part")) else ""
             if not (pid_text.isascii() and pid_text.isdigit()):
                 continue
-            if _alive(int(pid_text)):
+            if pid_alive(int(pid_text)):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
@@ -209,11 +210,3 @@ def _remove_dead_leftovers(path: Path, notify: Callable[[str], None]) -> None:
                    f"killed (pid {pid_text})")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
