@@ -34,7 +34,7 @@ def test_the_man_page_has_every_command_and_option(cli: Cli, tmp_path: Path) -> 
     assert page.startswith(".TH CRYOPHILE 1 ")
     commands = next(a for a in build_parser()._actions if a.dest == "command")
     for name in COMMANDS:
-        assert f".SS cryophile {name}\n" in page, name
+        assert f".SS cryophile {name.replace('-', chr(92) + '-')}\n" in page, name
         sub = commands.choices[name]  # type: ignore[index]
         for action in sub._actions:
             if action.dest == "help":
@@ -76,3 +76,34 @@ def test_units_are_hardened_and_systemd_analyze_verify_accepts_them(
                              env={**env, "MANPATH": str(tmp_path / "none")})
     assert missing.returncode != 0
     assert "man cryophile(1)" in missing.stderr
+
+
+def test_unit_paths_prints_the_drop_in_for_what_the_configuration_writes(
+        cli: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "cryophile.toml"
+    config.write_text(
+        'spool = "/srv/cryophile/spool"\n'
+        'metrics_file = "/var/lib/node-exporter/cryophile.prom"\n'
+        '[[vault]]\nid = "0b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"\nprovider = "dir"\n'
+        'path = "/mnt/usb/cryophile"\n'
+        '[[vault]]\nid = "1b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"\nprovider = "dir"\n'
+        'path = "/srv/cryophile/spool-vaults/mine"\n'   # inside one already listed
+        '[[vault]]\nid = "2b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"\nprovider = "dir"\n'
+        'path = "/var/spool/cryophile-vaults/x"\n')      # the units' own
+    result = cli.run(["-c", config, "unit-paths"])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[lines.index("[Service]") + 1:] == [
+        "ReadWritePaths=-/srv/cryophile/spool",
+        "ReadWritePaths=-/srv/cryophile/spool-vaults",
+        "ReadWritePaths=-/mnt/usb/cryophile",
+        "ReadWritePaths=-/var/lib/node-exporter",
+    ]
+    assert f"from {config}" in lines[0]
+    # Nothing configured beyond the defaults: nothing to add.
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[[vault]]\nid = "0b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"\nprovider = "dir"\n'
+                     'path = "/var/spool/cryophile-vaults/usb"\n')
+    empty = cli.run(["-c", plain, "unit-paths"])
+    assert empty.returncode == 0, empty.stderr
+    assert b"ReadWritePaths" not in empty.stdout

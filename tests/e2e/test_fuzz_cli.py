@@ -321,7 +321,7 @@ def test_fuzz_command_lines(world: World, data: st.DataObject) -> None:
 def test_catalog_covers_every_command() -> None:
     """The fuzzer's view of the parser is the parser: all commands, their options."""
     assert set(COMMANDS) == {"backup", "restore", "freeze", "thaw", "list", "verify", "status",
-                             "prune", "keygen", "completion", "man", "help"}
+                             "prune", "keygen", "completion", "man", "unit-paths", "help"}
     flags = {flag for option in COMMANDS["restore"] for flag in option.flags}
     assert {"-v", "-u", "-k", "-P", "-o", "--timeout", "-S", "-c"} <= flags
     kinds = {option.flags[0]: option.kind for option in COMMANDS["restore"] if option.flags}

@@ -55,7 +55,8 @@ def _show_help(args: argparse.Namespace, environment: Environment) -> int:
 
 
 def command_named(name: str) -> Command:
-    """The function that runs command ``name``: ``cryophile.cli.NAME.run``.
+    """The function that runs command ``name``: ``cryophile.cli.NAME.run`` (a ``-`` in
+    the name is ``_`` in the module's).
 
     Its module is imported only now, once the command line is parsed: the
     parsers (:mod:`cryophile.cli.parsers`) import no command's work, so
@@ -63,7 +64,8 @@ def command_named(name: str) -> Command:
     """
     if name == "help":
         return _show_help
-    run: Command = importlib.import_module(f"cryophile.cli.{name}").run
+    module = name.replace("-", "_")
+    run: Command = importlib.import_module(f"cryophile.cli.{module}").run
     return run
 
 

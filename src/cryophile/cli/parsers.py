@@ -748,12 +748,38 @@ def _add_man(commands: Any) -> argparse.ArgumentParser:
     return parser
 
 
+# -- unit-paths ----------------------------------------------------------------
+_UNIT_PATHS_EXAMPLES = """\
+examples:
+  cryophile unit-paths
+  for unit in cryophile-freeze cryophile-thaw; do
+    mkdir -p /etc/systemd/system/$unit.service.d
+    cryophile unit-paths > /etc/systemd/system/$unit.service.d/paths.conf
+  done; systemctl daemon-reload
+"""
+
+
+def _add_unit_paths(commands: Any) -> argparse.ArgumentParser:
+    """Add the ``unit-paths`` parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "unit-paths", help="print the systemd drop-in making the configuration's paths "
+                           "writable for the hardened units",
+        description="Print a systemd drop-in ([Service] ReadWritePaths=) for the hardened "
+                    "units (ProtectSystem=strict): the configured spool and its embedded "
+                    "vaults when not the default, every provider = \"dir\" vault's path and "
+                    "the directory of metrics_file, from the configuration (-c) the daemons "
+                    "read.",
+        epilog=_UNIT_PATHS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
+
+
 #: Each command by name, in the order ``--help`` lists them, with the function
 #: that adds its parser; ``cryophile.cli.NAME`` runs it.
 _COMMANDS: dict[str, Callable[[Any], argparse.ArgumentParser]] = {
     "backup": _add_backup, "restore": _add_restore, "freeze": _add_freeze, "thaw": _add_thaw,
     "list": _add_list, "verify": _add_verify, "status": _add_status, "prune": _add_prune,
     "keygen": _add_keygen, "completion": _add_completion, "man": _add_man,
+    "unit-paths": _add_unit_paths,
 }
 #: The commands that are a module ``cryophile.cli.NAME`` (all but ``help``).
 COMMANDS = tuple(_COMMANDS)
