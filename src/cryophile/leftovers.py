@@ -62,6 +62,7 @@ class Kind(StrEnum):
     BACKUP_WAIT = "backup_wait"
     RESTORE_LOCK = "restore_lock"
     PRUNE_JOURNAL = "prune_journal"
+    STAGED_REQUEST = "staged_request"
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ def find_leftovers(spool: Spool, records: dict[BackupId, SpoolRecord], *,
               for path in _dead_records(spool.backup_waits_dir, "*.json")]
     found += [Leftover(Kind.RESTORE_LOCK, path, None, f"rm -- {shlex.quote(str(path))}")
               for path in _dead_records(spool.run_dir / "restore", "*.lock")]
+    found += [Leftover(Kind.STAGED_REQUEST, path, None, f"rm -r -- {shlex.quote(str(path))}")
+              for path in _staged_requests(spool)]
     for path, vault_id in _prune_journals(spool):
         found.append(Leftover(Kind.PRUNE_JOURNAL, path, None,
                               f"{cryophile} prune -v {vault_id} --keep-last {KEEP_EVERYTHING}"))
@@ -143,6 +146,24 @@ def _cancelled_requests(spool: Spool) -> Iterator[tuple[BackupId, Path]]:
                                 normalize_prefix("/".join(relative.parts[1:])),
                                 parse_ulid(match.group(1))),
                        Path(dirpath) / name)
+
+
+#: ``thaw/VAULT/PREFIX/.ULID.PID.new``: a request being filed by process PID
+#: (thaw_request.file_request), renamed into place when written.
+_STAGED = re.compile(r"\.([0-9A-Za-z]{26})\.([0-9]+)\.new")
+
+
+def _staged_requests(spool: Spool) -> Iterator[Path]:
+    """Staging directories of requests whose filing process died before the rename."""
+    base = spool.queue_dir(Queue.THAW)
+    for dirpath, dirnames, _ in os.walk(base):
+        for name in list(dirnames):
+            match = _STAGED.fullmatch(name)
+            if match is None:
+                continue
+            dirnames.remove(name)
+            if not pid_alive(int(match.group(2))):
+                yield Path(dirpath) / name
 
 
 #: An empty lock or record this young is being written, not left over.

@@ -104,3 +104,25 @@ def test_interrupted_prune_is_finished_by_the_named_command(cli: Cli,
     assert not (vault / PREFIX / half).exists()
     assert (vault / PREFIX / kept / "chunk.0").exists()  # it deleted nothing else
     assert leftovers(cli) == []
+
+
+def test_a_request_a_killed_restore_was_still_filing_is_named_with_rm(cli: Cli) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ulid = "01JDX5Z8Q8K4M2N6P7R9S0T1V2"
+    parent = cli.spool / "thaw" / VAULT / PREFIX
+    parent.mkdir(parents=True, mode=0o700)
+    for directory in (cli.spool / "thaw", cli.spool / "thaw" / VAULT, parent.parent):
+        directory.chmod(0o700)
+    staged = parent / f".{ulid}.{dead.pid}.new"
+    staged.mkdir(mode=0o700)
+    (staged / "state.json").write_text("{}")
+    [leftover] = leftovers(cli)
+    assert leftover == {"kind": "staged_request", "path": str(staged), "backup": None,
+                        "command": f"rm -r -- {staged}"}
+    assert paste(cli, leftover["command"]).returncode == 0
+    assert not staged.exists()
+    assert leftovers(cli) == []
+    # One being filed right now (its process is alive) is no leftover.
+    (parent / f".{ulid}.{os.getpid()}.new").mkdir(mode=0o700)
+    assert leftovers(cli) == []
