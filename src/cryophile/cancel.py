@@ -115,8 +115,8 @@ def cancel_restore(spool: Spool, backup_id: BackupId, *,
     # A chain restore (pid) filed this request and will read it later.
     raise TryLaterError(
         f"the request of {backup_id} belongs to a running restore (pid {claimed}, a chain "
-        f"restore that reads it later): stop it first (kill {claimed}), then cancel again; "
-        "nothing was removed")
+        "restore that reads it later): stop that restore first, then cancel again; nothing "
+        "was removed")
 
 
 def _lock_owner(spool: Spool, backup_id: BackupId) -> str | None:

@@ -365,13 +365,19 @@ def restore_chain(spool: Spool, opened: OpenedVault, links: Sequence[BackupId],
         say(plan.describe())
     for link, preparation in zip(chain, preparations, strict=True):
         if preparation.manifest is not None:
-            thaw_request.file_request(spool, link, tier=options.tier, days=options.days)
             # Window 0 until its link's turn: every Glacier restore is asked for now,
             # but nothing is downloaded, so the spool holds one link's window at a
             # time; and the request is claimed by this process (status does not call
             # it a leftover, cancel refuses it) until that link's restore takes over.
-            thaw_request.save_position(thaw_request.request_dir(spool, link),
-                                       thaw_request.ReadPosition(window=0))
+            # Written with the request, never after it (a thaw pass in between would
+            # see no window and download the whole link), and only for a new request
+            # (an existing one may be a running restore's) whose restore will write
+            # its own window (not --keep, not one already delivered).
+            windowed = not options.keep and not preparation.local and not (
+                preparation.delivered)
+            thaw_request.file_request(
+                spool, link, tier=options.tier, days=options.days,
+                position=thaw_request.ReadPosition(window=0) if windowed else None)
     served_here = _thaw_here(spool, options, preparations, say)
     if served_here:
         _request_restores(opened, chain, preparations, options)

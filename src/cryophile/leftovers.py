@@ -15,6 +15,8 @@ each with the exact command that removes it (``cryophile status``).
   for spool space (ignored by everyone, removed by nothing). ``rm``.
 - ``restore_lock``: the lock of a restore that was killed (harmless: the next
   restore or cancel of that backup takes it and removes it). ``rm``.
+- ``staged_request``: a thaw request a killed restore was still filing
+  (``thaw/VAULT/PREFIX/.ULID.PID.new``, never renamed into place). ``rm -r``.
 - ``prune_journal``: deletions a prune began and did not finish (or is doing
   right now); the next prune of that vault finishes them. A prune that keeps
   every backup finishes them and deletes nothing else.
@@ -221,6 +223,8 @@ def describe(leftover: Leftover) -> str:
         Kind.ABANDONED: "a backup whose writer died before its manifest (never uploaded)",
         Kind.BACKUP_WAIT: "the wait record of a backup that is gone",
         Kind.RESTORE_LOCK: "the lock of a restore that is gone",
+        Kind.STAGED_REQUEST: "a thaw request a killed restore was still filing (never "
+                             "used by anyone)",
         Kind.PRUNE_JOURNAL: "deletions a prune began and did not finish (the next prune of "
                             "the vault finishes them; this one keeps every backup)",
     }[leftover.kind]

@@ -72,21 +72,41 @@ def passphrase_source(pass_fd: int | None, env: Mapping[str, str], *,
     return ask
 
 
+def _has_terminal() -> bool:
+    try:
+        with open("/dev/tty", "rb"):
+            return True
+    except OSError:
+        return False
+
+
 def _askpass(program: str, prompt: str, timeout: float) -> str:
     try:
-        # Its own process group: on a timeout the whole group goes, so a child it
-        # started cannot keep our pipe open and hang us after the program is killed.
+        # Without a terminal (cron, systemd) its own session: on a timeout the whole
+        # group goes, so a child it started cannot keep our pipe open and hang us.
+        # With one it stays in ours, since a program asking on /dev/tty needs it.
+        isolated = not _has_terminal()
         process = subprocess.Popen([program, prompt], stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   start_new_session=True)
+                                   start_new_session=isolated)
     except OSError as error:
         raise KeyAccessError(f"CRYOPHILE_ASKPASS program {program!r} failed: {error}") from None
     try:
         stdout, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+            if isolated:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+        try:
+            process.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            # A child of it still holds the pipe (not ours to kill in our own group).
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+            process.wait()
         raise KeyAccessError(f"CRYOPHILE_ASKPASS program {program!r} gave no passphrase "
                              f"within {timeout:g} s (--timeout); no passphrase") from None
     if process.returncode != 0:

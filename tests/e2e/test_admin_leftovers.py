@@ -120,6 +120,10 @@ def test_a_request_a_killed_restore_was_still_filing_is_named_with_rm(cli: Cli) 
     [leftover] = leftovers(cli)
     assert leftover == {"kind": "staged_request", "path": str(staged), "backup": None,
                         "command": f"rm -r -- {staged}"}
+    text = cli.run(["status"])
+    assert text.returncode == 0, text.stderr
+    assert b"a thaw request a killed restore was still filing" in text.stdout
+    assert f"rm -r -- {staged}".encode() in text.stdout
     assert paste(cli, leftover["command"]).returncode == 0
     assert not staged.exists()
     assert leftovers(cli) == []

@@ -89,7 +89,9 @@ def test_unit_paths_prints_the_drop_in_for_what_the_configuration_writes(
         '[[vault]]\nid = "1b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"\nprovider = "dir"\n'
         'path = "/srv/cryophile/spool-vaults/mine"\n'   # inside one already listed
         '[[vault]]\nid = "2b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"\nprovider = "dir"\n'
-        'path = "/var/spool/cryophile-vaults/x"\n')      # the units' own
+        'path = "/var/spool/cryophile-vaults/x"\n'      # the units' own
+        '[[vault]]\nid = "3b7c2c5e-5a7e-4f0e-9f43-4d1f3b0c2a11"\nprovider = "dir"\n'
+        'path = "/mnt/my disk/100%"\n')                   # quoted, % doubled
     result = cli.run(["-c", config, "unit-paths"])
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
@@ -97,6 +99,7 @@ def test_unit_paths_prints_the_drop_in_for_what_the_configuration_writes(
         "ReadWritePaths=-/srv/cryophile/spool",
         "ReadWritePaths=-/srv/cryophile/spool-vaults",
         "ReadWritePaths=-/mnt/usb/cryophile",
+        'ReadWritePaths="-/mnt/my disk/100%%"',
         "ReadWritePaths=-/var/lib/node-exporter",
     ]
     assert f"from {config}" in lines[0]

@@ -296,3 +296,16 @@ def test_a_command_that_exits_0_before_reading_its_input_is_a_failure(
     assert result.returncode == 69, result.stderr
     assert "exited with status 0" in result.stderr
     assert "before it read its whole input" in result.stderr
+
+
+def test_a_chain_with_keep_restores_and_keeps_every_link(cli: Cli, gpg_key: oracles.KeyPair,
+                                                          tmp_path: Path) -> None:
+    """--keep: no window (room for each whole backup), so no window-0 position may stall
+    a link waiting for a window its restore never writes."""
+    chain = make_chain(cli, gpg_key, tmp_path, big=True)
+    result = chain.restore(gpg_key, "-u", chain.ulids[2], "--chain", "--keep", "--thaw",
+                           "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"".join(chain.streams)
+    for ulid in chain.ulids:  # kept in the restore queue, as --keep says
+        assert list((cli.spool / "restore" / VAULT / PREFIX / ulid).glob("chunk.*"))

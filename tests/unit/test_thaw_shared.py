@@ -3,7 +3,7 @@ hard link to the vault's file (issue 14: no copy, no fsync of data), or as a cop
 checked in the same pass on another file system; restore still verifies it.
 
 Restore's own check of a linked fragment is proven in process here
-(``read_fragments``) and end to end in tests/test_freeze_thaw_local.py.
+(``read_fragments``) and end to end in tests/e2e/test_freeze_thaw_local.py.
 """
 
 from __future__ import annotations

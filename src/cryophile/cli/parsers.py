@@ -7,7 +7,7 @@ types, defaults, choices) and never a command's work: :mod:`cryophile.cli.main`
 imports the one command module that runs (``cryophile.cli.NAME``, whose
 ``run(args, environment)`` does the work) after the parsing. ``cryophile status``
 then loads no OpenPGP engine, no compressor and no boto3
-(tests/test_cli_startup.py holds it to that).
+(tests/e2e/test_cli_startup.py holds it to that).
 """
 
 from __future__ import annotations

@@ -41,6 +41,15 @@ def writable_paths(spool: Path | None, dir_vaults: list[Path],
     return kept
 
 
+def _unit_path(path: Path) -> str:
+    """``-PATH`` as a unit file reads it: ``%`` is a specifier there (``%%`` is one ``%``),
+    and a path with blanks is quoted (the prefix goes inside the quotes)."""
+    text = "-" + str(path).replace("%", "%%")
+    if any(c.isspace() or c in "\"'\\" for c in text):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
 def run(args: argparse.Namespace, environment: Environment) -> int:
     """Print the drop-in (``[Service]`` and one ``ReadWritePaths=-PATH`` per path)."""
     config = load_config(args.config)
@@ -53,7 +62,7 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
              "# cryophile-thaw), then: systemctl daemon-reload",
              "# '-': a path that does not exist (a disk not mounted) does not stop the unit.",
              "[Service]"]
-    lines += [f"ReadWritePaths=-{path}" for path in paths]
+    lines += [f"ReadWritePaths={_unit_path(path)}" for path in paths]
     if not paths:
         lines.append("# nothing beyond the units' own spool and embedded vaults")
     write_all(environment.stdout_fd, ("\n".join(lines) + "\n").encode())

@@ -232,7 +232,7 @@ class Thawer:
         self._space_logged: dict[BackupId, float] = {}
         # The read position each windowed request had at its last pass: a restore
         # that read on makes its request due at once, whatever its poll time.
-        self._released: dict[BackupId, tuple[int, int]] = {}
+        self._released: dict[BackupId, tuple[int, int, str]] = {}
         # Fragments beyond the window already seen readable (not stat-ed again).
         self._readable: dict[BackupId, set[int]] = {}
         # Windowed requests whose every fragment was delivered (logged once).
@@ -353,9 +353,10 @@ class Thawer:
         if backup_id not in self._released:
             return False
         position = thaw_request.load_position(thaw_request.request_dir(self.spool, backup_id))
-        # The window counts too: a chain's later link opens from 0 when its turn comes.
-        return position is not None and (position.released,
-                                         position.window) != self._released[backup_id]
+        # The window and run count too: a chain's later link opens from 0 when its turn
+        # comes, and a rerun starts a new run.
+        return position is not None and (position.released, position.window,
+                                         position.run) != self._released[backup_id]
 
     def _wait_for_space(self, backup_id: BackupId, why: str) -> None:
         """Look for room again after the space back-off; log it at most once a minute."""
@@ -418,7 +419,7 @@ class Thawer:
         position = thaw_request.load_position(job.directory)
         backup_id = job.backup_id
         if position is not None:
-            self._released[backup_id] = (position.released, position.window)
+            self._released[backup_id] = (position.released, position.window, position.run)
         infos: dict[int, ObjectInfo | None] = {}
         if not job.request.fragments:
             infos = {f.index: job.opened.vault.stat(job.key(f.index))

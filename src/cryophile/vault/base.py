@@ -4,7 +4,7 @@ Where this sits: the freeze daemon uploads queued fragments through a
 :class:`Vault`, the thaw daemon warms them up and downloads them through one;
 nothing above this layer knows whether a vault is an S3 bucket
 (:mod:`cryophile.vault.s3`) or a local directory (:mod:`cryophile.vault.local`).
-Both are checked by one contract test suite (``tests/test_vault_contract.py``).
+Both are checked by one contract test suite (``tests/unit/test_vault_contract.py``).
 
 Keys are plain ``/``-separated strings such as ``hosts/db1/01J.../chunk.3``; the
 caller (:mod:`cryophile.backup_id`) builds them, :func:`check_key` only refuses

@@ -17,7 +17,7 @@ pipelines independent blocks through AES-NI/VAES at several GB/s), and the
 XOR with the ciphertext is done by numpy. The cipher is OpenSSL's; this
 module only feeds it the blocks the mode specifies. Decryption only: the
 writer encrypts with ``cryptography``'s own CFB encryptor (CFB encryption is
-sequential by nature). tests/test_fastpgp_units.py checks this function
+sequential by nature). tests/unit/test_fastpgp_units.py checks this function
 against ``cryptography``'s CFB decryptor on random keys, IVs, lengths and
 piece boundaries.
 
