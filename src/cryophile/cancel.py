@@ -165,18 +165,17 @@ def _wait_for_thaw_pass(staged: Path, backup_id: BackupId, say: Callable[[str], 
     except FileNotFoundError:
         return  # never served: nobody to wait for
     try:
-        started = time.monotonic()
-        told = False
-        while True:
+        deadline = time.monotonic() + _WAIT_NOTICE_SECONDS
+        while time.monotonic() < deadline:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
-                if not told and time.monotonic() - started >= _WAIT_NOTICE_SECONDS:
-                    say(f"waiting for the thaw pass serving {backup_id} to end (it is "
-                        "finishing a download, which is then thrown away)")
-                    told = True
                 time.sleep(0.1)
+        # Still held: say so once, then sleep in the kernel until the pass lets go.
+        say(f"waiting for the thaw pass serving {backup_id} to end (it is finishing a "
+            "download, which is then thrown away)")
+        fcntl.flock(fd, fcntl.LOCK_EX)
     finally:
         os.close(fd)
 

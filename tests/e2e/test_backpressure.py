@@ -27,13 +27,12 @@ from pathlib import Path
 import pytest
 
 import oracles
-from cryophile.spool_budget import spool_usage
 from e2e import test_freeze_s3 as fs
 from faultproxy import Fault, FaultProxy, always
 from polling import wait_until
 from s3server import S3Bucket
 from support.cli import VAULT, Cli
-from support.files import prepare_spool
+from support.files import UsageSampler, prepare_spool
 
 MiB = 1 << 20
 FRAGMENT = 5 * MiB
@@ -41,30 +40,6 @@ BUDGET = 3 * FRAGMENT
 PREFIX = fs.PREFIX
 NO_FREEZER = ("and no freeze daemon is running to upload it: start `cryophile freeze` "
               "(systemd: cryophile-freeze.service) or run backup with --freeze")
-
-
-class UsageSampler:
-    """Sums the spool's usage (every counted queue) every few milliseconds."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, spool_usage(self.root).total)
-            self.samples += 1
-
-    def __enter__(self) -> UsageSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def make_big_input() -> bytes:

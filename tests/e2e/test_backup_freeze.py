@@ -27,7 +27,6 @@ from e2e import test_freeze_s3 as fs
 from e2e.test_backpressure import (
     BUDGET,
     FRAGMENT,
-    UsageSampler,
     decrypt_vault_backup,
     make_big_input,
     spool_files,
@@ -35,6 +34,7 @@ from e2e.test_backpressure import (
 from polling import wait_until
 from s3server import S3Bucket
 from support.cli import VAULT, Cli
+from support.files import UsageSampler
 
 PREFIX = fs.PREFIX
 MiB = 1 << 20
