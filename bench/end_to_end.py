@@ -97,6 +97,21 @@ class Sample:
     seconds: float
     peak_rss: int
     peak_spool: int = 0
+    #: CPU seconds of the command's processes, and of the S3 server meanwhile.
+    cpu: float = 0.0
+    server_cpu: float = 0.0
+
+
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 when there is none)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields 14 and 15 of proc(5) (utime, stime), counted after the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclasses.dataclass
@@ -112,6 +127,10 @@ class Scenario:
     def median(self, side: str) -> float:
         return statistics.median(sample.seconds for sample in self.samples[side])
 
+    def median_cpu(self, side: str, *, server: bool = False) -> float:
+        return statistics.median(sample.server_cpu if server else sample.cpu
+                                 for sample in self.samples[side])
+
     def peak_rss_mib(self, side: str) -> float:
         return max(sample.peak_rss for sample in self.samples[side]) / MIB
 
@@ -124,8 +143,9 @@ class Bench:
     """The set-up every scenario shares: keys, input, server, configuration."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path, endpoint: Any,
-                 backup_restore: Any) -> None:
+                 backup_restore: Any, server_pid: int | None) -> None:
         self.args = args
+        self.server_pid = server_pid
         self.workdir = workdir
         self.endpoint = endpoint
         self.br = backup_restore
@@ -135,6 +155,12 @@ class Bench:
         self.input_sha256 = backup_restore.build_input(self.input, args.size)
         self.bucket = f"bench-{uuid.uuid4().hex[:12]}"
         endpoint.client().create_bucket(Bucket=self.bucket)
+        # The first write into a new bucket makes SeaweedFS grow the volumes of its
+        # collection: 3-4 CPU-seconds of the server's, charged to whichever side
+        # ran first. Paid here, untimed.
+        endpoint.client().put_object(Bucket=self.bucket, Key="warm-up",
+                                     Body=os.urandom(16 * MIB))
+        endpoint.client().delete_object(Bucket=self.bucket, Key="warm-up")
         self.vault_dir = workdir / "vault"
         self.vault_dir.mkdir()
         self.config = workdir / "cryophile.toml"
@@ -168,12 +194,15 @@ class Bench:
     def run(self, name: str, argv: Sequence[str], *, stdin: Path | None = None,
             spool: Path | None = None, to_null: bool = False) -> tuple[Sample, bytes]:
         sampler = SpoolSampler(spool) if spool is not None else contextlib.nullcontext()
+        server_before = process_cpu_seconds(self.server_pid)
         with sampler:
             result = self.br.measured(name, argv, stdin=stdin, stdout_to_null=to_null,
                                       stderr_path=self.workdir / f"{name}.stderr",
                                       extra_pids=self.agent_pids)
         peak_spool = sampler.peak if isinstance(sampler, SpoolSampler) else 0
-        return Sample(result.seconds, result.peak_rss, peak_spool), result.stdout
+        server_cpu = process_cpu_seconds(self.server_pid) - server_before
+        return Sample(result.seconds, result.peak_rss, peak_spool, result.cpu_seconds,
+                      server_cpu), result.stdout
 
     @staticmethod
     def env_script(script: str) -> list[str]:
@@ -324,6 +353,7 @@ def run_all(bench: Bench, chosen: Sequence[str]) -> list[Scenario]:
                 sample = step(round_number)
                 scenario.samples[side].append(sample)
                 log(f"{name} round {round_number}: {side:<9} {sample.seconds:6.2f} s "
+                    f"cpu {sample.cpu:5.1f} s server {sample.server_cpu:5.1f} s "
                     f"rss {sample.peak_rss / MIB:6.1f} MiB"
                     + (f" spool {sample.peak_spool / MIB:6.1f} MiB" if side == "cryophile"
                        else ""))
@@ -339,7 +369,8 @@ def report(done: Sequence[Scenario], bench: Bench) -> list[str]:
              f"{bench.args.fragment_size / MIB:.0f} MiB, {bench.args.runs} alternating pairs,"
              f" cryophile backup {'--freeze' if bench.has_freeze else '+ freeze --once'}",
              f"{'scenario':<12} {'cryophile s':>11} {'DIY s':>7} {'ratio':>6} {'target':>6}"
-             f" {'ok':>3} {'RSS MiB':>8} {'DIY RSS':>8} {'spool MiB':>9}"]
+             f" {'ok':>3} {'RSS MiB':>8} {'DIY RSS':>8} {'spool MiB':>9}"
+             f" {'CPU s':>6} {'DIY CPU':>7} {'server':>6} {'DIY srv':>7}"]
     for scenario in done:
         target = TARGETS[scenario.name]
         peak_spool = max(sample.peak_spool for sample in scenario.samples["cryophile"]) / MIB
@@ -347,9 +378,13 @@ def report(done: Sequence[Scenario], bench: Bench) -> list[str]:
         lines.append(f"{scenario.name:<12} {scenario.median('cryophile'):11.2f} "
                      f"{scenario.median('diy'):7.2f} {scenario.ratio:6.2f} {target:6.2f} "
                      f"{'yes' if ok else 'NO':>3} {scenario.peak_rss_mib('cryophile'):8.1f} "
-                     f"{scenario.peak_rss_mib('diy'):8.1f} {peak_spool:9.1f}")
+                     f"{scenario.peak_rss_mib('diy'):8.1f} {peak_spool:9.1f} "
+                     f"{scenario.median_cpu('cryophile'):6.1f} {scenario.median_cpu('diy'):7.1f} "
+                     f"{scenario.median_cpu('cryophile', server=True):6.1f} "
+                     f"{scenario.median_cpu('diy', server=True):7.1f}")
     lines.append("ratio = DIY median ÷ cryophile median (> 1: cryophile faster); "
-                 f"RSS target ≤ {TARGET_RSS_MIB:.0f} MiB summed over processes")
+                 f"RSS target ≤ {TARGET_RSS_MIB:.0f} MiB summed over processes; CPU s: "
+                 "the command's processes; server: SeaweedFS meanwhile (medians)")
     return lines
 
 
@@ -402,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             log("starting SeaweedFS …")
             endpoint = server.start()
-            bench = Bench(args, workdir, endpoint, backup_restore)
+            bench = Bench(args, workdir, endpoint, backup_restore,
+                          server.process.pid if server.process is not None else None)
             done = run_all(bench, args.scenario or SCENARIOS)
         except (RuntimeError, backup_restore.CommandFailedError) as failure:
             log(str(failure))
@@ -420,6 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ratio_diy_over_cryophile": round(scenario.ratio, 3),
                 "target": TARGETS[scenario.name],
                 "cryophile_peak_rss_mib": round(scenario.peak_rss_mib("cryophile"), 1),
+                "diy_peak_rss_mib": round(scenario.peak_rss_mib("diy"), 1),
+                "cryophile_cpu_s": round(scenario.median_cpu("cryophile"), 2),
+                "diy_cpu_s": round(scenario.median_cpu("diy"), 2),
+                "server_cpu_s": round(scenario.median_cpu("cryophile", server=True), 2),
+                "diy_server_cpu_s": round(scenario.median_cpu("diy", server=True), 2),
                 "cryophile_peak_spool_mib": round(max(
                     sample.peak_spool for sample in scenario.samples["cryophile"]) / MIB, 1),
             } for scenario in done}, indent=2))

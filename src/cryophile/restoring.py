@@ -248,7 +248,7 @@ def restore(spool: Spool, opened: OpenedVault, options: RestoreOptions, output_f
             # A request left by an earlier run: this restore reads from the start again.
             thaw_request.save_position(thaw_request.request_dir(spool, backup_id), window)
         if window is not None:
-            say(f"restoring through a window of {window.window} fragment(s) in the spool")
+            say(_window_line(window.window, preparation.manifest))
         served_here = _thaw_here(spool, options, preparation, say)
         signers = options.signers
         supplier = _Supplier(spool, backup_id, window, say)
@@ -573,3 +573,12 @@ def hold_restore_lock(spool: Spool, backup_id: BackupId) -> contextlib.AbstractC
     """Hold ``backup_id``'s restore lock as a restore does, so that none starts
     meanwhile (``restore --cancel``); TryLaterError when a restore of it runs."""
     return _one_restore_at_a_time(spool, backup_id)
+
+
+def _window_line(window: int, manifest: Manifest | None) -> str:
+    """What the restore says of its window (no window larger than the backup)."""
+    if manifest is not None and window >= len(manifest.fragments):
+        return (f"restoring {len(manifest.fragments)} fragment(s): the spool's budget holds "
+                "them all at once")
+    of = "" if manifest is None else f" (of {len(manifest.fragments)})"
+    return f"restoring through a window of {window} fragment(s) in the spool{of}"

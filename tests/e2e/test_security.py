@@ -355,7 +355,7 @@ def secret_file(tmp_path: Path, name: str, text: str) -> Path:
 def protected_backup(cli: Cli, gpg_key_protected: oracles.KeyPair) -> tuple[str, bytes]:
     """A 48 MiB backup to the protected key, staged in the restore queue.
 
-    Larger than what restore holds in flight (two 8 MiB zstd frames being
+    Larger than what restore holds in flight (two 4 MiB zstd frames being
     decompressed, the queues before them), so the decryptor is still at work
     when the test samples the process tree mid-stream.
     """

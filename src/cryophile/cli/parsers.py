@@ -35,7 +35,12 @@ from cryophile.cli.daemon import add_daemon_options
 from cryophile.cli.defaults import add_id_option, needs_vault
 from cryophile.cli.progress import add_progress_option
 from cryophile.config import MAX_DAYS
-from cryophile.daemons.freeze import DEFAULT_PARALLEL, MAX_PARALLEL, RESCAN_SECONDS
+from cryophile.daemons.freeze import (
+    BACKUP_PARALLEL,
+    DEFAULT_PARALLEL,
+    MAX_PARALLEL,
+    RESCAN_SECONDS,
+)
 from cryophile.daemons.thaw import FIRST_POLL_SECONDS
 from cryophile.errors import UsageError
 from cryophile.manifest import AUTO_COMPRESSION, COMPRESSIONS
@@ -161,9 +166,10 @@ def _add_backup(commands: Any) -> argparse.ArgumentParser:
                              "written (no freeze daemon needed); exit 0 only once the "
                              "manifest is in the vault")
     parser.add_argument("-j", "--parallel", type=whole_number_up_to(MAX_PARALLEL),
-                        default=DEFAULT_PARALLEL, metavar="N",
+                        default=BACKUP_PARALLEL, metavar="N",
                         help=f"with --freeze: uploads in parallel, 1 to {MAX_PARALLEL} "
-                             f"(default {DEFAULT_PARALLEL})")
+                             f"(default {BACKUP_PARALLEL}; the freeze daemon's is "
+                             f"{DEFAULT_PARALLEL})")
     parser.add_argument("--json", action="store_true",
                         help="print the result as one JSON object on stdout")
     add_progress_option(parser)

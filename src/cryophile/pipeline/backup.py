@@ -121,7 +121,7 @@ def run_backup(spool: Spool, plan: BackupPlan, open_input: Callable[[], int],
         try:
             blocks = counting(_reading(input_fd, plan.codec.block_size), counters)
             # Compression looks ahead on its own (ordered_map): a short queue
-            # here, as its items are up to 8 MiB.
+            # here, as its items are up to 4 MiB.
             compressed = threaded(plan.codec.compress(blocks), name="compress", depth=1)
             ciphertext = plan.engine.encrypt(compressed, plan.recipients)
             # CFB encryption is sequential: its thread does nothing else. The

@@ -33,7 +33,7 @@ from cryophile.errors import DataError
 from cryophile.pipeline.stages import Buffer, ordered_map
 
 #: Largest frame (content or compressed) cut out whole: backup's frames are
-#: 8 MiB (zstd) or 1 MiB (lz4); larger ones stream.
+#: 4 MiB (zstd; 8 MiB before issue 14) or 1 MiB (lz4); larger ones stream.
 MAX_FRAME = 16 * 1024 * 1024
 
 ZSTD_MAGIC = 0xFD2FB528
@@ -159,7 +159,7 @@ def decompress_frames(form: Format, blocks: Iterable[Buffer], workers: int) -> I
     """Decompress a stream of concatenated frames (and skippable frames), frames in parallel."""
     source = Input(blocks)
     while source.fill(1):
-        # Frames are up to 8 MiB in and out: no more in flight than threads.
+        # Frames are up to 4-8 MiB in and out: no more in flight than threads.
         yield from ordered_map(_checked(form), _whole_frames(form, source), workers=workers,
                                name=f"un{form.name}", ahead=workers)
         if source.fill(1):  # a frame that streams

@@ -311,6 +311,12 @@ class S3Vault:
         # it would try a silent server max_attempts times: keep the account.
         self._client.meta.events.register_first("request-created.s3", self._start_try)
         self._client.meta.events.register_first("needs-retry.s3", self._after_try)
+        # An upload that carries its checksum is not hashed a second time to sign it.
+        self._checksum_only = client_config.merge(
+            botocore.config.Config(s3={"payload_signing_enabled": False}))
+        for operation in ("PutObject", "UploadPart"):
+            self._client.meta.events.register(f"before-sign.s3.{operation}",
+                                              self._sign_headers_only)
         # Learned from the server, once: flags only ever flip one way, so the
         # races between threads setting them are harmless.
         self._bucket_seen = False
@@ -325,6 +331,23 @@ class S3Vault:
     def __repr__(self) -> str:
         where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
         return f"S3Vault(s3://{self.bucket}{where})"
+
+    def _sign_headers_only(self, request: Any = None, **_: Any) -> None:
+        """Sign an upload's headers, not its body, when a header carries the body's checksum.
+
+        Over plain HTTP botocore hashes every body for the signature
+        (x-amz-content-sha256); a body whose SHA-256 or MD5 is already in a
+        header (signed, and checked by the server against the bytes it
+        receives) then costs one more pass for nothing: 0.2 CPU-seconds per
+        0.4 GB. UNSIGNED-PAYLOAD is what botocore sends over HTTPS anyway for
+        such an upload. Without a checksum header (``checksum = "none"``) the
+        signature stays the body's only check.
+        """
+        if request is None:
+            return
+        headers = request.headers
+        if "x-amz-checksum-sha256" in headers or "Content-MD5" in headers:
+            request.context["client_config"] = self._checksum_only
 
     def _start_try(self, request: Any = None, **_: Any) -> None:
         """``request-created``: a try begins. The time since the previous try
