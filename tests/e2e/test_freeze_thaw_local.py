@@ -82,6 +82,13 @@ def test_restore_with_thaw_in_process_after_wiping_the_spool(
     result = cli.run([*restore_args(ulid, gpg_key), "--thaw", "--poll", "0.2"])
     assert result.returncode == 0, result.stderr
     assert result.stdout == data
+    # A spool with room for the whole backup says so, not "a window of" more
+    # fragments than the backup has.
+    fragments = len([name for name in vault_objects(cli, ulid) if name.count(".") == 1
+                     and name != "chunk.0"])
+    assert (f"restoring {fragments} fragment(s): the spool's budget holds them all at once"
+            in result.stderr), result.stderr
+    assert "window of" not in result.stderr
     # The restore queue and the request are cleaned up after success.
     assert not (cli.spool / "restore" / VAULT).exists()
     assert not (cli.spool / "thaw" / VAULT).exists()
