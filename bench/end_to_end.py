@@ -404,6 +404,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="run only these (repeatable; default all)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--endpoint", metavar="URL", default=None,
+                        help="an S3 server that runs elsewhere (other cores, another host) "
+                             "instead of a SeaweedFS started here on the same cores; "
+                             "credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                             "region from AWS_DEFAULT_REGION (default us-east-1); a bucket "
+                             "bench-… is made and left there")
     return parser.parse_args(argv)
 
 
@@ -429,16 +435,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             log(f"{tool}: command not found")
             return 2
+    external = None
+    if args.endpoint:
+        try:
+            external = s3server.S3Endpoint(args.endpoint, os.environ["AWS_ACCESS_KEY_ID"],
+                                           os.environ["AWS_SECRET_ACCESS_KEY"],
+                                           os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        except KeyError as missing:
+            log(f"--endpoint needs {missing} in the environment")
+            return 2
     with working_directory(args.workdir) as workdir:
         freeze_upload.isolated_aws_environment(workdir)
         (workdir / "seaweedfs").mkdir()
         server = s3server.SeaweedFS(workdir / "seaweedfs")
         bench = None
         try:
-            log("starting SeaweedFS …")
-            endpoint = server.start()
-            bench = Bench(args, workdir, endpoint, backup_restore,
-                          server.process.pid if server.process is not None else None)
+            if external is not None:
+                endpoint = external
+                server_pid = None
+            else:
+                log("starting SeaweedFS …")
+                endpoint = server.start()
+                server_pid = server.process.pid if server.process is not None else None
+            bench = Bench(args, workdir, endpoint, backup_restore, server_pid)
             done = run_all(bench, args.scenario or SCENARIOS)
         except (RuntimeError, backup_restore.CommandFailedError) as failure:
             log(str(failure))
@@ -446,7 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(failure.stderr[-4000:])
             return 1
         finally:
-            server.stop()
+            if external is None:
+                server.stop()
             if bench is not None:
                 backup_restore.kill_agent(bench.keys.homedir)
         if args.json:
