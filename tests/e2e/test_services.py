@@ -342,8 +342,11 @@ def test_parts_that_would_exceed_the_memory_limit_are_a_78_naming_max_parts_and_
         cli: Cli, s3_bucket: S3Bucket, tmp_path: Path, gpg_key: oracles.KeyPair,
         big_data: bytes) -> None:
     # One part of 65 MiB (max_parts = 1): above the 64 MiB a part may hold in memory.
-    s3 = fs.make_s3(cli, s3_bucket, tmp_path, service="seaweedfs", max_parts=1)
+    # backup refuses such fragments up front (the next test): here max_parts = 1 came
+    # into the configuration after the backup was queued.
+    fs.make_s3(cli, s3_bucket, tmp_path, service="seaweedfs")
     ulid = cli.backup(gpg_key, big_data, "-C", "none", size="65M")
+    s3 = fs.make_s3(cli, s3_bucket, tmp_path, service="seaweedfs", max_parts=1)
     frozen = s3.freeze()
     assert frozen.returncode == 78, frozen.stderr
     assert "needs parts of 65 MiB with max_parts = 1, above cryophile's limit of 64 MiB" in (
@@ -354,6 +357,28 @@ def test_parts_that_would_exceed_the_memory_limit_are_a_78_naming_max_parts_and_
     assert (cli.freeze_dir(ulid) / "chunk.1").exists()
     # No upload was started, so none is left behind.
     assert s3.client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", []) == []
+
+
+def test_backup_refuses_fragments_beyond_max_parts_before_reading_its_input(
+        cli: Cli, s3_bucket: S3Bucket, tmp_path: Path, gpg_key: oracles.KeyPair) -> None:
+    # The same 65 MiB parts, known from -s and the configuration before any input:
+    # nothing is read, nothing queued, nothing uploaded.
+    s3 = fs.make_s3(cli, s3_bucket, tmp_path, service="seaweedfs", max_parts=1)
+    for extra in ([], ["--freeze"]):
+        result = cli.run(["backup", "-v", VAULT, "-p", "hosts/db1", "-k", gpg_key.cert,
+                          "-s", "65M", *extra, "-c", s3.config], stdin=b"never read",
+                         env=s3.env)
+        assert result.returncode == 78, result.stderr
+        assert ("fragments of 65.0 MiB (-s) needs parts of 65 MiB with max_parts = 1"
+                in result.stderr), result.stderr
+        assert "backup -s at most 64M" in result.stderr
+        assert [path for path in cli.spool.rglob("*") if path.is_file()
+                and path.name != "lock"] == []
+    assert s3.client.list_objects_v2(Bucket=s3_bucket.name).get("KeyCount", 0) == 0
+    # 64 MiB fragments go up in one PutObject, which max_parts does not limit.
+    small = cli.run(["backup", "-v", VAULT, "-p", "hosts/db1", "-k", gpg_key.cert,
+                     "-s", "64M", "--freeze", "-c", s3.config], stdin=b"small", env=s3.env)
+    assert small.returncode == 0, small.stderr
 
 
 def test_gcs_412_on_complete_for_a_missing_key_is_a_78_naming_checksum(

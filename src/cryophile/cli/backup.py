@@ -33,12 +33,14 @@ from cryophile.pipeline.stages import Counters
 from cryophile.signing import load_signing_key
 from cryophile.spool import LOCK_NAME, Queue, Spool, is_being_written, read_spool_file
 from cryophile.spool_budget import Budget, spool_budget
+from cryophile.units import human_bytes
 from cryophile.vault.factory import OpenedVault, announce_embedded, destination_for
 
 if TYPE_CHECKING:
     from ulid import ULID
 
     from cryophile.cli.main import Environment
+    from cryophile.config import VaultConfig
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
         # A typo in -v: refused before anything else is looked at.
         destination_for(backup_id.vault, config, Path())
     vault = config.vault(backup_id.vault)
+    if vault is not None and vault.provider == "s3":
+        _check_parts(vault, args.size)
     compression = args.compression or (vault.compression if vault else None) or "zstd"
     codec = codec_for(compression, args.level)
     input_path = _check_input(args.input, environment)
@@ -110,6 +114,16 @@ def run(args: argparse.Namespace, environment: Environment) -> int:
     if args.json or not args.quiet:
         _report(result, args.json, environment, gate)
     return 0
+
+
+def _check_parts(vault: VaultConfig, fragment_size: int) -> None:
+    """Refuse (78) fragments the S3 vault could not take within its ``max_parts``,
+    before any input is read: the freezer would refuse every one of them."""
+    # Imported here: boto3 costs a dir-vault backup nothing.
+    from cryophile.vault import s3  # noqa: PLC0415
+
+    if fragment_size >= s3.DEFAULT_MULTIPART_THRESHOLD:
+        s3.part_size_for(vault, fragment_size, f"fragments of {human_bytes(fragment_size)} (-s)")
 
 
 def _labels(pairs: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

@@ -224,6 +224,29 @@ _RESTORE_EXPIRY = re.compile(r'expiry-date\s*=\s*"([^"]+)"', re.IGNORECASE)
 _HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
+def part_size_for(config: VaultConfig, size: int, what: str,
+                  part_size: int = DEFAULT_PART_SIZE) -> int:
+    """The part size of a multipart upload of ``size`` bytes (``what``, for the message)
+    to the vault ``config``: ``part_size``, raised to stay within the service's
+    ``max_parts``, in whole MiB.
+
+    Raises ConfigError (78) when that is above :data:`MAX_CRYOPHILE_PART_SIZE`:
+    ``backup`` checks its fragment size so before it reads any input, and the upload
+    again for what was queued before the configuration changed.
+    """
+    part_size = max(part_size, -(-size // config.max_parts))
+    part_size = -(-part_size // MiB) * MiB
+    if part_size > MAX_CRYOPHILE_PART_SIZE:
+        raise ConfigError(
+            f"vault {config.id}: {what} needs parts of {part_size // MiB} MiB with "
+            f"max_parts = {config.max_parts}, above cryophile's limit of "
+            f"{MAX_CRYOPHILE_PART_SIZE // MiB} MiB per part (a part that fails is sent "
+            "again whole); raise max_parts in the vault's [[vault]] entry, or make "
+            f"smaller fragments (backup -s at most "
+            f"{config.max_parts * MAX_CRYOPHILE_PART_SIZE // MiB}M)")
+    return part_size
+
+
 class S3Vault:
     """A :class:`~cryophile.vault.base.Vault` in one S3 bucket.
 
@@ -784,17 +807,8 @@ class S3Vault:
     def _put_multipart(
         self, key: str, source: Path, size: int, sha256: str, storage_class: str
     ) -> None:
-        # Stay within the service's part count, in whole MiB.
-        part_size = max(self.part_size, -(-size // self.config.max_parts))
-        part_size = -(-part_size // MiB) * MiB
-        if part_size > MAX_CRYOPHILE_PART_SIZE:
-            raise ConfigError(
-                f"vault {self.config.id}: {source} ({size} bytes) needs parts of "
-                f"{part_size // MiB} MiB with max_parts = {self.config.max_parts}, above "
-                f"cryophile's limit of {MAX_CRYOPHILE_PART_SIZE // MiB} MiB per part (a part "
-                "that fails is sent again whole); raise max_parts "
-                f"in the vault's [[vault]] entry, or make smaller fragments (backup -s at most "
-                f"{self.config.max_parts * MAX_CRYOPHILE_PART_SIZE // MiB}M)")
+        part_size = part_size_for(self.config, size, f"{source} ({size} bytes)",
+                                  self.part_size)
         checksum_args: dict[str, Any] = ({"ChecksumAlgorithm": "SHA256"}
                          if self.config.checksum is Checksum.SHA256 else {})
         try:
