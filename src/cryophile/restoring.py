@@ -230,7 +230,8 @@ def restore(spool: Spool, opened: OpenedVault, options: RestoreOptions, output_f
             # Before paying for a Glacier restore and waiting hours: can we decrypt it?
             choose_key(preparation.manifest, options.secret_keys, options.ask_passphrase)
         # Before anything is filed: does the spool have room for what this restore stages?
-        window = restore_window(spool, opened, backup_id, options, preparation)
+        window, fragment_count = restore_window(spool, opened, backup_id, options,
+                                                preparation)
         if window is not None:
             # Before the window is announced: what an earlier, killed run left
             # beyond it would add to what this one stages.
@@ -248,7 +249,7 @@ def restore(spool: Spool, opened: OpenedVault, options: RestoreOptions, output_f
             # A request left by an earlier run: this restore reads from the start again.
             thaw_request.save_position(thaw_request.request_dir(spool, backup_id), window)
         if window is not None:
-            say(_window_line(window.window, preparation.manifest))
+            say(_window_line(window.window, fragment_count))
         served_here = _thaw_here(spool, options, preparation, say)
         signers = options.signers
         supplier = _Supplier(spool, backup_id, window, say)
@@ -284,8 +285,10 @@ SIGNATURE_ALLOWANCE = 4096
 
 
 def restore_window(spool: Spool, opened: OpenedVault, backup_id: BackupId,
-                   options: RestoreOptions, preparation: Preparation) -> ReadPosition | None:
-    """The window this restore stages fragments through; None when it needs none.
+                   options: RestoreOptions,
+                   preparation: Preparation) -> tuple[ReadPosition | None, int]:
+    """The window this restore stages fragments through (None when it needs none),
+    and how many fragments the backup has (0 when the window was not needed).
 
     None when every fragment is local already (or someone else delivers
     them), and with ``keep``, after checking that the spool's budget holds
@@ -293,7 +296,7 @@ def restore_window(spool: Spool, opened: OpenedVault, backup_id: BackupId,
     Raises ConfigError when the budget holds fewer than two fragments.
     """
     if preparation.local or preparation.delivered:
-        return None
+        return None, 0
     manifest, manifest_bytes = _known_manifest(spool, opened, backup_id, preparation)
     overhead = manifest_bytes + SIGNATURE_ALLOWANCE
     budget = spool_budget(spool.root, options.spool_limit, manifest.fragment_size)
@@ -305,9 +308,10 @@ def restore_window(spool: Spool, opened: OpenedVault, backup_id: BackupId,
                 f"{human_bytes(needed)}, and the spool's budget is {budget}; raise "
                 "spool_limit (or --spool-limit, or free space on the spool's file system), "
                 "or restore without --keep (fragments are then removed as they are read)")
-        return None
-    return ReadPosition(window=budget.restore_window(manifest.fragment_size, overhead),
-                        released=0, pid=os.getpid(), run=f"{os.getpid()}.{time.time_ns()}")
+        return None, len(manifest.fragments)
+    return (ReadPosition(window=budget.restore_window(manifest.fragment_size, overhead),
+                         released=0, pid=os.getpid(), run=f"{os.getpid()}.{time.time_ns()}"),
+            len(manifest.fragments))
 
 
 def _drop_beyond(directory: Path, window: ReadPosition) -> None:
@@ -575,10 +579,8 @@ def hold_restore_lock(spool: Spool, backup_id: BackupId) -> contextlib.AbstractC
     return _one_restore_at_a_time(spool, backup_id)
 
 
-def _window_line(window: int, manifest: Manifest | None) -> str:
-    """What the restore says of its window (no window larger than the backup)."""
-    if manifest is not None and window >= len(manifest.fragments):
-        return (f"restoring {len(manifest.fragments)} fragment(s): the spool's budget holds "
-                "them all at once")
-    of = "" if manifest is None else f" (of {len(manifest.fragments)})"
-    return f"restoring through a window of {window} fragment(s) in the spool{of}"
+def _window_line(window: int, fragments: int) -> str:
+    """What the restore says of its window (never a window larger than the backup)."""
+    if window >= fragments:
+        return f"restoring {fragments} fragment(s): the spool's budget holds them all at once"
+    return f"restoring through a window of {window} fragment(s) in the spool (of {fragments})"

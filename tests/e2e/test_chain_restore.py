@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,13 @@ def test_chain_exec_tar_rebuilds_the_tree_and_stdout_gets_the_streams_in_order(
     assert result.stdout == b""
     same_tree(chain.source, target)
     assert f"chain of {VAULT}/{PREFIX}/{chain.ulids[2]}: 3 backup(s)" in result.stderr
+    # Each link (its request filed by the chain before its turn) is announced with its
+    # own size, never as a window wider than the link.
+    wholes = re.findall(r"restoring (\d+) fragment\(s\): the spool's budget holds them all",
+                        result.stderr)
+    assert len(wholes) == 3, result.stderr
+    assert all(int(count) >= 1 for count in wholes), wholes
+    assert "window of" not in result.stderr
     # Without --exec: the three streams one after the other on stdout; the restore
     # queue is left empty.
     joined = chain.run("restore", "--id", f"{VAULT}/{PREFIX}/{chain.ulids[2]}", "-k",

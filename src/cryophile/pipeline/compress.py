@@ -36,10 +36,10 @@ WORKERS = max(1, min(4, os.cpu_count() or 1))
 #: smaller frames cost ratio: on a tar of /usr, 8 MiB frames 0.5 % against one
 #: frame, 4 MiB 1.5 %; on a tar of /usr/lib, 4 MiB 0.16 % more than 8 MiB. But up
 #: to nine frames are in memory at once between the reader, the compressing
-#: threads and the encrypting thread: 4 MiB frames take a backup's peak RSS from
-#: ~135 to ~95 MiB and a restore's from ~143 to ~116 MiB (512 MiB of input), which
-#: keeps `backup --freeze` with boto3 and its uploads under 160 MiB (issue 14).
-#: zstd -T2 at level 3 cuts its input into jobs of the same order (8 MiB).
+#: threads and the encrypting thread: 4 MiB frames take the peak RSS of a local
+#: backup of 512 MiB (-s 64M) from 137 to 95 MiB and of its restore --thaw from
+#: 143 to 116 MiB (/usr/bin/time), which keeps `backup --freeze` with boto3 and its
+#: uploads under 160 MiB (issue 14; bench/README.md has the benchmarks' figures).
 ZSTD_FRAME = 4 * 1024 * 1024
 #: lz4 frame size: lz4 looks back only 64 KiB, so 1 MiB frames cost nothing
 #: in ratio and keep the lz4 backup within its memory budget.

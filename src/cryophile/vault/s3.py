@@ -19,7 +19,13 @@ How the contract is met on S3:
   file as we read it and refuse to complete the upload unless it matches the
   caller's digest. The hex digest is also stored as user metadata
   ``x-amz-meta-sha256``, because a multipart object's checksum is a checksum
-  of checksums, not of the content. botocore adds nothing of its own
+  of checksums, not of the content. Over plain HTTP the SigV4 signature
+  covers the body's SHA-256 too; an upload whose header carries the checksum
+  the service's profile names (the one it verifies) is signed without hashing
+  its body again (UNSIGNED-PAYLOAD, what botocore sends over HTTPS anyway):
+  the signed header and the server's check of it protect the bytes on the
+  wire. Any other setting (``none``, or ``sha256`` on a service that may not
+  check it) keeps the signed body. botocore adds nothing of its own
   (``request_checksum_calculation`` and ``response_checksum_validation`` are
   ``when_required``), and response checksums are asked for (``ChecksumMode``,
   on HeadObject only, never on a download) only from services known to
@@ -334,12 +340,20 @@ class S3Vault:
         # it would try a silent server max_attempts times: keep the account.
         self._client.meta.events.register_first("request-created.s3", self._start_try)
         self._client.meta.events.register_first("needs-retry.s3", self._after_try)
-        # An upload that carries its checksum is not hashed a second time to sign it.
-        self._checksum_only = client_config.merge(
-            botocore.config.Config(s3={"payload_signing_enabled": False}))
-        for operation in ("PutObject", "UploadPart"):
-            self._client.meta.events.register(f"before-sign.s3.{operation}",
-                                              self._sign_headers_only)
+        # An upload that carries the checksum its service verifies is not hashed a
+        # second time to sign it (see _sign_headers_only); an explicit
+        # payload_signing_enabled in the AWS config file is left as it is.
+        self._verified_header = {Checksum.SHA256: "x-amz-checksum-sha256",
+                                 Checksum.MD5: "Content-MD5"}.get(config.checksum)
+        effective = self._client.meta.config
+        s3_settings: Any = dict(getattr(effective, "s3", None) or {})
+        if (self._verified_header is not None and config.checksum is self.service.checksum
+                and s3_settings.get("payload_signing_enabled") is None):
+            s3_settings["payload_signing_enabled"] = False
+            self._checksum_only = effective.merge(botocore.config.Config(s3=s3_settings))
+            for operation in ("PutObject", "UploadPart"):
+                self._client.meta.events.register(f"before-sign.s3.{operation}",
+                                                  self._sign_headers_only)
         # Learned from the server, once: flags only ever flip one way, so the
         # races between threads setting them are harmless.
         self._bucket_seen = False
@@ -358,18 +372,17 @@ class S3Vault:
     def _sign_headers_only(self, request: Any = None, **_: Any) -> None:
         """Sign an upload's headers, not its body, when a header carries the body's checksum.
 
-        Over plain HTTP botocore hashes every body for the signature
-        (x-amz-content-sha256); a body whose SHA-256 or MD5 is already in a
-        header (signed, and checked by the server against the bytes it
-        receives) then costs one more pass for nothing: 0.2 CPU-seconds per
-        0.4 GB. UNSIGNED-PAYLOAD is what botocore sends over HTTPS anyway for
-        such an upload. Without a checksum header (``checksum = "none"``) the
-        signature stays the body's only check.
+        Registered only when the vault's ``checksum`` is the one its service's
+        profile names (the one that service verifies). Over plain HTTP
+        botocore hashes every body for the signature (x-amz-content-sha256); a
+        body whose SHA-256 or MD5 is already in a header (signed, and checked
+        by the server against the bytes it receives) then costs one more pass
+        for nothing: 0.2 CPU-seconds per 0.4 GB. UNSIGNED-PAYLOAD is what
+        botocore sends over HTTPS anyway for such an upload. Without that
+        header (``checksum = "none"``, or a checksum the service may accept
+        without checking) the signature stays the body's check.
         """
-        if request is None:
-            return
-        headers = request.headers
-        if "x-amz-checksum-sha256" in headers or "Content-MD5" in headers:
+        if request is not None and self._verified_header in request.headers:
             request.context["client_config"] = self._checksum_only
 
     def _start_try(self, request: Any = None, **_: Any) -> None:
@@ -1424,8 +1437,8 @@ def _part_integrity(checksum: Checksum, part_hash: Any) -> dict[str, Any]:
 class _FilePart(io.RawIOBase):
     """Bytes ``offset`` to ``offset + length`` of the open file ``fd``, as a seekable
     stream of its own (position 0 is ``offset``; ``pread``, so parts of one file
-    share the descriptor). botocore hashes it for the signature, seeks back and
-    sends it; a retry seeks to 0 again."""
+    share the descriptor). botocore sends it (hashing it first for the signature
+    when the payload is signed, then seeking back); a retry seeks to 0 again."""
 
     def __init__(self, fd: int, offset: int, length: int) -> None:
         super().__init__()
