@@ -151,8 +151,9 @@ def _cancelled_requests(spool: Spool) -> Iterator[tuple[BackupId, Path]]:
 
 
 #: ``thaw/VAULT/PREFIX/.ULID.PID.new``: a request being filed by process PID
-#: (thaw_request.file_request), renamed into place when written.
-_STAGED = re.compile(r"\.([0-9A-Za-z]{26})\.([0-9]+)\.new")
+#: (thaw_request.file_request), renamed into place when written; ``.ULID.PID.closing``:
+#: one being removed (thaw_request.close), renamed out of place first.
+_STAGED = re.compile(r"\.([0-9A-Za-z]{26})\.([0-9]+)\.(?:new|closing)")
 
 
 def _staged_requests(spool: Spool) -> Iterator[Path]:
@@ -223,8 +224,8 @@ def describe(leftover: Leftover) -> str:
         Kind.ABANDONED: "a backup whose writer died before its manifest (never uploaded)",
         Kind.BACKUP_WAIT: "the wait record of a backup that is gone",
         Kind.RESTORE_LOCK: "the lock of a restore that is gone",
-        Kind.STAGED_REQUEST: "a thaw request a killed restore was still filing (never "
-                             "used by anyone)",
+        Kind.STAGED_REQUEST: "a thaw request a killed process was still filing or "
+                             "removing (used by nobody)",
         Kind.PRUNE_JOURNAL: "deletions a prune began and did not finish (the next prune of "
                             "the vault finishes them; this one keeps every backup)",
     }[leftover.kind]

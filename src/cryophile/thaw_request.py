@@ -430,8 +430,29 @@ def lock(directory: Path) -> Iterator[bool]:
         os.close(fd)
 
 
+#: ``thaw/VAULT/PREFIX/.ULID.PID.closing``: a request being removed by process PID.
+CLOSING_SUFFIX = ".closing"
+
+
 def close(spool: Spool, backup_id: BackupId) -> None:
-    """Remove the request directory (the request is done or withdrawn)."""
+    """Remove the request directory (the request is done or withdrawn).
+
+    It is renamed out of the queue first (``.ULID.PID.closing``, atomically), then
+    removed. Removed in place, a restore recording its read position meanwhile
+    (:func:`save_position`, another thread or process) could write into the
+    directory while it was being emptied, leaving a request without its state: the
+    thaw serving it then logged an error after a restore that succeeded. Now such a
+    write finds no directory and reports the request gone. A process killed between
+    the two steps leaves the ``.closing`` directory (``status`` lists it).
+    """
     directory = request_dir(spool, backup_id)
-    shutil.rmtree(directory, ignore_errors=True)
+    closing = directory.parent / f".{directory.name}.{os.getpid()}{CLOSING_SUFFIX}"
+    try:
+        os.rename(directory, closing)
+    except FileNotFoundError:
+        pass  # closed already: by its restore, or by the thaw that served it
+    except OSError:
+        # A stale .closing directory of a reused pid is in the way: remove in place.
+        shutil.rmtree(directory, ignore_errors=True)
+    shutil.rmtree(closing, ignore_errors=True)
     remove_empty_dirs(directory.parent, spool.queue_dir(Queue.THAW))

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import oracles
 from polling import wait_until
 from support.cli import VAULT, Cli
@@ -106,7 +108,9 @@ def test_interrupted_prune_is_finished_by_the_named_command(cli: Cli,
     assert leftovers(cli) == []
 
 
-def test_a_request_a_killed_restore_was_still_filing_is_named_with_rm(cli: Cli) -> None:
+@pytest.mark.parametrize("suffix", [".new", ".closing"])
+def test_a_request_a_killed_restore_was_still_filing_is_named_with_rm(
+        cli: Cli, suffix: str) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     ulid = "01JDX5Z8Q8K4M2N6P7R9S0T1V2"
@@ -114,7 +118,8 @@ def test_a_request_a_killed_restore_was_still_filing_is_named_with_rm(cli: Cli) 
     parent.mkdir(parents=True, mode=0o700)
     for directory in (cli.spool / "thaw", cli.spool / "thaw" / VAULT, parent.parent):
         directory.chmod(0o700)
-    staged = parent / f".{ulid}.{dead.pid}.new"
+    # .new: being filed; .closing: being removed (thaw_request.close renames it first).
+    staged = parent / f".{ulid}.{dead.pid}{suffix}"
     staged.mkdir(mode=0o700)
     (staged / "state.json").write_text("{}")
     [leftover] = leftovers(cli)
@@ -122,11 +127,11 @@ def test_a_request_a_killed_restore_was_still_filing_is_named_with_rm(cli: Cli) 
                         "command": f"rm -r -- {staged}"}
     text = cli.run(["status"])
     assert text.returncode == 0, text.stderr
-    assert b"a thaw request a killed restore was still filing" in text.stdout
+    assert b"a thaw request a killed process was still filing or removing" in text.stdout
     assert f"rm -r -- {staged}".encode() in text.stdout
     assert paste(cli, leftover["command"]).returncode == 0
     assert not staged.exists()
     assert leftovers(cli) == []
     # One being filed right now (its process is alive) is no leftover.
-    (parent / f".{ulid}.{os.getpid()}.new").mkdir(mode=0o700)
+    (parent / f".{ulid}.{os.getpid()}{suffix}").mkdir(mode=0o700)
     assert leftovers(cli) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -246,3 +247,31 @@ def test_a_request_is_claimed_only_by_a_live_process_other_than_us(tmp_path: Pat
     assert thaw_request.claimant(directory) == parent
     assert thaw_request.save_position(directory, ReadPosition(window=0, pid=2**22 + 1))
     assert thaw_request.claimant(directory) is None
+
+
+def test_a_position_saved_while_the_request_is_closed_never_lands_in_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore records its read position while the thaw that served it closes the
+    request (every fragment delivered): the position must not land in the directory
+    being removed, which left a request without its state (found by the corrupted-
+    downloads fault test: the thaw logged "state.json: No such file or directory"
+    after a restore that succeeded)."""
+    spool, stored, _ = _setup(tmp_path, MemoryVault(), window=2)
+    directory = thaw_request.request_dir(spool, stored.backup_id)
+    saved: list[bool] = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree_while_a_restore_writes(path: str | os.PathLike[str], *_args: object,
+                                      **_kwargs: object) -> None:
+        # The restore's thread, between the start and the end of the removal.
+        saved.append(thaw_request.save_position(
+            directory, ReadPosition(window=2, released=1, run=RUN)))
+        real_rmtree(path, ignore_errors=bool(_kwargs.get("ignore_errors")))
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_while_a_restore_writes)
+    thaw_request.close(spool, stored.backup_id)
+    assert saved[0] is False  # the restore is told the request is gone
+    assert not directory.exists()
+    assert list(spool.backups(Queue.THAW)) == []
+    assert not any(path.name.endswith(".closing")
+                   for path in spool.queue_dir(Queue.THAW).rglob("*"))
