@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shlex
@@ -60,6 +61,11 @@ TARGETS = {"s3-backup": 1.3, "s3-restore": 1.2, "dir-backup": 0.9, "dir-restore"
 #: Issue 14's memory target, summed over the processes of one command.
 TARGET_RSS_MIB = 160.0
 SCENARIOS = tuple(TARGETS)
+
+
+def no_server_cpu() -> float:
+    """The CPU of a server that runs elsewhere (``--endpoint``): not counted here."""
+    return 0.0
 
 
 def log(message: str) -> None:
@@ -102,18 +108,6 @@ class Sample:
     server_cpu: float = 0.0
 
 
-def process_cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of process ``pid`` so far (0 when there is none)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # Fields 14 and 15 of proc(5) (utime, stime), counted after the command name.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclasses.dataclass
 class Scenario:
     """One comparison: how to prepare, run and check each side."""
@@ -143,9 +137,10 @@ class Bench:
     """The set-up every scenario shares: keys, input, server, configuration."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path, endpoint: Any,
-                 backup_restore: Any, server_pid: int | None) -> None:
+                 backup_restore: Any, server_cpu: Callable[[], float]) -> None:
         self.args = args
-        self.server_pid = server_pid
+        #: CPU seconds the S3 server has used so far (0 for a server elsewhere).
+        self.server_cpu = server_cpu
         self.workdir = workdir
         self.endpoint = endpoint
         self.br = backup_restore
@@ -194,13 +189,13 @@ class Bench:
     def run(self, name: str, argv: Sequence[str], *, stdin: Path | None = None,
             spool: Path | None = None, to_null: bool = False) -> tuple[Sample, bytes]:
         sampler = SpoolSampler(spool) if spool is not None else contextlib.nullcontext()
-        server_before = process_cpu_seconds(self.server_pid)
+        server_before = self.server_cpu()
         with sampler:
             result = self.br.measured(name, argv, stdin=stdin, stdout_to_null=to_null,
                                       stderr_path=self.workdir / f"{name}.stderr",
                                       extra_pids=self.agent_pids)
         peak_spool = sampler.peak if isinstance(sampler, SpoolSampler) else 0
-        server_cpu = process_cpu_seconds(self.server_pid) - server_before
+        server_cpu = self.server_cpu() - server_before
         return Sample(result.seconds, result.peak_rss, peak_spool, result.cpu_seconds,
                       server_cpu), result.stdout
 
@@ -450,14 +445,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = s3server.SeaweedFS(workdir / "seaweedfs")
         bench = None
         try:
+            server_cpu: Callable[[], float] = no_server_cpu
             if external is not None:
                 endpoint = external
-                server_pid = None
             else:
                 log("starting SeaweedFS …")
                 endpoint = server.start()
-                server_pid = server.process.pid if server.process is not None else None
-            bench = Bench(args, workdir, endpoint, backup_restore, server_pid)
+                if server.process is not None:
+                    server_cpu = functools.partial(freeze_upload.process_cpu,
+                                                   server.process.pid)
+            bench = Bench(args, workdir, endpoint, backup_restore, server_cpu)
             done = run_all(bench, args.scenario or SCENARIOS)
         except (RuntimeError, backup_restore.CommandFailedError) as failure:
             log(str(failure))

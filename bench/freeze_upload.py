@@ -89,7 +89,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _process_cpu(pid: int) -> float:
+def process_cpu(pid: int) -> float:
     """User + system CPU seconds of a running process, from /proc."""
     with open(f"/proc/{pid}/stat", "rb") as stat:
         data = stat.read()
@@ -172,7 +172,7 @@ class Bench:
     def timed(self, name: str, argv: Sequence[str], stderr_path: Path) -> Run:
         os.sync()  # the previous run's dirty pages are not this run's cost
         wait_for_idle()
-        server_before = _process_cpu(self.server_pid)
+        server_before = process_cpu(self.server_pid)
         children_before = _children_cpu()
         busy_before, own_before = _busy_cpu_seconds(), _self_cpu()
         with open(stderr_path, "wb") as stderr:
@@ -184,7 +184,7 @@ class Bench:
             raise RuntimeError(f"{name} failed (exit status {completed.returncode}):\n"
                                + stderr_path.read_text(errors="replace"))
         client = _children_cpu() - children_before
-        server = _process_cpu(self.server_pid) - server_before
+        server = process_cpu(self.server_pid) - server_before
         busy = _busy_cpu_seconds() - busy_before
         own = _self_cpu() - own_before
         return Run(name, seconds, client, server, max(0.0, busy - client - server - own))

@@ -146,7 +146,7 @@ def add_backup_id_options(parser: argparse.ArgumentParser, *,
 def backup_id_from(args: argparse.Namespace, *, new: bool) -> BackupId:
     """Build the BackupId the options name; a new one from the clock when ``new``."""
     vault: uuid.UUID = parse_vault(args.vault)
-    prefix = normalize_prefix(args.prefix)
+    prefix = normalize_prefix(args.prefix or "")
     ulid: ULID
     if args.ulid is not None:
         ulid = parse_ulid(args.ulid)

@@ -6,15 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from cryophile.backup_id import (
-    BackupId,
-    normalize_prefix,
-    parse_timestamp,
-    parse_ulid,
-    parse_vault,
-    ulid_for_timestamp,
-)
+from cryophile.backup_id import BackupId
 from cryophile.cancel import cancel_restore
+from cryophile.cli.arguments import backup_id_from
 from cryophile.cli.resources import CommandContext
 from cryophile.errors import UsageError
 
@@ -26,9 +20,7 @@ def cancel_backup_id(args: argparse.Namespace) -> BackupId:
     if args.vault is None or (args.ulid is None and args.timestamp is None):
         raise UsageError("--cancel needs one backup: -v VAULT [-p PREFIX] -u ULID (or -t TIME), "
                          "or --id VAULT/PREFIX/ULID as `cryophile status` prints it")
-    ulid = (parse_ulid(args.ulid) if args.ulid is not None
-            else ulid_for_timestamp(parse_timestamp(args.timestamp)))
-    return BackupId(parse_vault(args.vault), normalize_prefix(args.prefix or ""), ulid)
+    return backup_id_from(args, new=False)
 
 
 def run_cancel(args: argparse.Namespace, environment: Environment) -> int:

@@ -29,13 +29,11 @@ from typing import TYPE_CHECKING
 from cryophile.backup_id import (
     BackupId,
     normalize_prefix,
-    parse_timestamp,
-    parse_ulid,
     parse_vault,
-    ulid_for_timestamp,
 )
 from cryophile.chain_restore import find_chain, missing_link
 from cryophile.chains import Chain
+from cryophile.cli.arguments import backup_id_from
 from cryophile.cli.resources import CommandContext
 from cryophile.errors import ExitCode, NoInputError, UsageError, VaultUnavailableError
 from cryophile.inventory import DOWN_AFTER, list_vault
@@ -59,9 +57,7 @@ def _targets(args: argparse.Namespace, opened: OpenedVault) -> tuple[list[Backup
     vault_id = opened.vault_id
     prefix = normalize_prefix(args.prefix)
     if not args.all:
-        ulid = (parse_ulid(args.ulid) if args.ulid is not None
-                else ulid_for_timestamp(parse_timestamp(args.timestamp)))
-        return [BackupId(vault_id, prefix, ulid)], []
+        return [backup_id_from(args, new=False)], []
     listings = list_vault(opened.vault, vault_id, prefix or None)
     complete = sorted(b for b, listing in listings.items() if listing.has_manifest)
     partial = sorted(b for b, listing in listings.items() if not listing.has_manifest)
